@@ -1,0 +1,75 @@
+// Owned, 64-byte aligned, row-major buffers of fp32 or bf16 values.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace longctx {
+
+enum class DType : uint8_t { f32, bf16 };
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+// bf16 is the top half of an fp32; conversion rounds to nearest even and keeps NaNs NaN.
+inline uint16_t f32_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+inline float bf16_to_f32(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // Zero-filled tensor of the given shape.
+  explicit Tensor(std::vector<int64_t> shape, DType dtype = DType::f32);
+  Tensor(std::initializer_list<int64_t> shape, DType dtype = DType::f32)
+      : Tensor(std::vector<int64_t>(shape), dtype) {}
+  Tensor(Tensor&&) noexcept = default;
+  Tensor& operator=(Tensor&&) noexcept = default;
+  Tensor(const Tensor&) = delete;  // copies are explicit: clone()
+  Tensor& operator=(const Tensor&) = delete;
+
+  Tensor clone() const;
+  Tensor to(DType dtype) const;  // converted copy
+
+  DType dtype() const { return dtype_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int ndim() const { return int(shape_.size()); }
+  int64_t dim(int i) const;
+  int64_t numel() const { return numel_; }
+  size_t nbytes() const { return size_t(numel_) * dtype_size(dtype_); }
+  bool empty() const { return numel_ == 0; }
+  std::string shape_str() const;
+
+  // Typed access; throws if the tensor holds another dtype.
+  float* f32();
+  const float* f32() const;
+  uint16_t* bf16();
+  const uint16_t* bf16() const;
+  const void* raw() const { return data_.get(); }
+
+  void fill(float value);
+  float at(int64_t flat_index) const;  // any dtype, as fp32
+
+ private:
+  struct Free {
+    void operator()(void* p) const;
+  };
+  std::vector<int64_t> shape_;
+  int64_t numel_ = 0;
+  DType dtype_ = DType::f32;
+  std::unique_ptr<void, Free> data_;
+};
+
+}  // namespace longctx

@@ -1,0 +1,167 @@
+#include <longctx/attention/reference.hpp>
+#include <longctx/error.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "attention/varlen.hpp"
+
+namespace longctx::reference {
+
+namespace {
+
+// Sequence list of a reference call (same rules as the fast kernels, without tensors).
+std::vector<attn::Seq> sequences(const Shape& s, const Varlen& varlen) {
+  if (varlen.cu_q.empty()) return {{0, s.tq, 0, s.tk}};
+  std::vector<attn::Seq> out;
+  for (size_t i = 0; i + 1 < varlen.cu_q.size(); ++i)
+    out.push_back({varlen.cu_q[i], varlen.cu_q[i + 1] - varlen.cu_q[i], varlen.cu_k[i],
+                   varlen.cu_k[i + 1] - varlen.cu_k[i]});
+  return out;
+}
+
+template <class T>
+T row_dot(const T* a, const T* b, int d) {
+  T s = 0;
+  for (int c = 0; c < d; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// Softmax probabilities p of query row i, head h over all keys (0 where masked); returns the
+// row's log-sum-exp, -inf when it sees no key.
+template <class T>
+T probs(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, T scale, const Mask& mask,
+        int h, int64_t i, std::vector<T>& p) {
+  const int g = h / (s.hq / s.hkv);
+  const uint8_t* mrow = &mask[(size_t(h) * s.tq + i) * s.tk];
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < s.tk; ++j) {
+    p[j] = mrow[j] ? scale * row_dot(&q[(i * s.hq + h) * s.d], &k[(j * s.hkv + g) * s.d], s.d) : 0;
+    if (mrow[j]) mx = std::max(mx, p[j]);
+  }
+  if (mx == -std::numeric_limits<T>::infinity()) return mx;
+  T sum = 0;
+  for (int64_t j = 0; j < s.tk; ++j) sum += p[j] = mrow[j] ? std::exp(p[j] - mx) : 0;
+  for (int64_t j = 0; j < s.tk; ++j) p[j] /= sum;
+  return mx + std::log(sum);
+}
+
+}  // namespace
+
+Mask dense_mask(const Shape& s, const Varlen& varlen, const AttentionOptions& opts) {
+  Mask m(size_t(s.hq) * s.tq * s.tk, 0);
+  for (const attn::Seq& sq : sequences(s, varlen))
+    for (int64_t i = 0; i < sq.lq; ++i) {
+      const int64_t pos = i + sq.offset();
+      for (int64_t j = 0; j < sq.lk; ++j) {
+        bool vis = !opts.causal || j <= pos;
+        if (opts.window > 0 && pos - j >= opts.window) vis = false;
+        for (int h = 0; h < s.hq; ++h) m[(size_t(h) * s.tq + sq.q0 + i) * s.tk + sq.k0 + j] = vis;
+      }
+    }
+  return m;
+}
+
+template <class T>
+Mask moba_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, const Varlen& varlen,
+               int64_t B, int64_t top_k, std::vector<int32_t>* selected) {
+  Mask m(size_t(s.hq) * s.tq * s.tk, 0);
+  if (selected) selected->assign(size_t(s.hq) * s.tq * std::max<int64_t>(top_k - 1, 0), -1);
+  const int group = s.hq / s.hkv;
+  for (const attn::Seq& sq : sequences(s, varlen)) {
+    const int64_t full_blocks = sq.lk / B;
+    // Mean key of every full block, per KV head.
+    std::vector<T> mean(size_t(full_blocks) * s.hkv * s.d, 0);
+    for (int64_t b = 0; b < full_blocks; ++b)
+      for (int g = 0; g < s.hkv; ++g)
+        for (int c = 0; c < s.d; ++c) {
+          T acc = 0;
+          for (int64_t j = b * B; j < (b + 1) * B; ++j) acc += k[((sq.k0 + j) * s.hkv + g) * s.d + c];
+          mean[(b * s.hkv + g) * s.d + c] = acc / T(B);
+        }
+    for (int h = 0; h < s.hq; ++h)
+      for (int64_t i = 0; i < sq.lq; ++i) {
+        const int64_t pos = i + sq.offset();
+        if (pos < 0) continue;
+        const int64_t own = pos / B;
+        // Score every strictly-past block, sort by (score desc, block index desc), keep top_k - 1.
+        std::vector<std::pair<T, int64_t>> cand;
+        for (int64_t b = 0; b < own; ++b)
+          cand.push_back({row_dot(&q[((sq.q0 + i) * s.hq + h) * s.d], &mean[(b * s.hkv + h / group) * s.d], s.d), b});
+        std::sort(cand.begin(), cand.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second > b.second; });
+        cand.resize(std::min<size_t>(cand.size(), size_t(top_k - 1)));
+        uint8_t* row = &m[(size_t(h) * s.tq + sq.q0 + i) * s.tk + sq.k0];
+        for (int64_t j = own * B; j <= pos; ++j) row[j] = 1;
+        for (size_t c = 0; c < cand.size(); ++c) {
+          for (int64_t j = cand[c].second * B; j < (cand[c].second + 1) * B; ++j) row[j] = 1;
+          if (selected) (*selected)[(size_t(h) * s.tq + sq.q0 + i) * (top_k - 1) + c] = int32_t(cand[c].second);
+        }
+      }
+  }
+  return m;
+}
+
+template <class T>
+void attention_forward(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
+                       const std::vector<T>& v, T scale, const Mask& mask, std::vector<T>& out,
+                       std::vector<T>& lse) {
+  out.assign(size_t(s.tq) * s.hq * s.d, 0);
+  lse.assign(size_t(s.hq) * s.tq, -std::numeric_limits<T>::infinity());
+  std::vector<T> p(s.tk);
+  const int group = s.hq / s.hkv;
+  for (int h = 0; h < s.hq; ++h)
+    for (int64_t i = 0; i < s.tq; ++i) {
+      const T row_lse = probs(s, q, k, scale, mask, h, i, p);
+      if (row_lse == -std::numeric_limits<T>::infinity()) continue;
+      lse[size_t(h) * s.tq + i] = row_lse;
+      for (int64_t j = 0; j < s.tk; ++j)
+        for (int c = 0; c < s.d; ++c) out[(i * s.hq + h) * s.d + c] += p[j] * v[(j * s.hkv + h / group) * s.d + c];
+    }
+}
+
+template <class T>
+void attention_backward(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
+                        const std::vector<T>& v, T scale, const Mask& mask, const std::vector<T>& dout,
+                        std::vector<T>& dq, std::vector<T>& dk, std::vector<T>& dv) {
+  dq.assign(q.size(), 0);
+  dk.assign(k.size(), 0);
+  dv.assign(v.size(), 0);
+  std::vector<T> p(s.tk), dp(s.tk);
+  const int group = s.hq / s.hkv;
+  for (int h = 0; h < s.hq; ++h)
+    for (int64_t i = 0; i < s.tq; ++i) {
+      if (probs(s, q, k, scale, mask, h, i, p) == -std::numeric_limits<T>::infinity()) continue;
+      const int g = h / group;
+      const T* doi = &dout[(i * s.hq + h) * s.d];
+      T delta = 0;  // sum_j P_ij dP_ij
+      for (int64_t j = 0; j < s.tk; ++j) {
+        dp[j] = row_dot(doi, &v[(j * s.hkv + g) * s.d], s.d);
+        delta += p[j] * dp[j];
+      }
+      for (int64_t j = 0; j < s.tk; ++j) {
+        if (p[j] == 0) continue;
+        const T ds = p[j] * (dp[j] - delta) * scale;
+        for (int c = 0; c < s.d; ++c) {
+          dv[(j * s.hkv + g) * s.d + c] += p[j] * doi[c];
+          dq[(i * s.hq + h) * s.d + c] += ds * k[(j * s.hkv + g) * s.d + c];
+          dk[(j * s.hkv + g) * s.d + c] += ds * q[(i * s.hq + h) * s.d + c];
+        }
+      }
+    }
+}
+
+#define LONGCTX_INSTANTIATE(T)                                                                       \
+  template Mask moba_mask<T>(const Shape&, const std::vector<T>&, const std::vector<T>&,             \
+                             const Varlen&, int64_t, int64_t, std::vector<int32_t>*);                \
+  template void attention_forward<T>(const Shape&, const std::vector<T>&, const std::vector<T>&,     \
+                                     const std::vector<T>&, T, const Mask&, std::vector<T>&,         \
+                                     std::vector<T>&);                                               \
+  template void attention_backward<T>(const Shape&, const std::vector<T>&, const std::vector<T>&,    \
+                                      const std::vector<T>&, T, const Mask&, const std::vector<T>&,  \
+                                      std::vector<T>&, std::vector<T>&, std::vector<T>&);
+LONGCTX_INSTANTIATE(float)
+LONGCTX_INSTANTIATE(double)
+
+}  // namespace longctx::reference

@@ -1,0 +1,49 @@
+// Validated shape of an attention call: sequences, heads, scale, and row access into [T, H, d].
+#pragma once
+#include <longctx/attention/common.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace longctx::attn {
+
+struct Seq {
+  int64_t q0, lq;  // first query row and query count
+  int64_t k0, lk;  // first key row and key count
+  int64_t offset() const { return lk - lq; }  // key position of query 0 (bottom-right alignment)
+};
+
+struct Problem {
+  int64_t tq = 0, tk = 0;
+  int hq = 0, hkv = 0, d = 0;
+  int group = 1;  // query heads per KV head
+  float scale = 1.0f;
+  bool causal = true;
+  int64_t window = 0;
+  std::vector<Seq> seqs;
+
+  int kv_head(int h) const { return h / group; }
+  // Visible key positions [lo, hi) of the query at position p (seq-local), clipped to [0, lk).
+  int64_t key_hi(int64_t p, int64_t lk) const { return causal ? std::min(p + 1, lk) : lk; }
+  int64_t key_lo(int64_t p) const { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; }
+};
+
+// Checks shapes, dtypes, head counts and cu_seqlens; `who` names the calling kernel in errors.
+Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Varlen& varlen, const AttentionOptions& opts);
+// Checks that a tensor is fp32 with the given shape (for saved outputs and incoming gradients).
+void check_f32_shape(const char* who, const char* name, const Tensor& t, const std::vector<int64_t>& shape);
+
+// fp32 view of `n` consecutive token rows of one head of a [T, H, d] tensor.
+struct Rows {
+  const float* p;
+  int64_t ld;
+  const float* row(int64_t i) const { return p + i * ld; }
+};
+// fp32 rows point straight into the tensor; bf16 rows are converted into `scratch` (n * d floats).
+Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
+// Gathers arbitrary token rows (`tokens[i]`, head h) into a dense [n x d] buffer.
+void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst);
+
+}  // namespace longctx::attn

@@ -1,0 +1,38 @@
+// The OpenMP work split used by every kernel: a list of work items, ordered heaviest first (so the
+// causal triangle's long rows start early), run either dynamically (items that own their outputs)
+// or dealt cyclically to threads (item i -> thread i % T), which fixes each thread's items and
+// their order, so per-thread accumulators sum in the same order on every run.
+#pragma once
+#include <omp.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace longctx::parallel {
+
+int max_threads();
+void set_threads(int n);
+
+// Indices 0..n-1 sorted by descending cost; ties keep index order.
+std::vector<int64_t> heaviest_first(const std::vector<double>& cost);
+
+enum class Schedule { dynamic, cyclic };
+
+// make_state(thread) builds one thread's scratch inside the parallel region; body(item, state).
+template <class MakeState, class Body>
+void run(int64_t n, Schedule schedule, MakeState&& make_state, Body&& body) {
+  if (n == 0) return;
+#pragma omp parallel
+  {
+    auto state = make_state(omp_get_thread_num());
+    if (schedule == Schedule::dynamic) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < n; ++i) body(i, state);
+    } else {
+#pragma omp for schedule(static, 1)
+      for (int64_t i = 0; i < n; ++i) body(i, state);
+    }
+  }
+}
+
+}  // namespace longctx::parallel

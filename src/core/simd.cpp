@@ -1,0 +1,64 @@
+#include "core/simd.hpp"
+
+#include <limits>
+
+namespace longctx::simd {
+
+LONGCTX_SIMD_CLONES
+float exp_scaled_sum(float* x, int64_t n, float scale, float shift) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    float e = exp_approx(x[i] * scale - shift);
+    x[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+LONGCTX_SIMD_CLONES
+float max_of(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+LONGCTX_SIMD_CLONES
+void scale_inplace(float* x, int64_t n, float a) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+LONGCTX_SIMD_CLONES
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+LONGCTX_SIMD_CLONES
+void softmax_grad_inplace(float* dp, const float* p, int64_t n, float d) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
+}
+
+LONGCTX_SIMD_CLONES
+void bf16_to_f32(const uint16_t* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u = uint32_t(src[i]) << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    dst[i] = f;
+  }
+}
+
+LONGCTX_SIMD_CLONES
+void add_inplace(float* y, const float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+}  // namespace longctx::simd

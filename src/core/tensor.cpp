@@ -1,0 +1,86 @@
+#include <longctx/error.hpp>
+#include <longctx/tensor.hpp>
+
+#include <cstdlib>
+#include <sstream>
+
+namespace longctx {
+
+const char* dtype_name(DType d) { return d == DType::f32 ? "f32" : "bf16"; }
+size_t dtype_size(DType d) { return d == DType::f32 ? 4 : 2; }
+
+void Tensor::Free::operator()(void* p) const { std::free(p); }
+
+Tensor::Tensor(std::vector<int64_t> shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
+  numel_ = 1;
+  for (size_t i = 0; i < shape_.size(); ++i) {
+    LONGCTX_CHECK(shape_[i] >= 0, "tensor dimension ", i, " must be >= 0, got ", shape_[i]);
+    numel_ *= shape_[i];
+  }
+  size_t bytes = (nbytes() + 63) / 64 * 64;
+  if (bytes == 0) bytes = 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  data_.reset(p);
+}
+
+Tensor Tensor::clone() const {
+  Tensor t(shape_, dtype_);
+  std::memcpy(t.data_.get(), data_.get(), nbytes());
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return clone();
+  Tensor t(shape_, dtype);
+  if (dtype == DType::bf16) {
+    const float* s = f32();
+    uint16_t* d = t.bf16();
+    for (int64_t i = 0; i < numel_; ++i) d[i] = f32_to_bf16(s[i]);
+  } else {
+    const uint16_t* s = bf16();
+    float* d = t.f32();
+    for (int64_t i = 0; i < numel_; ++i) d[i] = bf16_to_f32(s[i]);
+  }
+  return t;
+}
+
+int64_t Tensor::dim(int i) const {
+  LONGCTX_CHECK(i >= 0 && i < ndim(), "dimension index ", i, " out of range for shape ", shape_str());
+  return shape_[size_t(i)];
+}
+
+std::string Tensor::shape_str() const {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape_.size(); ++i) os << (i ? ", " : "") << shape_[i];
+  os << ']';
+  return os.str();
+}
+
+float* Tensor::f32() {
+  LONGCTX_CHECK(dtype_ == DType::f32, "tensor holds ", dtype_name(dtype_), ", f32 access requested");
+  return static_cast<float*>(data_.get());
+}
+const float* Tensor::f32() const { return const_cast<Tensor*>(this)->f32(); }
+uint16_t* Tensor::bf16() {
+  LONGCTX_CHECK(dtype_ == DType::bf16, "tensor holds ", dtype_name(dtype_), ", bf16 access requested");
+  return static_cast<uint16_t*>(data_.get());
+}
+const uint16_t* Tensor::bf16() const { return const_cast<Tensor*>(this)->bf16(); }
+
+void Tensor::fill(float value) {
+  if (dtype_ == DType::f32) {
+    std::fill(f32(), f32() + numel_, value);
+  } else {
+    std::fill(bf16(), bf16() + numel_, f32_to_bf16(value));
+  }
+}
+
+float Tensor::at(int64_t i) const {
+  LONGCTX_CHECK(i >= 0 && i < numel_, "flat index ", i, " out of range for shape ", shape_str());
+  return dtype_ == DType::f32 ? f32()[i] : bf16_to_f32(bf16()[i]);
+}
+
+}  // namespace longctx

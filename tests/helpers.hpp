@@ -1,0 +1,52 @@
+// Test helpers: seeded random tensors, conversions to the references' vectors, error metrics.
+#pragma once
+#include <gtest/gtest.h>
+#include <longctx/attention/common.hpp>
+#include <longctx/attention/reference.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace longctx::testing {
+
+inline Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, float scale = 1.0f,
+                            DType dtype = DType::f32) {
+  Tensor t(std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
+}
+
+template <class T>
+std::vector<T> to_vec(const Tensor& t) {
+  std::vector<T> v(size_t(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = T(t.at(i));
+  return v;
+}
+
+// max |a - b| / max(max |b|, 1): relative to the largest reference value, absolute when the
+// reference is all below 1 (e.g. a gradient that is exactly zero in exact arithmetic).
+template <class T>
+double rel_error(const Tensor& a, const std::vector<T>& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.at(i), y = double(b[size_t(i)]);
+    if (std::isinf(y) && x == y) continue;
+    num = std::max(num, std::abs(x - y));
+    den = std::max(den, std::abs(y));
+  }
+  return num / std::max(den, 1.0);
+}
+
+inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+inline reference::Shape shape_of(const Tensor& q, const Tensor& k) {
+  return {q.dim(0), k.dim(0), int(q.dim(1)), int(k.dim(1)), int(q.dim(2))};
+}
+
+}  // namespace longctx::testing

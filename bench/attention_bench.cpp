@@ -1,0 +1,99 @@
+#include <fmt/core.h>
+#include <longctx/error.hpp>
+
+#include <cstdio>
+#include <random>
+
+#include "attention_methods.hpp"
+#include "common.hpp"
+#include "core/parallel.hpp"
+
+namespace longctx::bench {
+
+namespace {
+
+Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, DType dtype) {
+  Tensor t(std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
+}
+
+// Forward counts 4*d flops per attended pair (Q K^T and P V); backward 2.5x that.
+double flops_per_pair(const AttentionBenchConfig& cfg) { return 4.0 * cfg.head_dim * (cfg.backward ? 3.5 : 1.0); }
+
+nlohmann::json run_case(const AttentionBenchConfig& cfg) {
+  const std::string& method = cfg.methods.at(0);
+  const int64_t n = cfg.lengths.at(0);
+  const auto it = attention_methods().find(method);
+  LONGCTX_CHECK(it != attention_methods().end(), "bench attention: unknown method '", method, "'");
+  const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;
+  const int64_t total = n * cfg.batch;
+  AttentionInputs in{random_tensor({total, cfg.heads, cfg.head_dim}, 1, dt),
+                     random_tensor({total, cfg.kv_heads, cfg.head_dim}, 2, dt),
+                     random_tensor({total, cfg.kv_heads, cfg.head_dim}, 3, dt),
+                     random_tensor({total, cfg.heads, cfg.head_dim}, 4, DType::f32),
+                     Varlen::same(std::vector<int64_t>(size_t(cfg.batch), n))};
+  const MethodRun m = it->second(in, cfg);
+  const double t = time_best(m.run, cfg.reps, cfg.min_seconds);
+  nlohmann::json row{{"method", method},  {"seq_len", n},          {"batch", cfg.batch},
+                     {"time_s", t},       {"attended_pairs", m.attended_pairs},
+                     {"gflops", m.attended_pairs * flops_per_pair(cfg) / t / 1e9}};
+  for (auto& [k, v] : m.extra.items()) row[k] = v;
+  return row;
+}
+
+std::vector<std::string> worker_args(const AttentionBenchConfig& cfg, const std::string& method, int64_t n) {
+  return {"bench", "attention", "--worker", "--methods", method, "--lengths", std::to_string(n),
+          "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
+          "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
+          "--block-size", std::to_string(cfg.block_size), "--top-k", std::to_string(cfg.top_k),
+          "--mode", cfg.backward ? "fwdbwd" : "fwd", "--dtype", cfg.dtype,
+          "--threads", std::to_string(cfg.threads), "--reps", std::to_string(cfg.reps),
+          "--min-seconds", std::to_string(cfg.min_seconds)};
+}
+
+}  // namespace
+
+void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
+  LONGCTX_CHECK(!cfg.methods.empty() && !cfg.lengths.empty(), "bench attention: need at least one method and length");
+  for (const auto& m : cfg.methods)
+    LONGCTX_CHECK(attention_methods().count(m), "bench attention: unknown method '", m, "'");
+  if (cfg.threads > 0) parallel::set_threads(cfg.threads);
+  if (worker) {
+    std::puts(run_case(cfg).dump().c_str());
+    return;
+  }
+  const int threads = parallel::max_threads();
+  const double peak = sgemm_gflops();
+  fmt::print("sgemm peak: {:.1f} GFLOP/s on {} threads; {} x {} q heads / {} kv heads, d={}, {}, {}\n", peak,
+             threads, cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.backward ? "forward+backward" : "forward",
+             cfg.dtype);
+  std::vector<nlohmann::json> rows;
+  for (int64_t n : cfg.lengths) {
+    std::vector<nlohmann::json> same_len;
+    for (const auto& m : cfg.methods) {
+      nlohmann::json row = run_worker(worker_args(cfg, m, n));
+      fmt::print(stderr, "  {} n={}: {:.4f} s\n", m, n, row["time_s"].get<double>());
+      row["frac_sgemm"] = row["gflops"].get<double>() / peak;
+      same_len.push_back(std::move(row));
+    }
+    // speedups against dense at the same shape, when dense ran
+    for (auto& r : same_len)
+      for (const auto& d : same_len)
+        if (d["method"] == "dense") {
+          r["speedup"] = d["time_s"].get<double>() / r["time_s"].get<double>();
+          r["ideal_speedup"] = d["attended_pairs"].get<double>() / r["attended_pairs"].get<double>();
+          r["frac_of_ideal"] = r["speedup"].get<double>() / r["ideal_speedup"].get<double>();
+        }
+    for (auto& r : same_len) rows.push_back(std::move(r));
+  }
+  print_table(rows, {{"method", "method", ""}, {"seq_len", "seq_len", ""}, {"time_s", "time_s", "{:.4f}"},
+                     {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_sgemm", "of_sgemm", "{:.2f}"},
+                     {"speedup", "speedup", "{:.2f}"}, {"ideal_speedup", "ideal", "{:.2f}"},
+                     {"frac_of_ideal", "of_ideal", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}});
+  if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, peak), rows);
+}
+
+}  // namespace longctx::bench

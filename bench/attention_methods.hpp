@@ -1,0 +1,47 @@
+// The methods `longctx bench attention` can run. Each takes the case's inputs and returns the
+// closure to time plus the number of (query, key) pairs it attends (its useful work).
+#pragma once
+#include <longctx/attention/common.hpp>
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <map>
+#include <string>
+
+namespace longctx::bench {
+
+struct AttentionBenchConfig {
+  std::vector<std::string> methods{"dense", "moba"};
+  std::vector<int64_t> lengths{4096, 16384};
+  int batch = 1;  // sequences of each length, packed varlen
+  int heads = 8, kv_heads = 8, head_dim = 128;
+  int64_t block_size = 4096, top_k = 3;  // MoBA
+  bool backward = false;                 // time forward + backward
+  std::string dtype = "f32";             // storage of q, k, v
+  int threads = 0;                       // 0 = all cores
+  int reps = 2;
+  double min_seconds = 1.0;
+  std::string json;
+};
+
+struct AttentionInputs {
+  Tensor q, k, v, dout;
+  Varlen varlen;
+};
+
+struct MethodRun {
+  std::function<void()> run;  // one forward (+ backward) call
+  double attended_pairs;      // (query head, key) pairs in the softmax, summed over heads
+  nlohmann::json extra;       // method-specific figures for the report
+};
+
+using MethodFactory = std::function<MethodRun(const AttentionInputs&, const AttentionBenchConfig&)>;
+
+// name -> factory, in the order the table prints them
+const std::map<std::string, MethodFactory>& attention_methods();
+
+// Runs the benchmark: table to stdout, JSON to cfg.json if set. With `worker`, runs the single
+// (method, length) case in cfg and prints its JSON row (the parent spawns one per case).
+void run_attention_bench(const AttentionBenchConfig& cfg, bool worker);
+
+}  // namespace longctx::bench

@@ -1,0 +1,152 @@
+#include "common.hpp"
+
+#include <fmt/core.h>
+#include <omp.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+
+#include "core/gemm.hpp"
+#include "core/simd.hpp"
+
+extern char** environ;
+
+namespace longctx::bench {
+
+double time_best(const std::function<void()>& fn, int min_reps, double min_seconds) {
+  using clock = std::chrono::steady_clock;
+  double best = 1e300, total = 0;
+  for (int r = 0; r < min_reps || total < min_seconds; ++r) {
+    const auto t0 = clock::now();
+    fn();
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    best = std::min(best, dt);
+    total += dt;
+    if (r >= 1000) break;
+  }
+  return best;
+}
+
+double sgemm_gflops(int n) {
+  std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n);
+  gemm::set_blas_threads(omp_get_max_threads());
+  const double t = time_best([&] { gemm::sgemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); }, 3, 1.0);
+  return 2.0 * n * n * double(n) / t / 1e9;
+}
+
+double stream_read_gbps(size_t bytes) {
+  const int64_t n = int64_t(bytes / sizeof(float));
+  std::vector<float> a(size_t(n), 1.0f);
+  float sink = 0;
+  const double t = time_best([&] {
+    float s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+    for (int64_t i = 0; i < n; i += 4096) s += simd::dot(a.data() + i, a.data() + i, std::min<int64_t>(4096, n - i));
+    sink += s;
+  }, 3, 0.5);
+  if (sink == -1) std::puts("");  // keep the reads
+  return double(bytes) / t / 1e9;
+}
+
+nlohmann::json run_worker(const std::vector<std::string>& args) {
+  std::vector<std::string> full{"/proc/self/exe"};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : full) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  int out_pipe[2];
+  if (pipe(out_pipe) != 0) throw std::runtime_error("bench: pipe failed");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
+  posix_spawn_file_actions_addclose(&fa, out_pipe[0]);
+  pid_t pid;
+  if (posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ) != 0)
+    throw std::runtime_error("bench: could not start a worker process");
+  posix_spawn_file_actions_destroy(&fa);
+  close(out_pipe[1]);
+  std::string output;
+  char buf[4096];
+  for (ssize_t r; (r = read(out_pipe[0], buf, sizeof buf)) > 0;) output.append(buf, size_t(r));
+  close(out_pipe[0]);
+  int status = 0;
+  rusage ru{};
+  wait4(pid, &status, 0, &ru);
+  std::string cmd;
+  for (auto& a : args) cmd += " " + a;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error("bench: worker failed (longctx" + cmd + ")");
+  // the worker's result is its last non-empty stdout line
+  while (!output.empty() && output.back() == '\n') output.pop_back();
+  nlohmann::json row = nlohmann::json::parse(output.substr(output.rfind('\n') + 1));
+  row["peak_rss_mb"] = double(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+  return row;
+}
+
+void print_table(const std::vector<nlohmann::json>& rows, const std::vector<Column>& columns) {
+  std::vector<std::vector<std::string>> cells;
+  std::vector<size_t> width;
+  for (const Column& c : columns) width.push_back(c.header.size());
+  for (const auto& r : rows) {
+    std::vector<std::string> line;
+    for (size_t i = 0; i < columns.size(); ++i) {
+      const auto it = r.find(columns[i].key);
+      std::string s = "-";
+      if (it != r.end() && !it->is_null()) {
+        if (it->is_string())
+          s = it->get<std::string>();
+        else if (it->is_number_integer())
+          s = std::to_string(it->get<int64_t>());
+        else
+          s = fmt::format(fmt::runtime(columns[i].format), it->get<double>());
+      }
+      width[i] = std::max(width[i], s.size());
+      line.push_back(std::move(s));
+    }
+    cells.push_back(std::move(line));
+  }
+  auto print_line = [&](const std::vector<std::string>& line) {
+    std::string s;
+    for (size_t i = 0; i < line.size(); ++i) s += fmt::format("{:>{}}  ", line[i], width[i]);
+    std::puts(s.c_str());
+  };
+  std::vector<std::string> header;
+  for (const Column& c : columns) header.push_back(c.header);
+  print_line(header);
+  for (const auto& line : cells) print_line(line);
+  std::fflush(stdout);
+}
+
+void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    if (!f) throw std::runtime_error("bench: cannot write " + tmp);
+    f << nlohmann::json{{"machine", machine}, {"rows", rows}}.dump(2) << "\n";
+    if (!f) throw std::runtime_error("bench: write to " + tmp + " failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("bench: cannot rename " + tmp + " to " + path);
+}
+
+nlohmann::json machine_info(int threads, double gflops) {
+  std::string model = "unknown";
+  std::ifstream cpu("/proc/cpuinfo");
+  for (std::string line; std::getline(cpu, line);)
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  return {{"cpu", model}, {"cores", std::thread::hardware_concurrency()}, {"threads", threads},
+          {"sgemm_gflops", gflops}};
+}
+
+}  // namespace longctx::bench

@@ -1,0 +1,39 @@
+// Shared pieces of every `longctx bench` driver: the machine's sgemm and memory-read peaks
+// measured in the same run, best-of timing, one case per child process (so each case's peak RSS
+// is its own), and the table / JSON output.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace longctx::bench {
+
+// Best-of wall time in seconds of fn(): at least `min_reps` runs and `min_seconds` in total.
+double time_best(const std::function<void()>& fn, int min_reps = 3, double min_seconds = 0.5);
+
+// GFLOP/s of one large fp32 sgemm (n x n x n) with OpenBLAS on all threads: the compute peak.
+double sgemm_gflops(int n = 2048);
+
+// GB/s of a streaming read (sum) over `bytes` of memory on all threads: the bandwidth peak.
+double stream_read_gbps(size_t bytes);
+
+// Runs this executable again with `args` (a worker invocation that prints one JSON object on its
+// last stdout line) and returns that object with "peak_rss_mb" (the child's peak RSS) added.
+// Throws with the child's stderr if it fails.
+nlohmann::json run_worker(const std::vector<std::string>& args);
+
+// Prints rows as an aligned table; `columns` are (json key, header, printf format) triples.
+struct Column {
+  std::string key, header, format;
+};
+void print_table(const std::vector<nlohmann::json>& rows, const std::vector<Column>& columns);
+
+// Writes {"machine": ..., "rows": [...]} atomically (temp file + rename).
+void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows);
+
+// cores, threads, CPU model and the measured sgemm peak, for reports
+nlohmann::json machine_info(int threads, double sgemm_gflops);
+
+}  // namespace longctx::bench

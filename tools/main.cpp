@@ -1,0 +1,22 @@
+// The `longctx` command-line tool.
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"longctx: long-context attention, sparse attention and MoE kernels on CPU"};
+  app.require_subcommand(1);
+  CLI::App* bench = app.add_subcommand("bench", "Kernel speed and memory, method vs method");
+  bench->require_subcommand(1);
+  longctx::cli::add_bench_attention(*bench);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "longctx: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -151,12 +151,13 @@ namespace longctx::attn {
 
 void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Tensor& v, int g, Rows q,
                       int64_t rows, int64_t pos0, int64_t k_begin, int64_t k_end, SoftmaxState st,
-                      TileScratch& ws) {
+                      TileScratch& ws, bool all_visible) {
   for (int64_t kp = k_begin; kp < k_end; kp += kKeyTile) {
     const int64_t n = std::min(kKeyTile, k_end - kp);
     const Rows kr = load_rows(k, s.k0 + kp, n, g, ws.k.data());
     const Rows vr = load_rows(v, s.k0 + kp, n, g, ws.v.data());
-    tile_forward(q, rows, kr, vr, n, p.d, p.scale, make_tile_mask(p, pos0, rows, kp, n, s.lk), st, ws.s.data());
+    const TileMask mask = all_visible ? TileMask{} : make_tile_mask(p, pos0, rows, kp, n, s.lk);
+    tile_forward(q, rows, kr, vr, n, p.d, p.scale, mask, st, ws.s.data());
   }
 }
 

@@ -90,10 +90,11 @@ namespace longctx::attn {
 
 // Forward over a contiguous key range: folds keys [k_begin, k_end) (sequence-local positions) of
 // KV head `g` into the state of query rows at positions pos0 .. pos0 + rows - 1, kKeyTile keys at a
-// time, with the problem's causal/window mask.
+// time, with the problem's causal/window mask, or unmasked when `all_visible` (rows that are not
+// at consecutive positions, such as MoBA's gathered queries of a strictly-past block).
 void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Tensor& v, int g, Rows q,
                       int64_t rows, int64_t pos0, int64_t k_begin, int64_t k_end, SoftmaxState st,
-                      TileScratch& ws);
+                      TileScratch& ws, bool all_visible = false);
 
 // Backward of one key tile [k_pos0, k_pos0 + n) of KV head `g` from the query rows [q_lo, q_hi)
 // (sequence-local) of every query head of the group, masked by the problem's rule: adds into dk/dv

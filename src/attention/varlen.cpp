@@ -96,10 +96,10 @@ Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {
   return {scratch, d};
 }
 
-void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst) {
-  const int64_t H = x.dim(1), d = x.dim(2);
+void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst) {
+  const int64_t d = x.dim(2);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t off = (tokens[i] * H + h) * d;
+    const int64_t off = flat_rows[i] * d;
     if (x.dtype() == DType::f32)
       std::copy_n(x.f32() + off, d, dst + i * d);
     else

@@ -43,7 +43,8 @@ struct Rows {
 };
 // fp32 rows point straight into the tensor; bf16 rows are converted into `scratch` (n * d floats).
 Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
-// Gathers arbitrary token rows (`tokens[i]`, head h) into a dense [n x d] buffer.
-void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst);
+// Gathers rows of a [T, H, d] tensor by flat (token * H + head) index into a dense [n x d]
+// fp32 buffer.
+void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst);
 
 }  // namespace longctx::attn

@@ -1,0 +1,43 @@
+// MoBA, Mixture of Block Attention (MoonshotAI, arXiv 2502.13189), prefill forward and backward.
+//
+// Each sequence is cut into blocks of block_size keys from its own start (the last may be
+// partial). A query at position t attends its own block causally plus the top_k - 1 strictly
+// past blocks whose mean key (per KV head, no parameters) scores highest against it:
+// score = q_t . mean(K_block) in fp32, unscaled (ranking only). Only full blocks that end before
+// t are eligible; with fewer eligible blocks than top_k - 1 all of them are taken; ties go to the
+// later block. top_k = 1 is own-block-only attention (block-diagonal causal). When
+// top_k * block_size covers the sequence, MoBA is exactly dense causal attention.
+// One softmax runs over the union of the selected keys (online softmax, fp32). The backward
+// reuses the forward's selection (no gradient through the top-k choice), deterministic.
+// Layout, GQA, varlen and bottom-right alignment follow attention/common.hpp; always causal.
+#pragma once
+#include <longctx/attention/common.hpp>
+
+#include <cstdint>
+#include <vector>
+
+namespace longctx {
+
+struct MobaOptions {
+  int64_t block_size = 512;
+  int64_t top_k = 3;  // blocks per query, own block included
+  float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
+};
+
+struct MobaResult {
+  Tensor out;  // [total_q, Hq, d] fp32
+  Tensor lse;  // [Hq, total_q] fp32
+  // The past blocks each query chose (sequence-local block indices, ascending, -1 padded):
+  // selected[(h * total_q + row) * slots + i], slots = top_k - 1. Kept for the backward, and
+  // there for debugging and plots.
+  std::vector<int32_t> selected;
+  int64_t slots = 0;
+};
+
+MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen = {},
+                                  const MobaOptions& opts = {});
+
+AttentionGrads moba_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const MobaResult& fwd,
+                                       const Tensor& dout, const Varlen& varlen = {}, const MobaOptions& opts = {});
+
+}  // namespace longctx

@@ -1,4 +1,5 @@
 #include <longctx/attention/flash.hpp>
+#include <longctx/attention/moba.hpp>
 
 #include "attention_methods.hpp"
 
@@ -24,10 +25,31 @@ MethodRun dense(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
           dense_pairs(in, cfg.heads), {}};
 }
 
+// MoBA: one untimed forward counts the attended pairs (own block causally plus the selected
+// full blocks); the timed closure recomputes everything, gate included.
+MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
+  const MobaOptions opts{cfg.block_size, cfg.top_k, 0.0f};
+  const MobaResult r = moba_attention_forward(in.q, in.k, in.v, in.varlen, opts);
+  double pairs = 0;
+  const int64_t tq = in.q.dim(0), B = cfg.block_size;
+  for (size_t si = 0; si + 1 < in.varlen.cu_q.size(); ++si)
+    for (int64_t row = in.varlen.cu_q[si]; row < in.varlen.cu_q[si + 1]; ++row) {
+      const int64_t pos = row - in.varlen.cu_q[si];
+      for (int h = 0; h < cfg.heads; ++h) {
+        pairs += double(pos % B + 1);
+        for (int64_t c = 0; c < r.slots; ++c) pairs += r.selected[size_t((h * tq + row) * r.slots + c)] >= 0 ? double(B) : 0.0;
+      }
+    }
+  return {[&in, &cfg, opts] {
+            const MobaResult f = moba_attention_forward(in.q, in.k, in.v, in.varlen, opts);
+            if (cfg.backward) moba_attention_backward(in.q, in.k, in.v, f, in.dout, in.varlen, opts);
+          },
+          pairs, {}};
+}
 }  // namespace
 
 const std::map<std::string, MethodFactory>& attention_methods() {
-  static const std::map<std::string, MethodFactory> methods{{"dense", dense}};
+  static const std::map<std::string, MethodFactory> methods{{"dense", dense}, {"moba", moba}};
   return methods;
 }
 

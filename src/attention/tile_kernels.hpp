@@ -52,7 +52,7 @@ void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int6
 namespace longctx::attn {
 
 // Tile sizes of the dense and block-sparse kernels (rows of queries x rows of keys per product).
-constexpr int64_t kQueryTile = 64;
+constexpr int64_t kQueryTile = 256;
 constexpr int64_t kKeyTile = 256;
 
 // Per-thread scratch for the tile kernels: score/probability tiles and fp32 copies of bf16 rows.

@@ -1,0 +1,63 @@
+// Smoke tests of the real `longctx` binary: it runs, writes what it says, and fails clearly.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+struct CliRun {
+  int status;
+  std::string output;  // stdout and stderr
+};
+
+CliRun run_cli(const std::string& args) {
+  const std::string cmd = std::string(LONGCTX_CLI_PATH) + " " + args + " 2>&1";
+  FILE* f = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  return {pclose(f), out};
+}
+
+TEST(Cli, BenchAttentionWritesOneRowPerMethodAndLength) {
+  const auto path = std::filesystem::temp_directory_path() / "longctx_cli_bench.json";
+  std::filesystem::remove(path);
+  const CliRun r = run_cli("bench attention --methods dense,moba --lengths 300,512 --heads 2 --kv-heads 1 "
+                        "--head-dim 32 --block-size 64 --top-k 2 --reps 1 --min-seconds 0 --json " + path.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("speedup"), std::string::npos) << r.output;
+  std::ifstream f(path);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["rows"].size(), 4u);
+  EXPECT_GT(j["machine"]["sgemm_gflops"].get<double>(), 0.0);
+  for (const auto& row : j["rows"]) {
+    EXPECT_GT(row["time_s"].get<double>(), 0.0);
+    EXPECT_GT(row["peak_rss_mb"].get<double>(), 0.0);
+    EXPECT_GT(row["speedup"].get<double>(), 0.0);
+    if (row["method"] == "moba") {
+      // 2 blocks of 64 per query at most: fewer pairs than dense causal at these lengths
+      EXPECT_GT(row["ideal_speedup"].get<double>(), 1.0);
+    } else {
+      EXPECT_EQ(row["ideal_speedup"].get<double>(), 1.0);
+    }
+  }
+  std::filesystem::remove(path);
+}
+
+TEST(Cli, UnknownMethodFailsWithAClearMessage) {
+  const CliRun r = run_cli("bench attention --methods nosuch --lengths 64");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("unknown method 'nosuch'"), std::string::npos) << r.output;
+}
+
+TEST(Cli, BadKernelArgumentIsReported) {
+  const CliRun r = run_cli("bench attention --methods dense --lengths 64 --heads 3 --kv-heads 2");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("query heads (3) must be a multiple of kv heads (2)"), std::string::npos) << r.output;
+}
+
+}  // namespace

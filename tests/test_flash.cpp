@@ -29,6 +29,8 @@ std::string name_of(const FlashCase& c) {
          (c.causal ? "_causal" : "_full") + "_w" + std::to_string(c.window) + "_" + dtype_name(c.dtype);
 }
 
+void PrintTo(const FlashCase& c, std::ostream* os) { *os << name_of(c); }
+
 class FlashVsReference : public ::testing::TestWithParam<FlashCase> {};
 
 TEST_P(FlashVsReference, ForwardAndBackwardMatch) {

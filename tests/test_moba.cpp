@@ -32,6 +32,8 @@ std::string name_of(const MobaCase& c) {
          std::to_string(c.block) + "_top" + std::to_string(c.top_k) + "_" + dtype_name(c.dtype);
 }
 
+void PrintTo(const MobaCase& c, std::ostream* os) { *os << name_of(c); }
+
 class MobaVsReference : public ::testing::TestWithParam<MobaCase> {};
 
 TEST_P(MobaVsReference, SelectionForwardAndBackwardMatch) {

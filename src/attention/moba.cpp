@@ -188,7 +188,7 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const MobaOptions& opts) {
   const Moba m = make_moba("moba_attention_forward", q, k, v, varlen, opts);
   const Problem& p = m.p;
-  MobaResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}, m.slots};
+  MobaResult r{{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})}, {}, m.slots};
   const std::vector<QTile> tiles = own_block_tiles(m);
   r.selected = select_blocks(m, q, block_means(m, k), tiles);
   const Selectors sel = invert_selection(m, r.selected);

@@ -24,9 +24,8 @@ struct MobaOptions {
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
 };
 
-struct MobaResult {
-  Tensor out;  // [total_q, Hq, d] fp32
-  Tensor lse;  // [Hq, total_q] fp32
+// out [total_q, Hq, d] and lse [Hq, total_q] as dense attention, plus the selection.
+struct MobaResult : AttentionResult {
   // The past blocks each query chose (sequence-local block indices, ascending, -1 padded):
   // selected[(h * total_q + row) * slots + i], slots = top_k - 1. Kept for the backward, and
   // there for debugging and plots.

@@ -1,0 +1,45 @@
+// Model configuration: a Llama-style decoder whose every layer names its attention and FFN kind.
+// Read from JSON (see configs/*.json and docs/MODEL.md); validated on load.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace longctx {
+
+struct AttentionSpec {
+  std::string kind = "full";  // full | moba
+  int64_t block_size = 512;   // moba
+  int64_t top_k = 3;          // moba, own block included
+};
+
+struct FfnSpec {
+  std::string kind = "dense";  // dense (SwiGLU)
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t d_model = 256;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 4;
+  int64_t d_ff = 688;
+  int64_t max_seq_len = 2048;  // RoPE table length; longer sequences are rejected
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  bool tie_embeddings = true;
+  std::vector<AttentionSpec> attention;  // one per layer
+  std::vector<FfnSpec> ffn;              // one per layer
+
+  int64_t head_dim() const { return d_model / n_heads; }
+
+  // From JSON: top-level "attention" and "ffn" apply to every layer; "layers": [{...}, ...]
+  // overrides per layer; "full_attention_last_n": N makes the last N layers full (hybrid).
+  static ModelConfig from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;  // fully explicit (one entry per layer)
+  void validate() const;           // throws std::invalid_argument naming the field
+};
+
+}  // namespace longctx

@@ -1,0 +1,61 @@
+// A Llama-style decoder: token embedding -> N x [RMSNorm -> attention (full or MoBA, per layer)
+// -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> LM head (tied or untied).
+// Forward keeps the activations its hand-written backward needs; batches are packed varlen.
+#pragma once
+#include <longctx/model/config.hpp>
+#include <longctx/tensor.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace longctx {
+
+struct Param {
+  std::string name;
+  Tensor value, grad;
+  bool decay;  // AdamW weight decay applies (matrices yes, norm gains no)
+};
+
+// Packed sequences: tokens[T], targets[T] (next token, -1 = none), cu_seqlens {0, ..., T}.
+// positions[T] are RoPE positions (empty = 0, 1, ... within each sequence).
+struct Batch {
+  std::vector<int32_t> tokens, targets;
+  std::vector<int64_t> cu_seqlens, positions;
+  int64_t size() const { return int64_t(tokens.size()); }
+};
+
+class Transformer {
+ public:
+  Transformer(const ModelConfig& cfg, uint64_t seed);
+  ~Transformer();
+  Transformer(Transformer&&) noexcept;
+
+  const ModelConfig& config() const { return cfg_; }
+  std::vector<Param>& params() { return params_; }
+  const std::vector<Param>& params() const { return params_; }
+  Param& param(const std::string& name);
+  int64_t num_params() const;
+
+  // Mean next-token loss over the batch's targets. With `train`, keeps what backward() needs.
+  double forward(const Batch& batch, bool train);
+  // Logits [T, V] of every position.
+  Tensor logits(const Batch& batch);
+  // Adds the gradient of the last train forward's mean loss to every Param::grad.
+  void backward();
+  void zero_grad();
+
+  // Training-time switch (DESIGN.md "Hybrid"): run the MoBA layers as full attention.
+  void force_full_attention(bool on) { force_full_ = on; }
+  bool layer_uses_moba(int64_t layer) const;
+
+ private:
+  struct Acts;
+  void run(const Batch& batch, bool train, Tensor& logits_out);
+  ModelConfig cfg_;
+  std::vector<Param> params_;
+  std::unique_ptr<Acts> acts_;
+  bool force_full_ = false;
+};
+
+}  // namespace longctx

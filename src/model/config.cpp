@@ -1,0 +1,112 @@
+#include <longctx/error.hpp>
+#include <longctx/model/config.hpp>
+
+namespace longctx {
+
+namespace {
+
+AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec a) {
+  if (j.contains("kind")) a.kind = j.at("kind").get<std::string>();
+  if (j.contains("block_size")) a.block_size = j.at("block_size").get<int64_t>();
+  if (j.contains("top_k")) a.top_k = j.at("top_k").get<int64_t>();
+  return a;
+}
+
+FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
+  if (j.contains("kind")) f.kind = j.at("kind").get<std::string>();
+  return f;
+}
+
+const char* kKnownKeys[] = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
+                            "rope_theta", "norm_eps", "tie_embeddings", "attention", "ffn", "layers",
+                            "full_attention_last_n"};
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
+  LONGCTX_CHECK(j.is_object(), "model config must be a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    bool known = false;
+    for (const char* k : kKnownKeys) known |= key == k;
+    LONGCTX_CHECK(known, "model config: unknown field '", key, "'");
+  }
+  ModelConfig c;
+  try {
+    c.vocab_size = j.value("vocab_size", c.vocab_size);
+    c.d_model = j.value("d_model", c.d_model);
+    c.n_layers = j.value("n_layers", c.n_layers);
+    c.n_heads = j.value("n_heads", c.n_heads);
+    c.n_kv_heads = j.value("n_kv_heads", c.n_heads);
+    c.d_ff = j.value("d_ff", c.d_ff);
+    c.max_seq_len = j.value("max_seq_len", c.max_seq_len);
+    c.rope_theta = j.value("rope_theta", c.rope_theta);
+    c.norm_eps = j.value("norm_eps", c.norm_eps);
+    c.tie_embeddings = j.value("tie_embeddings", c.tie_embeddings);
+    LONGCTX_CHECK(c.n_layers >= 1, "model config: n_layers must be >= 1, got ", c.n_layers);
+    const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()), {});
+    const FfnSpec ffn = ffn_from_json(j.value("ffn", nlohmann::json::object()), {});
+    c.attention.assign(size_t(c.n_layers), attn);
+    c.ffn.assign(size_t(c.n_layers), ffn);
+    if (j.contains("layers")) {
+      const auto& layers = j.at("layers");
+      LONGCTX_CHECK(layers.is_array() && int64_t(layers.size()) == c.n_layers, "model config: 'layers' must list ",
+                    c.n_layers, " layers, got ", layers.size());
+      for (size_t i = 0; i < layers.size(); ++i) {
+        c.attention[i] = attention_from_json(layers[i].value("attention", nlohmann::json::object()), c.attention[i]);
+        c.ffn[i] = ffn_from_json(layers[i].value("ffn", nlohmann::json::object()), c.ffn[i]);
+      }
+    }
+    const int64_t last_full = j.value("full_attention_last_n", int64_t(0));
+    LONGCTX_CHECK(last_full >= 0 && last_full <= c.n_layers, "model config: full_attention_last_n must be in [0, ",
+                  c.n_layers, "], got ", last_full);
+    for (int64_t i = c.n_layers - last_full; i < c.n_layers; ++i) c.attention[size_t(i)].kind = "full";
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(concat("longctx: model config: ", e.what()));
+  }
+  c.validate();
+  return c;
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  nlohmann::json layers = nlohmann::json::array();
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const AttentionSpec& a = attention[size_t(i)];
+    nlohmann::json aj{{"kind", a.kind}};
+    if (a.kind == "moba") aj["block_size"] = a.block_size, aj["top_k"] = a.top_k;
+    layers.push_back({{"attention", aj}, {"ffn", {{"kind", ffn[size_t(i)].kind}}}});
+  }
+  return {{"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers}, {"n_heads", n_heads},
+          {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len}, {"rope_theta", rope_theta},
+          {"norm_eps", norm_eps}, {"tie_embeddings", tie_embeddings}, {"layers", layers}};
+}
+
+void ModelConfig::validate() const {
+  auto positive = [](const char* name, int64_t v) { LONGCTX_CHECK(v > 0, "model config: ", name, " must be > 0, got ", v); };
+  positive("vocab_size", vocab_size);
+  positive("d_model", d_model);
+  positive("n_layers", n_layers);
+  positive("n_heads", n_heads);
+  positive("n_kv_heads", n_kv_heads);
+  positive("d_ff", d_ff);
+  positive("max_seq_len", max_seq_len);
+  LONGCTX_CHECK(d_model % n_heads == 0, "model config: n_heads (", n_heads, ") must divide d_model (", d_model, ")");
+  LONGCTX_CHECK(head_dim() % 2 == 0, "model config: head_dim (d_model / n_heads = ", head_dim(), ") must be even for RoPE");
+  LONGCTX_CHECK(n_heads % n_kv_heads == 0, "model config: n_kv_heads (", n_kv_heads, ") must divide n_heads (", n_heads, ")");
+  LONGCTX_CHECK(rope_theta > 0, "model config: rope_theta must be > 0, got ", rope_theta);
+  LONGCTX_CHECK(norm_eps > 0, "model config: norm_eps must be > 0, got ", norm_eps);
+  LONGCTX_CHECK(int64_t(attention.size()) == n_layers && int64_t(ffn.size()) == n_layers,
+                "model config: need one attention and ffn spec per layer");
+  for (size_t i = 0; i < attention.size(); ++i) {
+    const AttentionSpec& a = attention[i];
+    LONGCTX_CHECK(a.kind == "full" || a.kind == "moba", "model config: layer ", i, ": unknown attention kind '", a.kind,
+                  "' (available: full, moba)");
+    if (a.kind == "moba") {
+      LONGCTX_CHECK(a.block_size > 0, "model config: layer ", i, ": moba block_size must be > 0, got ", a.block_size);
+      LONGCTX_CHECK(a.top_k > 0, "model config: layer ", i, ": moba top_k must be > 0, got ", a.top_k);
+    }
+    LONGCTX_CHECK(ffn[i].kind == "dense", "model config: layer ", i, ": unknown ffn kind '", ffn[i].kind,
+                  "' (available: dense)");
+  }
+}
+
+}  // namespace longctx

@@ -1,0 +1,108 @@
+#include <longctx/attention/reference.hpp>
+#include <longctx/model/reference_model.hpp>
+
+#include <cmath>
+
+namespace longctx::reference {
+
+namespace {
+
+using Vec = std::vector<double>;
+
+// y[T, out] = x[T, in] W[in, out]
+Vec matmul(const Vec& x, int64_t T, int64_t in, const Vec& w, int64_t out) {
+  Vec y(size_t(T * out), 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t o = 0; o < out; ++o) y[size_t(t * out + o)] += x[size_t(t * in + i)] * w[size_t(i * out + o)];
+  return y;
+}
+
+Vec rmsnorm(const Vec& x, int64_t T, int64_t D, const Vec& w, double eps) {
+  Vec y(x.size());
+  for (int64_t t = 0; t < T; ++t) {
+    double ss = 0;
+    for (int64_t i = 0; i < D; ++i) ss += x[size_t(t * D + i)] * x[size_t(t * D + i)];
+    const double r = 1.0 / std::sqrt(ss / double(D) + eps);
+    for (int64_t i = 0; i < D; ++i) y[size_t(t * D + i)] = x[size_t(t * D + i)] * r * w[size_t(i)];
+  }
+  return y;
+}
+
+void rope(Vec& x, int64_t T, int64_t H, int64_t dh, const std::vector<int64_t>& pos, double theta) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < dh / 2; ++i) {
+        const double ang = double(pos[size_t(t)]) * std::pow(theta, -2.0 * double(i) / double(dh));
+        double& a = x[size_t((t * H + h) * dh + i)];
+        double& b = x[size_t((t * H + h) * dh + i + dh / 2)];
+        const double a0 = a, b0 = b;
+        a = a0 * std::cos(ang) - b0 * std::sin(ang);
+        b = b0 * std::cos(ang) + a0 * std::sin(ang);
+      }
+}
+
+}  // namespace
+
+double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>& params, const Batch& batch,
+                  bool force_full) {
+  const int64_t T = batch.size(), D = cfg.d_model, dh = cfg.head_dim(), Hq = cfg.n_heads, Hkv = cfg.n_kv_heads;
+  const int64_t F = cfg.d_ff, V = cfg.vocab_size;
+  std::vector<int64_t> pos = batch.positions;
+  if (pos.empty())
+    for (size_t s = 0; s + 1 < batch.cu_seqlens.size(); ++s)
+      for (int64_t t = batch.cu_seqlens[s]; t < batch.cu_seqlens[s + 1]; ++t) pos.push_back(t - batch.cu_seqlens[s]);
+  const Varlen varlen{batch.cu_seqlens, batch.cu_seqlens};
+  size_t next = 0;
+  auto take = [&]() -> const Vec& { return params[next++]; };
+
+  const Vec& E = take();
+  Vec x(size_t(T * D));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < D; ++i) x[size_t(t * D + i)] = E[size_t(batch.tokens[size_t(t)] * D + i)];
+  const Shape shape{T, T, int(Hq), int(Hkv), int(dh)};
+  for (int64_t l = 0; l < cfg.n_layers; ++l) {
+    const Vec &attn_norm = take(), &wq = take(), &wk = take(), &wv = take(), &wo = take();
+    const Vec &ffn_norm = take(), &w1 = take(), &w3 = take(), &w2 = take();
+    const Vec h = rmsnorm(x, T, D, attn_norm, cfg.norm_eps);
+    Vec q = matmul(h, T, D, wq, Hq * dh), k = matmul(h, T, D, wk, Hkv * dh);
+    const Vec v = matmul(h, T, D, wv, Hkv * dh);
+    rope(q, T, Hq, dh, pos, cfg.rope_theta);
+    rope(k, T, Hkv, dh, pos, cfg.rope_theta);
+    const AttentionSpec& spec = cfg.attention[size_t(l)];
+    const Mask mask = spec.kind == "moba" && !force_full
+                          ? moba_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k)
+                          : dense_mask(shape, varlen, AttentionOptions{});
+    Vec att, lse;
+    attention_forward<double>(shape, q, k, v, 1.0 / std::sqrt(double(dh)), mask, att, lse);
+    const Vec o = matmul(att, T, Hq * dh, wo, D);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+    const Vec h2 = rmsnorm(x, T, D, ffn_norm, cfg.norm_eps);
+    const Vec a = matmul(h2, T, D, w1, F), b = matmul(h2, T, D, w3, F);
+    Vec g(a.size());
+    for (size_t i = 0; i < a.size(); ++i) g[i] = a[i] / (1.0 + std::exp(-a[i])) * b[i];
+    const Vec y = matmul(g, T, F, w2, D);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  }
+  const Vec& norm = take();
+  const Vec& head = cfg.tie_embeddings ? E : take();
+  const Vec hf = rmsnorm(x, T, D, norm, cfg.norm_eps);
+  double total = 0;
+  int64_t count = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (batch.targets[size_t(t)] < 0) continue;
+    Vec z(size_t(V), 0.0);
+    double m = -1e300;
+    for (int64_t c = 0; c < V; ++c) {
+      for (int64_t i = 0; i < D; ++i) z[size_t(c)] += hf[size_t(t * D + i)] * head[size_t(c * D + i)];
+      m = std::max(m, z[size_t(c)]);
+    }
+    double s = 0;
+    for (double zc : z) s += std::exp(zc - m);
+    total += m + std::log(s) - z[size_t(batch.targets[size_t(t)])];
+    ++count;
+  }
+  return count ? total / double(count) : 0.0;
+}
+
+}  // namespace longctx::reference

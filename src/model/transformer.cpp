@@ -1,0 +1,287 @@
+#include <longctx/attention/flash.hpp>
+#include <longctx/attention/moba.hpp>
+#include <longctx/error.hpp>
+#include <longctx/model/transformer.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "core/gemm.hpp"
+#include "core/simd.hpp"
+#include "model/layers.hpp"
+
+namespace longctx {
+
+namespace {
+
+struct LayerParams {
+  Param *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w1, *w3, *w2;
+};
+
+// What one layer's backward needs from its forward.
+struct LayerActs {
+  Tensor x_in, h1, q, k, v, x_mid, h2, a, b;
+  std::vector<float> rstd1, rstd2;
+  MobaResult attn;  // dense layers leave `selected` empty
+  bool moba = false;
+};
+
+}  // namespace
+
+struct Transformer::Acts {
+  std::vector<LayerParams> layer_params;
+  Param *embed, *norm, *head;
+  nn::Rope rope;
+  // last train forward
+  Batch batch;
+  Varlen varlen;
+  std::vector<LayerActs> layers;
+  Tensor x_final, h_final, dlogits;
+  std::vector<float> rstd_final;
+  bool ready = false;
+};
+
+Transformer::~Transformer() = default;
+Transformer::Transformer(Transformer&&) noexcept = default;
+
+Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  cfg_.validate();
+  const int64_t D = cfg.d_model, dh = cfg.head_dim(), F = cfg.d_ff, V = cfg.vocab_size;
+  std::mt19937_64 rng(seed);
+  auto add = [&](std::string name, std::vector<int64_t> shape, float std) {
+    Param p{std::move(name), Tensor(shape), Tensor(shape), shape.size() == 2};
+    if (std == 0.0f) {
+      p.value.fill(1.0f);  // norm gains
+    } else {
+      std::normal_distribution<float> dist(0.0f, std);
+      for (int64_t i = 0; i < p.value.numel(); ++i) p.value.f32()[i] = dist(rng);
+    }
+    params_.push_back(std::move(p));
+  };
+  // GPT-2 / Llama practice: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers).
+  const float out_std = 0.02f / std::sqrt(2.0f * float(cfg.n_layers));
+  add("tok_embeddings.weight", {V, D}, 0.02f);
+  for (int64_t l = 0; l < cfg.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    add(p + "attention_norm.weight", {D}, 0.0f);
+    add(p + "attention.wq", {D, cfg.n_heads * dh}, 0.02f);
+    add(p + "attention.wk", {D, cfg.n_kv_heads * dh}, 0.02f);
+    add(p + "attention.wv", {D, cfg.n_kv_heads * dh}, 0.02f);
+    add(p + "attention.wo", {cfg.n_heads * dh, D}, out_std);
+    add(p + "ffn_norm.weight", {D}, 0.0f);
+    add(p + "feed_forward.w1", {D, F}, 0.02f);
+    add(p + "feed_forward.w3", {D, F}, 0.02f);
+    add(p + "feed_forward.w2", {F, D}, out_std);
+  }
+  add("norm.weight", {D}, 0.0f);
+  if (!cfg.tie_embeddings) add("output.weight", {V, D}, 0.02f);
+
+  acts_ = std::make_unique<Acts>(Acts{{}, nullptr, nullptr, nullptr, nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta)});
+  for (int64_t l = 0; l < cfg.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    acts_->layer_params.push_back({&param(p + "attention_norm.weight"), &param(p + "attention.wq"),
+                                   &param(p + "attention.wk"), &param(p + "attention.wv"), &param(p + "attention.wo"),
+                                   &param(p + "ffn_norm.weight"), &param(p + "feed_forward.w1"),
+                                   &param(p + "feed_forward.w3"), &param(p + "feed_forward.w2")});
+  }
+  acts_->embed = &param("tok_embeddings.weight");
+  acts_->norm = &param("norm.weight");
+  acts_->head = cfg.tie_embeddings ? acts_->embed : &param("output.weight");
+}
+
+Param& Transformer::param(const std::string& name) {
+  for (Param& p : params_)
+    if (p.name == name) return p;
+  throw std::invalid_argument(concat("longctx: model has no parameter '", name, "'"));
+}
+
+int64_t Transformer::num_params() const {
+  int64_t n = 0;
+  for (const Param& p : params_) n += p.value.numel();
+  return n;
+}
+
+bool Transformer::layer_uses_moba(int64_t layer) const {
+  return !force_full_ && cfg_.attention[size_t(layer)].kind == "moba";
+}
+
+void Transformer::zero_grad() {
+  for (Param& p : params_) p.grad.fill(0.0f);
+}
+
+namespace {
+
+void check_batch(const ModelConfig& cfg, const Batch& b) {
+  const int64_t T = b.size();
+  LONGCTX_CHECK(T > 0, "batch: no tokens");
+  LONGCTX_CHECK(b.targets.empty() || int64_t(b.targets.size()) == T, "batch: ", b.targets.size(), " targets for ", T,
+                " tokens");
+  LONGCTX_CHECK(b.cu_seqlens.size() >= 2 && b.cu_seqlens.front() == 0 && b.cu_seqlens.back() == T,
+                "batch: cu_seqlens must run from 0 to the token count ", T);
+  for (size_t i = 1; i < b.cu_seqlens.size(); ++i)
+    LONGCTX_CHECK(b.cu_seqlens[i] > b.cu_seqlens[i - 1], "batch: cu_seqlens must be increasing at index ", i);
+  for (int64_t t = 0; t < T; ++t) {
+    LONGCTX_CHECK(b.tokens[size_t(t)] >= 0 && b.tokens[size_t(t)] < cfg.vocab_size, "batch: token ", b.tokens[size_t(t)],
+                  " at ", t, " outside the vocabulary of ", cfg.vocab_size);
+    if (!b.targets.empty())
+      LONGCTX_CHECK(b.targets[size_t(t)] >= -1 && b.targets[size_t(t)] < cfg.vocab_size, "batch: target ",
+                    b.targets[size_t(t)], " at ", t, " outside the vocabulary of ", cfg.vocab_size);
+  }
+}
+
+std::vector<int64_t> positions_of(const Batch& b) {
+  if (!b.positions.empty()) return b.positions;
+  std::vector<int64_t> pos(size_t(b.size()));
+  for (size_t s = 0; s + 1 < b.cu_seqlens.size(); ++s)
+    for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) pos[size_t(t)] = t - b.cu_seqlens[s];
+  return pos;
+}
+
+void add_into(Tensor& y, const Tensor& x) {
+  float* yp = y.f32();
+  const float* xp = x.f32();
+  const int64_t n = y.numel(), chunk = 1 << 14;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < n; c += chunk) simd::add_inplace(yp + c, xp + c, std::min(chunk, n - c));
+}
+
+}  // namespace
+
+void Transformer::run(const Batch& batch, bool train, Tensor& logits_out) {
+  check_batch(cfg_, batch);
+  Acts& A = *acts_;
+  const int64_t T = batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
+  const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
+  const float eps = float(cfg_.norm_eps);
+  const std::vector<int64_t> pos = positions_of(batch);
+  const Varlen varlen{batch.cu_seqlens, batch.cu_seqlens};
+
+  Tensor x({T, D});
+  const float* E = A.embed->value.f32();
+  for (int64_t t = 0; t < T; ++t) std::copy_n(E + batch.tokens[size_t(t)] * D, D, x.f32() + t * D);
+
+  std::vector<LayerActs> layers(size_t(cfg_.n_layers));
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    const LayerParams& P = A.layer_params[size_t(l)];
+    LayerActs& L = layers[size_t(l)];
+    L.h1 = Tensor({T, D});
+    L.rstd1.resize(size_t(T));
+    nn::rmsnorm_forward(x.f32(), P.attn_norm->value.f32(), T, D, eps, L.h1.f32(), L.rstd1.data());
+    L.q = Tensor({T, Hq, dh});
+    L.k = Tensor({T, Hkv, dh});
+    L.v = Tensor({T, Hkv, dh});
+    nn::linear_forward(L.h1.f32(), T, D, P.wq->value.f32(), Hq * dh, L.q.f32());
+    nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, L.k.f32());
+    nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, L.v.f32());
+    A.rope.apply(L.q.f32(), T, Hq, pos.data(), false);
+    A.rope.apply(L.k.f32(), T, Hkv, pos.data(), false);
+    L.moba = layer_uses_moba(l);
+    if (L.moba) {
+      const AttentionSpec& s = cfg_.attention[size_t(l)];
+      L.attn = moba_attention_forward(L.q, L.k, L.v, varlen, {s.block_size, s.top_k, 0.0f});
+    } else {
+      static_cast<AttentionResult&>(L.attn) = flash_attention_forward(L.q, L.k, L.v, varlen);
+    }
+    L.x_in = std::move(x);
+    L.x_mid = Tensor({T, D});
+    nn::linear_forward(L.attn.out.f32(), T, Hq * dh, P.wo->value.f32(), D, L.x_mid.f32());
+    add_into(L.x_mid, L.x_in);  // residual
+    L.h2 = Tensor({T, D});
+    L.rstd2.resize(size_t(T));
+    nn::rmsnorm_forward(L.x_mid.f32(), P.ffn_norm->value.f32(), T, D, eps, L.h2.f32(), L.rstd2.data());
+    L.a = Tensor({T, F});
+    L.b = Tensor({T, F});
+    x = Tensor({T, D});
+    nn::swiglu_forward(L.h2.f32(), T, D, F, P.w1->value.f32(), P.w3->value.f32(), P.w2->value.f32(), L.a.f32(),
+                       L.b.f32(), x.f32());
+    add_into(x, L.x_mid);
+    if (!train) layers[size_t(l)] = LayerActs{};  // inference keeps nothing
+  }
+  Tensor h({T, D});
+  std::vector<float> rstd(static_cast<size_t>(T));
+  nn::rmsnorm_forward(x.f32(), A.norm->value.f32(), T, D, eps, h.f32(), rstd.data());
+  logits_out = Tensor({T, V});
+  gemm::sgemm(false, true, T, V, D, 1.0f, h.f32(), D, A.head->value.f32(), D, 0.0f, logits_out.f32(), V);
+  if (train) {
+    A.batch = batch;
+    A.varlen = varlen;
+    A.layers = std::move(layers);
+    A.x_final = std::move(x);
+    A.h_final = std::move(h);
+    A.rstd_final = std::move(rstd);
+  }
+}
+
+double Transformer::forward(const Batch& batch, bool train) {
+  LONGCTX_CHECK(int64_t(batch.targets.size()) == batch.size(), "forward: batch needs one target per token");
+  Tensor logits;
+  acts_->ready = false;
+  run(batch, train, logits);
+  Tensor dlogits = train ? Tensor(logits.shape()) : Tensor();
+  const nn::LossSum loss = nn::cross_entropy(logits.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(),
+                                             train ? dlogits.f32() : nullptr);
+  if (train) {
+    acts_->dlogits = std::move(dlogits);
+    acts_->ready = true;
+  }
+  return loss.count ? loss.sum / double(loss.count) : 0.0;
+}
+
+Tensor Transformer::logits(const Batch& batch) {
+  Tensor out;
+  run(batch, false, out);
+  return out;
+}
+
+void Transformer::backward() {
+  Acts& A = *acts_;
+  LONGCTX_CHECK(A.ready, "backward: call forward(batch, /*train=*/true) first");
+  A.ready = false;
+  const int64_t T = A.batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
+  const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
+  const std::vector<int64_t> pos = positions_of(A.batch);
+
+  // LM head: logits = h E^T
+  Tensor dh_final({T, D}), dx({T, D});
+  gemm::sgemm(false, false, T, D, V, 1.0f, A.dlogits.f32(), V, A.head->value.f32(), D, 0.0f, dh_final.f32(), D);
+  gemm::sgemm(true, false, V, D, T, 1.0f, A.dlogits.f32(), V, A.h_final.f32(), D, 1.0f, A.head->grad.f32(), D);
+  nn::rmsnorm_backward(A.x_final.f32(), A.norm->value.f32(), A.rstd_final.data(), dh_final.f32(), T, D, dx.f32(), false,
+                       A.norm->grad.f32());
+
+  Tensor dh2({T, D}), ffn_scratch({2 * T, F});
+  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
+    const LayerParams& P = A.layer_params[size_t(l)];
+    LayerActs& L = A.layers[size_t(l)];
+    // FFN branch: x_out = x_mid + swiglu(rmsnorm(x_mid))
+    nn::swiglu_backward(L.h2.f32(), L.a.f32(), L.b.f32(), dx.f32(), T, D, F, P.w1->value.f32(), P.w3->value.f32(),
+                        P.w2->value.f32(), dh2.f32(), false, P.w1->grad.f32(), P.w3->grad.f32(), P.w2->grad.f32(),
+                        ffn_scratch.f32());
+    nn::rmsnorm_backward(L.x_mid.f32(), P.ffn_norm->value.f32(), L.rstd2.data(), dh2.f32(), T, D, dx.f32(), true,
+                         P.ffn_norm->grad.f32());
+    // Attention branch: x_mid = x_in + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo
+    Tensor dout({T, Hq, dh});
+    nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
+                        P.wo->grad.f32());
+    AttentionGrads g;
+    if (L.moba) {
+      const AttentionSpec& s = cfg_.attention[size_t(l)];
+      g = moba_attention_backward(L.q, L.k, L.v, L.attn, dout, A.varlen, {s.block_size, s.top_k, 0.0f});
+    } else {
+      g = flash_attention_backward(L.q, L.k, L.v, L.attn, dout, A.varlen);
+    }
+    A.rope.apply(g.dq.f32(), T, Hq, pos.data(), true);
+    A.rope.apply(g.dk.f32(), T, Hkv, pos.data(), true);
+    Tensor dh1({T, D});
+    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), false, P.wq->grad.f32());
+    nn::linear_backward(L.h1.f32(), g.dk.f32(), T, D, P.wk->value.f32(), Hkv * dh, dh1.f32(), true, P.wk->grad.f32());
+    nn::linear_backward(L.h1.f32(), g.dv.f32(), T, D, P.wv->value.f32(), Hkv * dh, dh1.f32(), true, P.wv->grad.f32());
+    nn::rmsnorm_backward(L.x_in.f32(), P.attn_norm->value.f32(), L.rstd1.data(), dh1.f32(), T, D, dx.f32(), true,
+                         P.attn_norm->grad.f32());
+    L = LayerActs{};  // free as we go
+  }
+  float* dE = A.embed->grad.f32();
+  for (int64_t t = 0; t < T; ++t) simd::add_inplace(dE + A.batch.tokens[size_t(t)] * D, dx.f32() + t * D, D);
+  A.layers.clear();
+}
+
+}  // namespace longctx

@@ -6,5 +6,9 @@ namespace longctx::cli {
 
 // `longctx bench attention`
 void add_bench_attention(CLI::App& bench);
+// `longctx train`
+void add_train(CLI::App& app);
+// `longctx generate`
+void add_generate(CLI::App& app);
 
 }  // namespace longctx::cli

@@ -5,11 +5,13 @@
 #include "commands.hpp"
 
 int main(int argc, char** argv) {
-  CLI::App app{"longctx: long-context attention, sparse attention and MoE kernels on CPU"};
+  CLI::App app{"longctx: long-context transformers on CPU: attention kernels, training, generation"};
   app.require_subcommand(1);
   CLI::App* bench = app.add_subcommand("bench", "Kernel speed and memory, method vs method");
   bench->require_subcommand(1);
   longctx::cli::add_bench_attention(*bench);
+  longctx::cli::add_train(app);
+  longctx::cli::add_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

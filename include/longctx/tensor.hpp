@@ -58,6 +58,7 @@ class Tensor {
   uint16_t* bf16();
   const uint16_t* bf16() const;
   const void* raw() const { return data_.get(); }
+  void* raw() { return data_.get(); }
 
   void fill(float value);
   float at(int64_t flat_index) const;  // any dtype, as fp32

@@ -236,7 +236,7 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   }
 
   // out = acc / l, lse = m + log l.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(p.tq * p.hq * p.d))
   for (int64_t row = 0; row < p.tq; ++row)
     for (int h = 0; h < p.hq; ++h) {
       const size_t stat = size_t(h) * p.tq + row;

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/gemm.hpp"
+#include "core/parallel.hpp"
 #include "core/simd.hpp"
 
 namespace longctx::attn {
@@ -124,7 +125,7 @@ std::vector<float> rowsum_dout_out(const Tensor& dout, const Tensor& out) {
   std::vector<float> delta(size_t(H * T));
   const float* o = out.f32();
   const float* g = dout.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * H * d))
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) delta[h * T + t] = simd::dot(o + (t * H + h) * d, g + (t * H + h) * d, d);
   return delta;
@@ -140,7 +141,7 @@ void DqAccumulators::reduce() {
   if (extra_.empty()) return;
   const int64_t n = dq_.numel(), chunk = 1 << 14;
   float* dst = dq_.f32();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(n))
   for (int64_t c = 0; c < n; c += chunk)
     for (const Tensor& e : extra_) simd::add_inplace(dst + c, e.f32() + c, std::min(chunk, n - c));
 }

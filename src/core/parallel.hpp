@@ -16,13 +16,18 @@ void set_threads(int n);
 // Indices 0..n-1 sorted by descending cost; ties keep index order.
 std::vector<int64_t> heaviest_first(const std::vector<double>& cost);
 
+// Whether a loop over `work` elementwise operations is worth a parallel region: below this, the
+// fork/join (and, on a busy machine, waiting for a descheduled thread at the barrier) costs more
+// than the loop.
+inline bool worth_threads(int64_t work) { return work >= (int64_t(1) << 16); }
+
 enum class Schedule { dynamic, cyclic };
 
 // make_state(thread) builds one thread's scratch inside the parallel region; body(item, state).
 template <class MakeState, class Body>
 void run(int64_t n, Schedule schedule, MakeState&& make_state, Body&& body) {
   if (n == 0) return;
-#pragma omp parallel
+#pragma omp parallel if (n > 1)
   {
     auto state = make_state(omp_get_thread_num());
     if (schedule == Schedule::dynamic) {

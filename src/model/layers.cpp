@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "core/parallel.hpp"
+
 #include "core/gemm.hpp"
 #include "core/simd.hpp"
 
@@ -20,7 +22,7 @@ void linear_backward(const float* x, const float* dy, int64_t T, int64_t in, con
 }
 
 void rmsnorm_forward(const float* x, const float* w, int64_t T, int64_t D, float eps, float* y, float* rstd) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * D))
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * D;
     const float r = 1.0f / std::sqrt(simd::dot(xt, xt, D) / float(D) + eps);
@@ -32,7 +34,7 @@ void rmsnorm_forward(const float* x, const float* w, int64_t T, int64_t D, float
 void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, int64_t T, int64_t D,
                       float* dx, bool accumulate, float* dw) {
   // y_i = w_i x_i r with r = (mean x^2 + eps)^-1/2:  dx_i = r w_i dy_i - x_i r^3 / D * sum_j w_j dy_j x_j
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * D))
   for (int64_t t = 0; t < T; ++t) {
     const float *xt = x + t * D, *dyt = dy + t * D;
     const float r = rstd[t];
@@ -65,7 +67,7 @@ void Rope::apply(float* x, int64_t T, int64_t H, const int64_t* pos, bool invers
   for (int64_t t = 0; t < T; ++t)  // checked before the parallel loop: exceptions cannot leave it
     LONGCTX_CHECK(pos[t] >= 0 && pos[t] < max_pos_, "rope: position ", pos[t], " outside the table of ", max_pos_,
                   " (model max_seq_len)");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * H * 2 * half_))
   for (int64_t t = 0; t < T; ++t) {
     const float *c = &cos_[size_t(pos[t] * half_)], *s = &sin_[size_t(pos[t] * half_)];
     for (int64_t h = 0; h < H; ++h) {
@@ -88,7 +90,7 @@ void swiglu_forward(const float* x, int64_t T, int64_t D, int64_t F, const float
   linear_forward(x, T, D, w1, F, a);
   linear_forward(x, T, D, w3, F, b);
   std::vector<float> h(size_t(T * F));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * F))
   for (int64_t i = 0; i < T * F; ++i) h[size_t(i)] = a[i] * sigmoid(a[i]) * b[i];
   linear_forward(h.data(), T, F, w2, D, y);
 }
@@ -97,11 +99,11 @@ void swiglu_backward(const float* x, const float* a, const float* b, const float
                      const float* w1, const float* w3, const float* w2, float* dx, bool accumulate, float* dw1,
                      float* dw3, float* dw2, float* scratch) {
   float *h = scratch, *dh = scratch + T * F;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * F))
   for (int64_t i = 0; i < T * F; ++i) h[i] = a[i] * sigmoid(a[i]) * b[i];
   linear_backward(h, dy, T, F, w2, D, dh, false, dw2);
   // h = silu(a) b: da = dh b silu'(a), silu'(a) = s (1 + a (1 - s)); db = dh silu(a). Reuse h for db, dh for da.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * F))
   for (int64_t i = 0; i < T * F; ++i) {
     const float s = sigmoid(a[i]);
     h[i] = dh[i] * a[i] * s;
@@ -119,7 +121,7 @@ LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* 
   }
   std::vector<double> row_loss(size_t(T), 0.0);  // summed serially below: deterministic
   const float inv = count ? 1.0f / float(count) : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * V))
   for (int64_t t = 0; t < T; ++t) {
     const float* z = logits + t * V;
     if (targets[t] < 0) {

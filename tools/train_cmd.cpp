@@ -1,0 +1,131 @@
+// `longctx train`: train a model from a config file on a prepared corpus.
+#include <fmt/core.h>
+#include <longctx/error.hpp>
+#include <longctx/train/trainer.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "commands.hpp"
+#include "core/parallel.hpp"
+
+namespace longctx::cli {
+
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+
+// Entropy (nats) of the token distribution of the training split: the loss of the best model that
+// ignores context, the bar a trained model must clear.
+double unigram_entropy(const Corpus& c) {
+  std::map<int32_t, double> counts;
+  double n = 0;
+  for (const auto& d : c.train)
+    for (int32_t t : d) counts[t] += 1, n += 1;
+  double h = 0;
+  for (const auto& [t, k] : counts) h -= k / n * std::log(k / n);
+  return h;
+}
+
+std::string eta(double seconds) {
+  const int s = int(seconds);
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+struct Options {
+  std::string config, data, out = "runs/latest";
+  int64_t steps = 0;
+  bool resume = false;
+  int threads = 0;
+  uint64_t init_seed = 1234;
+};
+
+void run(const Options& o) {
+  if (o.threads > 0) parallel::set_threads(o.threads);
+  std::ifstream cf(o.config);
+  LONGCTX_CHECK(cf.good(), "train: cannot read config '", o.config, "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(cf);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(concat("longctx: train: config '", o.config, "' is not valid JSON: ", e.what()));
+  }
+  TrainConfig tc = TrainConfig::from_json(j.value("train", nlohmann::json::object()));
+  if (o.steps > 0) tc.steps = o.steps;
+  const auto tok = make_tokenizer(tc.tokenizer);
+  nlohmann::json mj = j.value("model", nlohmann::json::object());
+  if (!mj.contains("vocab_size")) mj["vocab_size"] = tok->vocab_size();
+  const ModelConfig mc = ModelConfig::from_json(mj);
+  LONGCTX_CHECK(mc.vocab_size >= tok->vocab_size(), "train: model vocab_size (", mc.vocab_size,
+                ") is smaller than the tokenizer's (", tok->vocab_size(), ")");
+  fmt::print(stderr, "loading corpus {} ({})...\n", o.data, tc.tokenizer);
+  Corpus corpus = load_corpus(o.data, *tok);
+  const double h1 = unigram_entropy(corpus);
+  std::filesystem::create_directories(o.out);
+  const std::string ckpt = o.out + "/checkpoint.safetensors";
+  Trainer trainer(mc, tc, std::move(corpus), o.init_seed);
+  if (o.resume) {
+    LONGCTX_CHECK(std::filesystem::exists(ckpt), "train: --resume but no checkpoint at ", ckpt);
+    trainer.resume(ckpt);
+    fmt::print(stderr, "resumed from {} at step {}\n", ckpt, trainer.steps_done());
+  }
+  fmt::print(stderr, "model: {} parameters, {} layers, d={}, {} threads; unigram entropy of the training tokens: {:.4f} nats\n",
+             trainer.model().num_params(), mc.n_layers, mc.d_model, parallel::max_threads(), h1);
+  std::ofstream log(o.out + "/log.jsonl", o.resume ? std::ios::app : std::ios::trunc);
+  std::signal(SIGINT, [](int) { g_interrupted = 1; });
+  std::signal(SIGTERM, [](int) { g_interrupted = 1; });
+  const bool tty = isatty(2);
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t first = trainer.steps_done();
+  double smooth_tps = 0;
+  while (trainer.steps_done() < tc.steps && !g_interrupted) {
+    const StepStats s = trainer.step();
+    smooth_tps = smooth_tps == 0 ? s.tokens_per_s : 0.9 * smooth_tps + 0.1 * s.tokens_per_s;
+    nlohmann::json rec{{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
+                       {"tokens_per_s", s.tokens_per_s}};
+    const bool eval_now = s.step % tc.eval_every == 0 || s.step == tc.steps;
+    if (eval_now) rec["val_loss"] = trainer.evaluate();
+    log << rec.dump() << "\n" << std::flush;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double remaining = elapsed / double(s.step - first) * double(tc.steps - s.step);
+    const int width = 24, done = int(width * s.step / tc.steps);
+    const std::string line = fmt::format("step {}/{} [{}{}] loss {:.4f} lr {:.2e} {:.0f} tok/s ETA {}{}", s.step,
+                                         tc.steps, std::string(size_t(done), '#'), std::string(size_t(width - done), '.'),
+                                         s.loss, s.lr, smooth_tps, eta(remaining),
+                                         eval_now ? fmt::format(" | val_loss {:.4f}", rec["val_loss"].get<double>()) : "");
+    if (tty)
+      fmt::print(stderr, "\r{}{}", line, eval_now ? "\n" : "\033[K");
+    else if (eval_now || s.step % 10 == 0)
+      fmt::print(stderr, "{}\n", line);
+    if (s.step % tc.ckpt_every == 0 || s.step == tc.steps) trainer.save(ckpt);
+  }
+  if (g_interrupted) {
+    trainer.save(ckpt);
+    fmt::print(stderr, "\ninterrupted: checkpoint at step {} saved to {} (continue with --resume)\n",
+               trainer.steps_done(), ckpt);
+    return;
+  }
+  fmt::print(stderr, "done: {} steps, checkpoint {}, log {}/log.jsonl\n", trainer.steps_done(), ckpt, o.out);
+}
+
+}  // namespace
+
+void add_train(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand("train", "Train a model from a config file on a prepared corpus");
+  c->add_option("--config", o->config, "JSON file with \"model\" and \"train\" sections (see configs/)")->required();
+  c->add_option("--data", o->data, "Corpus folder with train/ and val/ (scripts/prepare_data.sh)")->required();
+  c->add_option("--out", o->out, "Run folder: checkpoint.safetensors and log.jsonl")->capture_default_str();
+  c->add_option("--steps", o->steps, "Override the config's step count");
+  c->add_flag("--resume", o->resume, "Continue from <out>/checkpoint.safetensors");
+  c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
+  c->add_option("--init-seed", o->init_seed, "Seed of the weight initialisation")->capture_default_str();
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace longctx::cli

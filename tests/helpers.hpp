@@ -13,11 +13,7 @@ namespace longctx::testing {
 
 inline Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, float scale = 1.0f,
                             DType dtype = DType::f32) {
-  Tensor t(std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
+  return random_normal(std::move(shape), seed, scale, dtype);
 }
 
 template <class T>

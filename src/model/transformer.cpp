@@ -31,8 +31,9 @@ struct LayerActs {
 }  // namespace
 
 struct Transformer::Acts {
+  explicit Acts(nn::Rope r) : rope(std::move(r)) {}
   std::vector<LayerParams> layer_params;
-  Param *embed, *norm, *head;
+  Param *embed = nullptr, *norm = nullptr, *head = nullptr;
   nn::Rope rope;
   // last train forward
   Batch batch;
@@ -78,7 +79,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   add("norm.weight", {D}, 0.0f);
   if (!cfg.tie_embeddings) add("output.weight", {V, D}, 0.02f);
 
-  acts_ = std::make_unique<Acts>(Acts{{}, nullptr, nullptr, nullptr, nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta)});
+  acts_ = std::make_unique<Acts>(nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta));
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     acts_->layer_params.push_back({&param(p + "attention_norm.weight"), &param(p + "attention.wq"),

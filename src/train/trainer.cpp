@@ -104,12 +104,11 @@ double Trainer::evaluate() {
 
 void Trainer::save(const std::string& path) const {
   std::vector<std::pair<std::string, const Tensor*>> tensors;
-  auto& params = const_cast<Transformer&>(model_).params();
-  auto& opt = const_cast<AdamW&>(opt_);
+  const auto& params = model_.params();
   for (const Param& p : params) tensors.push_back({p.name, &p.value});
   for (size_t i = 0; i < params.size(); ++i) {
-    tensors.push_back({"optimizer.m." + params[i].name, &opt.m()[i]});
-    tensors.push_back({"optimizer.v." + params[i].name, &opt.v()[i]});
+    tensors.push_back({"optimizer.m." + params[i].name, &opt_.m()[i]});
+    tensors.push_back({"optimizer.v." + params[i].name, &opt_.v()[i]});
   }
   const nlohmann::json state{{"step", step_}, {"adam_steps", opt_.steps()}, {"tokens_seen", tokens_seen_}};
   save_safetensors(path, tensors,

@@ -51,6 +51,8 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   LONGCTX_CHECK(!cfg.methods.empty() && !cfg.lengths.empty(), "bench attention: need at least one method and length");
   for (const auto& m : cfg.methods)
     LONGCTX_CHECK(attention_methods().count(m), "bench attention: unknown method '", m, "'");
+  LONGCTX_CHECK(cfg.heads % cfg.kv_heads == 0, "bench attention: query heads (", cfg.heads,
+                ") must be a multiple of kv heads (", cfg.kv_heads, ")");
   if (cfg.threads > 0) parallel::set_threads(cfg.threads);
   if (worker) {
     std::puts(run_case(cfg).dump().c_str());

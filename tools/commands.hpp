@@ -10,6 +10,8 @@ void add_bench_attention(CLI::App& bench);
 void add_bench_train(CLI::App& bench);
 // `longctx train`
 void add_train(CLI::App& app);
+// `longctx eval`
+void add_eval(CLI::App& app);
 // `longctx generate`
 void add_generate(CLI::App& app);
 

@@ -141,7 +141,7 @@ LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* 
   }
   double total = 0;
   for (double l : row_loss) total += l;
-  return {total, count};
+  return {total, count, std::move(row_loss)};
 }
 
 }  // namespace longctx::nn

@@ -43,10 +43,12 @@ void swiglu_backward(const float* x, const float* a, const float* b, const float
                      float* dw3, float* dw2, float* scratch);
 
 // Mean cross-entropy over rows whose target is >= 0 (-1 = no target); writes dlogits (the
-// gradient of that mean) when given. Returns {sum of losses, number of targets}.
+// gradient of that mean) when given. Returns the sum of losses, the number of targets and each
+// row's loss (0 where there is no target).
 struct LossSum {
   double sum;
   int64_t count;
+  std::vector<double> rows;
 };
 LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, float* dlogits);
 

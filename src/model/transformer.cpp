@@ -236,6 +236,12 @@ Tensor Transformer::logits(const Batch& batch) {
   return out;
 }
 
+std::vector<double> Transformer::token_losses(const Batch& batch) {
+  LONGCTX_CHECK(int64_t(batch.targets.size()) == batch.size(), "token_losses: batch needs one target per token");
+  const Tensor lg = logits(batch);
+  return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr).rows;
+}
+
 void Transformer::backward() {
   Acts& A = *acts_;
   LONGCTX_CHECK(A.ready, "backward: call forward(batch, /*train=*/true) first");

@@ -161,9 +161,11 @@ void Trainer::resume(const std::string& path) {
   tokens_seen_ = state.at("tokens_seen").get<double>();
 }
 
-Transformer load_model(const std::string& path, std::string* tokenizer) {
+Transformer load_model(const std::string& path, std::string* tokenizer, int64_t max_seq_len) {
   const SafetensorsFile f = load_safetensors(path);
-  Transformer m(config_of(f, path), 0);
+  ModelConfig cfg = config_of(f, path);
+  if (max_seq_len > 0) cfg.max_seq_len = max_seq_len;
+  Transformer m(cfg, 0);
   load_weights(m, f, path);
   if (tokenizer) {
     const auto it = f.metadata.find("longctx.tokenizer");

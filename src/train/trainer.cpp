@@ -5,18 +5,16 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/json_fields.hpp"
+
 namespace longctx {
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
-  static const char* known[] = {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
-                                "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every",
-                                "eval_tokens", "ckpt_every", "moba_to_full_step"};
-  for (const auto& [key, v] : j.items()) {
-    bool ok = false;
-    for (const char* k : known) ok |= key == k;
-    LONGCTX_CHECK(ok, "train config: unknown field '", key, "'");
-  }
+  check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
+                         "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
+                         "ckpt_every", "moba_to_full_step"},
+                     "train config");
   try {
     c.tokenizer = j.value("tokenizer", c.tokenizer);
     c.seq_len = j.value("seq_len", c.seq_len);

@@ -12,14 +12,6 @@ namespace longctx::bench {
 
 namespace {
 
-Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, DType dtype) {
-  Tensor t(std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
-}
-
 // Forward counts 4*d flops per attended pair (Q K^T and P V); backward 2.5x that.
 double flops_per_pair(const AttentionBenchConfig& cfg) { return 4.0 * cfg.head_dim * (cfg.backward ? 3.5 : 1.0); }
 

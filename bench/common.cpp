@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 #include <thread>
 
@@ -33,6 +34,14 @@ double time_best(const std::function<void()>& fn, int min_reps, double min_secon
     if (r >= 1000) break;
   }
   return best;
+}
+
+Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, DType dtype) {
+  Tensor t(std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
 }
 
 double sgemm_gflops(int n) {

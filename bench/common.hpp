@@ -2,6 +2,7 @@
 // measured in the same run, best-of timing, one case per child process (so each case's peak RSS
 // is its own), and the table / JSON output.
 #pragma once
+#include <longctx/tensor.hpp>
 #include <nlohmann/json.hpp>
 
 #include <functional>
@@ -12,6 +13,9 @@ namespace longctx::bench {
 
 // Best-of wall time in seconds of fn(): at least `min_reps` runs and `min_seconds` in total.
 double time_best(const std::function<void()>& fn, int min_reps = 3, double min_seconds = 0.5);
+
+// Standard-normal values from a seeded generator, stored as `dtype`.
+Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, DType dtype = DType::f32);
 
 // GFLOP/s of one large fp32 sgemm (n x n x n) with OpenBLAS on all threads: the compute peak.
 double sgemm_gflops(int n = 2048);

@@ -155,7 +155,8 @@ INSTANTIATE_TEST_SUITE_P(
                       InfiniCase{{5, 20, 1, 13}, 4, 2, 8, 6, InfiniUpdate::linear, true},
                       InfiniCase{{64, 3}, 2, 1, 32, 64, InfiniUpdate::linear, true},
                       InfiniCase{{70}, 3, 3, 8, 7, InfiniUpdate::delta, true},
-                      InfiniCase{{300}, 2, 1, 16, 100, InfiniUpdate::delta, false}));
+                      InfiniCase{{300}, 2, 1, 16, 100, InfiniUpdate::delta, false},
+                      InfiniCase{{1100}, 2, 1, 8, 520, InfiniUpdate::delta, true}));
 
 // Feeding one sequence in chunks of many sizes (single tokens, chunks spanning several segments)
 // gives the outputs of one call.

@@ -6,5 +6,7 @@ namespace longctx::cli {
 
 // `longctx bench attention`
 void add_bench_attention(CLI::App& bench);
+// `longctx bench infini`
+void add_bench_infini(CLI::App& bench);
 
 }  // namespace longctx::cli

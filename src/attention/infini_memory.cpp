@@ -8,19 +8,35 @@
 
 namespace longctx::attn::infini {
 
-namespace {
+// Vectorised helpers (external linkage: GCC only clones non-static functions for target_clones).
+namespace kernels {
+
+// Rows of one head of a [T, H, d] tensor sit a page apart, where hardware prefetchers stop: the
+// row loops fetch a few rows ahead themselves.
+constexpr int64_t kPrefetchRows = 6;
+// Rows per block of the forward memory kernels.
+constexpr int64_t kMemoryBlock = 256;
+inline void prefetch_row(const float* p, int d) {
+  for (int c = 0; c < d; c += 16) __builtin_prefetch(p + c);
+}
+
+// sigma(x) = ELU(x) + 1 = x + 1 for x > 0, exp(x) otherwise; sigma'(x) = 1 or exp(x).
 
 // dst[n x d] = sigma(x rows)
-void sigma_rows(Rows x, int64_t n, int d, float* dst) {
+LONGCTX_SIMD_CLONES void sigma_rows(Rows x, int64_t n, int d, float* dst) {
   for (int64_t t = 0; t < n; ++t) {
     const float* r = x.row(t);
+    if (t + kPrefetchRows < n) prefetch_row(x.row(t + kPrefetchRows), d);
     float* o = dst + t * d;
-    for (int c = 0; c < d; ++c) o[c] = elu1(r[c]);
+    for (int c = 0; c < d; ++c) {
+      const float e = simd::exp_approx(std::min(r[c], 0.0f));
+      o[c] = r[c] > 0.0f ? r[c] + 1.0f : e;
+    }
   }
 }
 
 // z[c] += sum_t a[t] * x[t, c] (a == nullptr: weights 1)
-void add_weighted_colsum(const float* x, const float* a, int64_t n, int d, float* z) {
+LONGCTX_SIMD_CLONES void add_weighted_colsum(const float* x, const float* a, int64_t n, int d, float* z) {
   for (int64_t t = 0; t < n; ++t) {
     const float w = a ? a[t] : 1.0f;
     const float* r = x + t * d;
@@ -29,14 +45,27 @@ void add_weighted_colsum(const float* x, const float* a, int64_t n, int d, float
 }
 
 // dst rows += g[t] o sigma'(x rows)
-void add_sigma_backward(Rows x, const float* g, int64_t n, int d, float* dst, int64_t ld_dst) {
+LONGCTX_SIMD_CLONES void add_sigma_backward(Rows x, const float* g, int64_t n, int d, float* dst, int64_t ld_dst) {
   for (int64_t t = 0; t < n; ++t) {
     const float* r = x.row(t);
     const float* gt = g + t * d;
     float* o = dst + t * ld_dst;
-    for (int c = 0; c < d; ++c) o[c] += gt[c] * elu1_grad(r[c]);
+    for (int c = 0; c < d; ++c) {
+      const float e = simd::exp_approx(std::min(r[c], 0.0f));
+      o[c] += gt[c] * (r[c] > 0.0f ? 1.0f : e);
+    }
   }
 }
+
+// o = a * x + b * y
+LONGCTX_SIMD_CLONES void axpby(const float* x, const float* y, float a, float b, float* o, int d) {
+  for (int c = 0; c < d; ++c) o[c] = a * x[c] + b * y[c];
+}
+
+}  // namespace kernels
+using namespace kernels;
+
+namespace {
 
 // (sequence, KV head) pairs of non-empty sequences, longest first.
 struct Item {
@@ -67,11 +96,18 @@ std::vector<int64_t> segment_offsets(const MemoryPass& mp) {
 }  // namespace
 
 MemoryScratch::MemoryScratch(int64_t rows, int d, bool backward)
-    : sx(rows * d), prod(rows * d), w(rows * d), den(rows) {
+    : pending(size_t(d) * d + d) {
+  // the forward kernels work in blocks of kMemoryBlock rows (scratch stays in L2); the backward
+  // takes a segment at a time
+  const int64_t r = backward ? rows : std::min(rows, kMemoryBlock);
+  sx.resize(r * d);
+  prod.resize(r * d);
+  w.resize(r * d);
+  den.resize(r);
   if (backward) {
-    dw.resize(rows * d);
-    dx.resize(rows * d);
-    dprod.resize(rows * d);
+    dw.resize(r * d);
+    dx.resize(r * d);
+    dprod.resize(r * d);
   }
 }
 
@@ -79,34 +115,39 @@ int64_t MemoryPass::total_segments() const { return segment_offsets(*this).back(
 
 void read_and_mix(Rows q, int64_t n, int d, const float* M, const float* z, float gate, Rows local, float* out,
                   int64_t ld_out, MemoryScratch& ws) {
-  sigma_rows(q, n, d, ws.sx.data());
-  gemm::sgemm(false, false, n, d, d, 1.0f, ws.sx.data(), d, M, d, 0.0f, ws.prod.data(), d);
-  for (int64_t t = 0; t < n; ++t) {
-    const float a = gate / (simd::dot(ws.sx.data() + t * d, z, d) + kInfiniEps);
-    const float* num = ws.prod.data() + t * d;
-    const float* loc = local.row(t);
-    float* o = out + t * ld_out;
-    for (int c = 0; c < d; ++c) o[c] = a * num[c] + (1.0f - gate) * loc[c];
+  float *sq = ws.sx.data(), *num = ws.prod.data();
+  for (int64_t b = 0; b < n; b += kMemoryBlock) {
+    const int64_t m = std::min(kMemoryBlock, n - b);
+    sigma_rows({q.row(b), q.ld}, m, d, sq);
+    gemm::sgemm(false, false, m, d, d, 1.0f, sq, d, M, d, 0.0f, num, d);
+    for (int64_t t = 0; t < m; ++t) {
+      if (t + kPrefetchRows < m) prefetch_row(local.row(b + t + kPrefetchRows), d);
+      const float a = gate / (simd::dot(sq + t * d, z, d) + kInfiniEps);
+      axpby(num + t * d, local.row(b + t), a, 1.0f - gate, out + (b + t) * ld_out, d);
+    }
   }
 }
 
 void write_memory(Rows k, Rows v, int64_t n, int d, InfiniUpdate rule, float* M, float* z, MemoryScratch& ws) {
-  float* sk = ws.sx.data();
-  sigma_rows(k, n, d, sk);
-  Rows w = v;
-  if (rule == InfiniUpdate::delta) {
-    // W = V - sigma(K) M / (sigma(K) z + eps), with M and z of before the segment (eq. 5)
-    gemm::sgemm(false, false, n, d, d, 1.0f, sk, d, M, d, 0.0f, ws.w.data(), d);
-    for (int64_t t = 0; t < n; ++t) {
-      const float inv = 1.0f / (simd::dot(sk + t * d, z, d) + kInfiniEps);
-      float* wt = ws.w.data() + t * d;
-      const float* vt = v.row(t);
-      for (int c = 0; c < d; ++c) wt[c] = vt[c] - inv * wt[c];
+  // the segment's update accumulates aside: the delta rule reads M and z of before the segment
+  float *dM = ws.pending.data(), *dz = dM + int64_t(d) * d, *sk = ws.sx.data();
+  std::fill(ws.pending.begin(), ws.pending.end(), 0.0f);
+  for (int64_t b = 0; b < n; b += kMemoryBlock) {
+    const int64_t m = std::min(kMemoryBlock, n - b);
+    sigma_rows({k.row(b), k.ld}, m, d, sk);
+    Rows w{v.row(b), v.ld};
+    if (rule == InfiniUpdate::delta) {  // W = V - sigma(K) M / (sigma(K) z + eps)  (eq. 5)
+      float* wb = ws.w.data();
+      gemm::sgemm(false, false, m, d, d, 1.0f, sk, d, M, d, 0.0f, wb, d);
+      for (int64_t t = 0; t < m; ++t)
+        axpby(v.row(b + t), wb + t * d, 1.0f, -1.0f / (simd::dot(sk + t * d, z, d) + kInfiniEps), wb + t * d, d);
+      w = {wb, d};
     }
-    w = {ws.w.data(), d};
+    gemm::sgemm(true, false, d, d, m, 1.0f, sk, d, w.p, w.ld, 1.0f, dM, d);
+    add_weighted_colsum(sk, nullptr, m, d, dz);
   }
-  gemm::sgemm(true, false, d, d, n, 1.0f, sk, d, w.p, w.ld, 1.0f, M, d);
-  add_weighted_colsum(sk, nullptr, n, d, z);
+  simd::add_inplace(M, dM, int64_t(d) * d);
+  simd::add_inplace(z, dz, d);
 }
 
 void memory_forward(const MemoryPass& mp, const Tensor& local_out, float* out, float* ckpt_m, float* ckpt_z) {

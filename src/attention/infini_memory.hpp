@@ -13,15 +13,11 @@
 
 namespace longctx::attn::infini {
 
-// sigma(x) = ELU(x) + 1 and its derivative (1 for x > 0, exp(x) otherwise).
-inline float elu1(float x) { return x > 0.0f ? x + 1.0f : simd::exp_approx(x); }
-inline float elu1_grad(float x) { return x > 0.0f ? 1.0f : simd::exp_approx(x); }
-
 inline float sigmoid(float b) { return 1.0f / (1.0f + std::exp(-b)); }
 
 // Scratch of the memory kernels for segments of up to `rows` tokens.
 struct MemoryScratch {
-  std::vector<float> sx, prod, w, dw, dx, dprod, den;
+  std::vector<float> sx, prod, w, dw, dx, dprod, den, pending;
   MemoryScratch(int64_t rows, int d, bool backward);
 };
 

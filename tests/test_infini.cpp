@@ -186,7 +186,7 @@ void streaming_matches_one_call(InfiniUpdate update, bool separate_local) {
   }
   ASSERT_EQ(pos, x.t);
   EXPECT_EQ(stream.tokens(), x.t);
-  EXPECT_LT(rel_error(r.out, streamed), 1e-5);
+  EXPECT_LT(rel_error(r.out, streamed), 1e-5);  // bitwise equal with OpenBLAS 0.3.21 here
 }
 
 TEST(InfiniStreaming, ChunksEqualOneCallLinear) { streaming_matches_one_call(InfiniUpdate::linear, false); }

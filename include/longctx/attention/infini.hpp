@@ -76,7 +76,7 @@ InfiniGrads infini_backward(const InfiniInputs& in, const std::vector<float>& be
 // so memory use does not depend on how many tokens were fed. feed() takes any number of tokens
 // ([n, Hq, d] / [n, Hkv, d], same q/k conventions as InfiniInputs) and returns their outputs;
 // feeding a sequence in chunks gives the outputs of one infini_forward call over it (up to fp32
-// rounding of differently tiled products).
+// rounding of differently tiled products; bitwise equal with this OpenBLAS build).
 class InfiniStream {
  public:
   InfiniStream(int hq, int hkv, int head_dim, std::vector<float> beta, const InfiniOptions& opts = {});

@@ -177,12 +177,17 @@ void streaming_matches_one_call(InfiniUpdate update, bool separate_local) {
   };
   std::vector<float> streamed;
   int64_t pos = 0;
-  for (int64_t n : {1, 3, 8, 13, 1, 1, 2, 21, 5, 7, 6, 15}) {
+  for (int64_t n : {1, 3, 8, 13, 1, 1, 2, 19, 7, 7, 6, 15}) {
     const Tensor q = slice(x.q, pos, n), k = slice(x.k, pos, n), v = slice(x.v, pos, n), ql = slice(x.ql, pos, n),
                  kl = slice(x.kl, pos, n);
     const Tensor o = stream.feed({q, k, v, separate_local ? &ql : nullptr, separate_local ? &kl : nullptr});
     streamed.insert(streamed.end(), o.f32(), o.f32() + o.numel());
     pos += n;
+    if (pos == 48) {  // reached exactly: 6 full segments absorbed,: the state one call checkpoints before segment 6
+      const int64_t mm = c.hkv * c.d * c.d, zz = c.hkv * c.d;
+      for (int64_t i = 0; i < mm; ++i) ASSERT_EQ(stream.memory().f32()[i], r.memory.f32()[6 * mm + i]) << i;
+      for (int64_t i = 0; i < zz; ++i) ASSERT_EQ(stream.norm().f32()[i], r.norm.f32()[6 * zz + i]) << i;
+    }
   }
   ASSERT_EQ(pos, x.t);
   EXPECT_EQ(stream.tokens(), x.t);
@@ -254,6 +259,8 @@ TEST(Infini, BadInputThrowsClearErrors) {
   expect_error([&] { infini_forward({q, k, v, &q_short, nullptr}, beta); }, "q_local shape [5, 4, 8] differs");
   expect_error([&] { infini_forward({q, k, v}, beta, {0, 4, 7}); }, "cu_seqlens_q ends at 7 but the tensor has 6 rows");
   expect_error([&] { infini_forward({q, k, v}, {0.0f, NAN, 0.0f, 0.0f}); }, "beta[1] is not finite");
+  const Tensor q16 = q.to(DType::bf16);
+  expect_error([&] { infini_forward({q16, k, v}, beta); }, "infini_forward: q must be f32, got bf16");
   expect_error([&] { InfiniStream(4, 3, 8, beta); }, "InfiniStream: query heads (4) must be a positive multiple of kv heads (3)");
   expect_error([&] { InfiniStream(4, 2, 8, beta, zero); }, "InfiniStream: segment_len must be > 0, got 0");
   InfiniStream st(4, 2, 8, beta);

@@ -107,6 +107,7 @@ InfiniGrads infini_backward(const InfiniInputs& in, const std::vector<float>& be
 
   // local part: flash backward with dA_dot = (1 - gate_h) dout
   Tensor dout_local({p.tq, p.hq, p.d});
+#pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < p.tq; ++t)
     for (int h = 0; h < p.hq; ++h) {
       const float s = 1.0f - mp.gate[size_t(h)];

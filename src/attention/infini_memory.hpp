@@ -15,7 +15,8 @@ namespace longctx::attn::infini {
 
 inline float sigmoid(float b) { return 1.0f / (1.0f + std::exp(-b)); }
 
-// Scratch of the memory kernels for segments of up to `rows` tokens.
+// Scratch of the memory kernels for segments of up to `rows` tokens (the forward kernels only
+// need a block of them; the backward takes whole segments).
 struct MemoryScratch {
   std::vector<float> sx, prod, w, dw, dx, dprod, den, pending;
   MemoryScratch(int64_t rows, int d, bool backward);

@@ -8,6 +8,8 @@ namespace longctx::cli {
 void add_bench_attention(CLI::App& bench);
 // `longctx bench train`
 void add_bench_train(CLI::App& bench);
+// `longctx bench infini`
+void add_bench_infini(CLI::App& bench);
 // `longctx train`
 void add_train(CLI::App& app);
 // `longctx eval`

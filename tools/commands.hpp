@@ -6,5 +6,7 @@ namespace longctx::cli {
 
 // `longctx bench attention`
 void add_bench_attention(CLI::App& bench);
+// `longctx bench moe`
+void add_bench_moe(CLI::App& bench);
 
 }  // namespace longctx::cli

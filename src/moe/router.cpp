@@ -22,16 +22,16 @@ uint64_t splitmix64(uint64_t z) {
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // Top-k of scores[0..E) by descending value, ties to the lower index (strict > while scanning up).
-void top_k(const float* scores, int64_t e_count, int64_t k, int32_t* out) {
+// `taken` is E bytes of scratch, left all zero.
+void top_k(const float* scores, int64_t e_count, int64_t k, int32_t* out, uint8_t* taken) {
   for (int64_t j = 0; j < k; ++j) {
     int32_t best = -1;
-    for (int64_t i = 0; i < e_count; ++i) {
-      bool taken = false;
-      for (int64_t p = 0; p < j; ++p) taken |= out[p] == i;
-      if (!taken && (best < 0 || scores[i] > scores[best])) best = int32_t(i);
-    }
+    for (int64_t i = 0; i < e_count; ++i)
+      if (!taken[i] && (best < 0 || scores[i] > scores[best])) best = int32_t(i);
     out[j] = best;
+    taken[best] = 1;
   }
+  for (int64_t j = 0; j < k; ++j) taken[out[j]] = 0;
 }
 
 }  // namespace
@@ -62,6 +62,7 @@ void route(const Config& cfg, const Weights& w, const Tensor& x, const Options& 
   const bool biased = cfg.router == Router::bias_free;
   for_token_chunks(n, [&](int64_t t0, int64_t t1) {
     std::vector<float> score(static_cast<size_t>(E));
+    std::vector<uint8_t> taken(static_cast<size_t>(E), 0);
     for (int64_t t = t0; t < t1; ++t) {
       float* z = fwd.logits.f32() + t * E;
       if (noisy)  // H = x W_g + N(0,1) o softplus(x W_noise)  (Shazeer 2017, eq. 4)
@@ -78,7 +79,7 @@ void route(const Config& cfg, const Weights& w, const Tensor& x, const Options& 
       fwd.lse[size_t(t)] = m + std::log(sum);
       for (int64_t i = 0; i < E; ++i) score[size_t(i)] = z[i] + (biased ? w.expert_bias.f32()[i] : 0.0f);
       int32_t* sel = fwd.expert.data() + t * k;
-      top_k(score.data(), E, k, sel);
+      top_k(score.data(), E, k, sel, taken.data());
       float* g = fwd.gate.data() + t * k;
       if (cfg.norm == GateNorm::all) {
         for (int64_t j = 0; j < k; ++j) g[j] = p[sel[j]];

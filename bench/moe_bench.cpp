@@ -1,0 +1,192 @@
+#include "moe_bench.hpp"
+
+#include <fmt/core.h>
+#include <malloc.h>
+#include <longctx/error.hpp>
+#include <longctx/ffn.hpp>
+#include <longctx/moe.hpp>
+
+#include <cstdio>
+#include <random>
+#include <sstream>
+
+#include "common.hpp"
+#include "core/gemm.hpp"
+#include "core/parallel.hpp"
+#include "model/swiglu.hpp"
+
+namespace longctx::bench {
+
+namespace {
+
+struct Case {
+  bool moe = false;
+  int64_t experts = 1, k = 1, d_ff = 0;
+  int64_t active_ff() const { return k * d_ff; }
+  int64_t total_ff() const { return experts * d_ff; }
+};
+
+Case parse_case(const std::string& spec) {
+  std::vector<int64_t> v;
+  std::stringstream ss(spec);
+  std::string kind, part;
+  std::getline(ss, kind, ':');
+  while (std::getline(ss, part, ':')) v.push_back(std::stoll(part));
+  Case c;
+  if (kind == "dense" && v.size() == 1) {
+    c.d_ff = v[0];
+  } else if (kind == "moe" && v.size() == 3) {
+    c = {true, v[0], v[1], v[2]};
+  } else {
+    LONGCTX_CHECK(false, "bench moe: case must be dense:<d_ff> or moe:<experts>:<k>:<d_ff>, got '", spec, "'");
+  }
+  LONGCTX_CHECK(c.d_ff > 0 && c.k >= 1 && c.k <= c.experts, "bench moe: bad case '", spec, "'");
+  return c;
+}
+
+Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed) {
+  Tensor t(std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t;
+}
+
+// The experts' SwiGLU groups of a finished forward, to time the expert GEMMs alone.
+std::vector<swiglu::Group> expert_groups(const moe::Config& c, const moe::Weights& w, moe::Forward& f, Tensor& dy_perm,
+                                         Tensor& dx_perm, moe::Grads& g) {
+  const int64_t d = c.d_model, ff = c.d_ff;
+  std::vector<swiglu::Group> groups;
+  for (int64_t e = 0; e < c.num_experts; ++e) {
+    const int64_t r0 = f.offsets[size_t(e)];
+    swiglu::Group gr;
+    gr.rows = f.offsets[size_t(e + 1)] - r0;
+    gr.x = f.x_perm.f32() + r0 * d;
+    gr.w1 = w.w1.f32() + e * d * ff;
+    gr.w3 = w.w3.f32() + e * d * ff;
+    gr.w2 = w.w2.f32() + e * ff * d;
+    gr.a = f.a.f32() + r0 * ff;
+    gr.b = f.b.f32() + r0 * ff;
+    gr.y = f.y_perm.f32() + r0 * d;
+    gr.dy = dy_perm.f32() + r0 * d;
+    gr.dx = dx_perm.f32() + r0 * d;
+    gr.dw1 = g.dw1.f32() + e * d * ff;
+    gr.dw3 = g.dw3.f32() + e * d * ff;
+    gr.dw2 = g.dw2.f32() + e * ff * d;
+    groups.push_back(gr);
+  }
+  return groups;
+}
+
+nlohmann::json run_case(const MoeBenchConfig& cfg) {
+  const Case c = parse_case(cfg.cases.at(0));
+  const bool bwd = cfg.modes.at(0) == "fwdbwd";
+  const int64_t n = cfg.tokens, d = cfg.d_model;
+  const Tensor x = random_tensor({n, d}, 1), dy = random_tensor({n, d}, 2);
+  // useful work: 3 GEMMs of 2 n d f_active flops forward, twice that again backward
+  const double flops = 6.0 * double(n) * double(d) * double(c.active_ff()) * (bwd ? 3.0 : 1.0);
+  nlohmann::json row{{"case", cfg.cases[0]}, {"mode", cfg.modes[0]}, {"active_ff", c.active_ff()},
+                     {"total_ff", c.total_ff()}};
+  if (!c.moe) {
+    const ffn::SwigluWeights w = ffn::init_swiglu(d, c.d_ff, 3);
+    const double t = time_best([&] {
+      ffn::SwigluForward f = ffn::swiglu_forward(w, x);
+      if (bwd) ffn::swiglu_backward(w, x, f, dy);
+    }, cfg.reps, cfg.min_seconds);
+    row["time_s"] = t;
+    row["gflops"] = flops / t / 1e9;
+    return row;
+  }
+  moe::Config mc;
+  mc.d_model = d;
+  mc.d_ff = c.d_ff;
+  mc.num_experts = c.experts;
+  mc.top_k = c.k;
+  mc.load_balance_weight = 0.01f;
+  mc.z_loss_weight = 1e-3f;
+  const moe::Weights w = moe::init_weights(mc, 3);
+  moe::Forward last;
+  const double t = time_best([&] {
+    moe::Forward f = moe::forward(mc, w, x);
+    if (bwd) moe::backward(mc, w, x, f, dy);
+    last = std::move(f);
+  }, cfg.reps, cfg.min_seconds);
+  row["time_s"] = t;
+  row["gflops"] = flops / t / 1e9;
+  // the expert GEMM phase alone, on the last forward's routing
+  const int64_t rows = last.offsets.back();
+  Tensor dy_perm = random_tensor({rows, d}, 4), dx_perm({rows, d});
+  moe::Grads g;
+  g.dw1 = Tensor({c.experts, d, c.d_ff});
+  g.dw3 = Tensor({c.experts, d, c.d_ff});
+  g.dw2 = Tensor({c.experts, c.d_ff, d});
+  const auto groups = expert_groups(mc, w, last, dy_perm, dx_perm, g);
+  const double te = time_best([&] {
+    swiglu::forward(groups, d, c.d_ff);
+    if (bwd) swiglu::backward(groups, d, c.d_ff);
+  }, cfg.reps, cfg.min_seconds);
+  row["experts_time_s"] = te;
+  row["experts_gflops"] = 6.0 * double(rows) * double(d) * double(c.d_ff) * (bwd ? 3.0 : 1.0) / te / 1e9;
+  int64_t max_load = 0;
+  for (int64_t l : last.stats.tokens_per_expert) max_load = std::max(max_load, l);
+  row["max_load_over_mean"] = double(max_load) * double(c.experts) / double(rows);
+  row["router_entropy"] = last.stats.router_entropy;
+  return row;
+}
+
+std::vector<std::string> worker_args(const MoeBenchConfig& cfg, const std::string& spec, const std::string& mode) {
+  return {"bench", "moe", "--worker", "--cases", spec, "--modes", mode, "--tokens", std::to_string(cfg.tokens),
+          "--d-model", std::to_string(cfg.d_model), "--threads", std::to_string(cfg.threads),
+          "--reps", std::to_string(cfg.reps), "--min-seconds", std::to_string(cfg.min_seconds)};
+}
+
+}  // namespace
+
+void run_moe_bench(const MoeBenchConfig& cfg, bool worker) {
+  LONGCTX_CHECK(!cfg.cases.empty() && !cfg.modes.empty(), "bench moe: need at least one case and mode");
+  for (const auto& s : cfg.cases) parse_case(s);
+  if (cfg.threads > 0) parallel::set_threads(cfg.threads);
+  gemm::set_blas_threads(parallel::max_threads());
+  if (worker) {
+    // Keep freed buffers in the heap so repeated steps reuse them, as a training loop's caching
+    // allocator would; otherwise every step maps fresh pages and the kernel zeroes them (about a
+    // fifth of a 16k-token fwd+bwd step here). Applies to the dense and the MoE cases alike.
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, -1);
+    std::puts(run_case(cfg).dump().c_str());
+    return;
+  }
+  const int threads = parallel::max_threads();
+  const double peak = sgemm_gflops();
+  fmt::print("sgemm peak: {:.1f} GFLOP/s on {} threads; {} tokens, d_model {}\n", peak, threads, cfg.tokens,
+             cfg.d_model);
+  std::vector<nlohmann::json> rows;
+  for (const auto& mode : cfg.modes) {
+    std::vector<nlohmann::json> same_mode;
+    for (const auto& spec : cfg.cases) {
+      nlohmann::json row = run_worker(worker_args(cfg, spec, mode));
+      fmt::print(stderr, "  {} {}: {:.4f} s\n", spec, mode, row["time_s"].get<double>());
+      row["frac_sgemm"] = row["gflops"].get<double>() / peak;
+      if (row.contains("experts_gflops")) row["experts_frac_sgemm"] = row["experts_gflops"].get<double>() / peak;
+      same_mode.push_back(std::move(row));
+    }
+    // time relative to the dense FFN with the same active width, and the one with the same total
+    for (auto& r : same_mode)
+      for (const auto& dn : same_mode) {
+        if (dn["case"].get<std::string>().rfind("dense:", 0) != 0) continue;
+        if (dn["active_ff"] == r["active_ff"])
+          r["vs_dense_active"] = r["time_s"].get<double>() / dn["time_s"].get<double>();
+        if (dn["total_ff"] == r["total_ff"])
+          r["vs_dense_total"] = r["time_s"].get<double>() / dn["time_s"].get<double>();
+      }
+    for (auto& r : same_mode) rows.push_back(std::move(r));
+  }
+  print_table(rows, {{"case", "case", ""}, {"mode", "mode", ""}, {"time_s", "time_s", "{:.4f}"},
+                     {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_sgemm", "of_sgemm", "{:.2f}"},
+                     {"vs_dense_active", "vs_active", "{:.2f}"}, {"vs_dense_total", "vs_total", "{:.2f}"},
+                     {"experts_gflops", "expert_GFLOP/s", "{:.1f}"}, {"experts_frac_sgemm", "expert_of_sgemm", "{:.2f}"},
+                     {"max_load_over_mean", "max_load", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}});
+  if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, peak), rows);
+}
+
+}  // namespace longctx::bench

@@ -40,7 +40,7 @@ Case parse_case(const std::string& spec) {
   } else {
     LONGCTX_CHECK(false, "bench moe: case must be dense:<d_ff> or moe:<experts>:<k>:<d_ff>, got '", spec, "'");
   }
-  LONGCTX_CHECK(c.d_ff > 0 && c.k >= 1 && c.k <= c.experts, "bench moe: bad case '", spec, "'");
+  LONGCTX_CHECK(c.d_ff > 0 && c.k >= 1 && c.k <= c.experts, "bench moe: bad case '", spec, "' (need d_ff > 0, 1 <= k <= experts)");
   return c;
 }
 

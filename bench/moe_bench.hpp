@@ -14,6 +14,7 @@ struct MoeBenchConfig {
   int64_t tokens = 16384, d_model = 512;
   int threads = 0;  // 0 = all cores
   int reps = 2;
+  int rounds = 1;  // the case list is run this many times, interleaved; best time per case is kept
   double min_seconds = 0;
   std::string json;
 };

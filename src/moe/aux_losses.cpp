@@ -35,20 +35,21 @@ void aux_losses(const Config& cfg, Forward& fwd) {
   const Moments imp = moments(importance(cfg, fwd));
   st.importance_loss = imp.var / (imp.mean * imp.mean);  // CV^2, population variance
   std::vector<double> prob_mean(size_t(E), 0.0);
-  double entropy = 0, z = 0;
+  double entropy = 0, zsum = 0;
   for (int64_t t = 0; t < n; ++t) {
-    const float* p = fwd.probs.f32() + t * E;
+    const float *p = fwd.probs.f32() + t * E, *z = fwd.logits.f32() + t * E;
+    entropy += fwd.lse[size_t(t)];  // -sum p log p = lse - sum p z, as log p_i = z_i - lse
     for (int64_t i = 0; i < E; ++i) {
       prob_mean[size_t(i)] += p[i];
-      if (p[i] > 0) entropy -= double(p[i]) * std::log(double(p[i]));
+      entropy -= double(p[i]) * z[i];
     }
-    z += double(fwd.lse[size_t(t)]) * fwd.lse[size_t(t)];
+    zsum += double(fwd.lse[size_t(t)]) * fwd.lse[size_t(t)];
   }
   double lb = 0;  // E * sum_i f_i P_i, f_i = share of the routed assignments (Switch eq. 4-6)
   for (int64_t i = 0; i < E; ++i)
     lb += double(st.routed_per_expert[size_t(i)]) / double(n * k) * prob_mean[size_t(i)] / double(n);
   st.load_balance_loss = double(E) * lb;
-  st.z_loss = z / double(n);
+  st.z_loss = zsum / double(n);
   st.router_entropy = entropy / double(n);
   st.aux_loss = cfg.importance_weight * st.importance_loss + cfg.load_balance_weight * st.load_balance_loss +
                 cfg.z_loss_weight * st.z_loss;

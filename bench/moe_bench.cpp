@@ -7,6 +7,8 @@
 #include <longctx/moe.hpp>
 
 #include <cstdio>
+#include <ctime>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -42,6 +44,28 @@ Case parse_case(const std::string& spec) {
   }
   LONGCTX_CHECK(c.d_ff > 0 && c.k >= 1 && c.k <= c.experts, "bench moe: bad case '", spec, "' (need d_ff > 0, 1 <= k <= experts)");
   return c;
+}
+
+// Best wall time and best process CPU time (all threads) over `reps` runs of fn. On a shared,
+// oversubscribed machine the CPU time is the steadier measure of the work done.
+struct Timing {
+  double wall = 1e300, cpu = 1e300;
+};
+
+Timing time_wall_and_cpu(const std::function<void()>& fn, int reps) {
+  auto now = [](clockid_t id) {
+    timespec ts{};
+    clock_gettime(id, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  };
+  Timing t;
+  for (int r = 0; r < reps; ++r) {
+    const double w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_PROCESS_CPUTIME_ID);
+    fn();
+    t.wall = std::min(t.wall, now(CLOCK_MONOTONIC) - w0);
+    t.cpu = std::min(t.cpu, now(CLOCK_PROCESS_CPUTIME_ID) - c0);
+  }
+  return t;
 }
 
 Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed) {
@@ -89,12 +113,13 @@ nlohmann::json run_case(const MoeBenchConfig& cfg) {
                      {"total_ff", c.total_ff()}};
   if (!c.moe) {
     const ffn::SwigluWeights w = ffn::init_swiglu(d, c.d_ff, 3);
-    const double t = time_best([&] {
+    const Timing t = time_wall_and_cpu([&] {
       ffn::SwigluForward f = ffn::swiglu_forward(w, x);
       if (bwd) ffn::swiglu_backward(w, x, f, dy);
-    }, cfg.reps, cfg.min_seconds);
-    row["time_s"] = t;
-    row["gflops"] = flops / t / 1e9;
+    }, cfg.reps);
+    row["time_s"] = t.wall;
+    row["cpu_s"] = t.cpu;
+    row["gflops"] = flops / t.wall / 1e9;
     return row;
   }
   moe::Config mc;
@@ -106,13 +131,14 @@ nlohmann::json run_case(const MoeBenchConfig& cfg) {
   mc.z_loss_weight = 1e-3f;
   const moe::Weights w = moe::init_weights(mc, 3);
   moe::Forward last;
-  const double t = time_best([&] {
+  const Timing t = time_wall_and_cpu([&] {
     moe::Forward f = moe::forward(mc, w, x);
     if (bwd) moe::backward(mc, w, x, f, dy);
     last = std::move(f);
-  }, cfg.reps, cfg.min_seconds);
-  row["time_s"] = t;
-  row["gflops"] = flops / t / 1e9;
+  }, cfg.reps);
+  row["time_s"] = t.wall;
+  row["cpu_s"] = t.cpu;
+  row["gflops"] = flops / t.wall / 1e9;
   // the expert GEMM phase alone, on the last forward's routing
   const int64_t rows = last.offsets.back();
   Tensor dy_perm = random_tensor({rows, d}, 4), dx_perm({rows, d});
@@ -121,10 +147,10 @@ nlohmann::json run_case(const MoeBenchConfig& cfg) {
   g.dw3 = Tensor({c.experts, d, c.d_ff});
   g.dw2 = Tensor({c.experts, c.d_ff, d});
   const auto groups = expert_groups(mc, w, last, dy_perm, dx_perm, g);
-  const double te = time_best([&] {
+  const double te = time_wall_and_cpu([&] {
     swiglu::forward(groups, d, c.d_ff);
     if (bwd) swiglu::backward(groups, d, c.d_ff);
-  }, cfg.reps, cfg.min_seconds);
+  }, cfg.reps).wall;
   row["experts_time_s"] = te;
   row["experts_gflops"] = 6.0 * double(rows) * double(d) * double(c.d_ff) * (bwd ? 3.0 : 1.0) / te / 1e9;
   int64_t max_load = 0;
@@ -137,7 +163,7 @@ nlohmann::json run_case(const MoeBenchConfig& cfg) {
 std::vector<std::string> worker_args(const MoeBenchConfig& cfg, const std::string& spec, const std::string& mode) {
   return {"bench", "moe", "--worker", "--cases", spec, "--modes", mode, "--tokens", std::to_string(cfg.tokens),
           "--d-model", std::to_string(cfg.d_model), "--threads", std::to_string(cfg.threads),
-          "--reps", std::to_string(cfg.reps), "--min-seconds", std::to_string(cfg.min_seconds)};
+          "--reps", std::to_string(cfg.reps)};
 }
 
 }  // namespace
@@ -177,8 +203,10 @@ void run_moe_bench(const MoeBenchConfig& cfg, bool worker) {
     for (auto& r : same_mode)
       for (const auto& dn : same_mode) {
         if (dn["case"].get<std::string>().rfind("dense:", 0) != 0) continue;
-        if (dn["active_ff"] == r["active_ff"])
+        if (dn["active_ff"] == r["active_ff"]) {
           r["vs_dense_active"] = r["time_s"].get<double>() / dn["time_s"].get<double>();
+          r["cpu_vs_dense_active"] = r["cpu_s"].get<double>() / dn["cpu_s"].get<double>();
+        }
         if (dn["total_ff"] == r["total_ff"])
           r["vs_dense_total"] = r["time_s"].get<double>() / dn["time_s"].get<double>();
       }
@@ -186,7 +214,8 @@ void run_moe_bench(const MoeBenchConfig& cfg, bool worker) {
   }
   print_table(rows, {{"case", "case", ""}, {"mode", "mode", ""}, {"time_s", "time_s", "{:.4f}"},
                      {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_sgemm", "of_sgemm", "{:.2f}"},
-                     {"vs_dense_active", "vs_active", "{:.2f}"}, {"vs_dense_total", "vs_total", "{:.2f}"},
+                     {"cpu_s", "cpu_s", "{:.3f}"}, {"vs_dense_active", "vs_active", "{:.2f}"},
+                     {"cpu_vs_dense_active", "cpu_vs_active", "{:.2f}"}, {"vs_dense_total", "vs_total", "{:.2f}"},
                      {"experts_gflops", "expert_GFLOP/s", "{:.1f}"}, {"experts_frac_sgemm", "expert_of_sgemm", "{:.2f}"},
                      {"max_load_over_mean", "max_load", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}});
   if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, peak), rows);

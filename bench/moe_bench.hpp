@@ -15,7 +15,6 @@ struct MoeBenchConfig {
   int threads = 0;  // 0 = all cores
   int reps = 2;
   int rounds = 1;  // the case list is run this many times, interleaved; best time per case is kept
-  double min_seconds = 0;
   std::string json;
 };
 

@@ -17,7 +17,6 @@ void add_bench_moe(CLI::App& bench) {
   c->add_option("--threads", cfg->threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--reps", cfg->reps, "Minimum timed repetitions (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--rounds", cfg->rounds, "Run the whole case list this many times, interleaved (best per case: robust ratios on a busy machine)")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--min-seconds", cfg->min_seconds, "Minimum total timed seconds per case")->capture_default_str();
   c->add_option("--json", cfg->json, "Also write the rows to this JSON file");
   c->add_flag("--worker", *worker, "Internal: run one case and print its JSON row")->group("");
   c->callback([cfg, worker] { bench::run_moe_bench(*cfg, *worker); });

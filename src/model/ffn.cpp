@@ -64,6 +64,7 @@ SwigluGrads swiglu_backward(const SwigluWeights& w, const Tensor& x, const Swigl
   LONGCTX_CHECK(dy.shape() == x.shape(), "ffn: dy must be ", x.shape_str(), ", got ", dy.shape_str());
   SwigluGrads gr{Tensor({n, d}), Tensor({d, f}), Tensor({d, f}), Tensor({f, d})};
   swiglu::Group g = group_of(w, x);
+  // the engine only reads a, b in the backward
   g.a = const_cast<float*>(fwd.a.f32());
   g.b = const_cast<float*>(fwd.b.f32());
   g.dy = dy.f32();

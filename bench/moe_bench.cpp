@@ -16,6 +16,7 @@
 #include "core/gemm.hpp"
 #include "core/parallel.hpp"
 #include "model/swiglu.hpp"
+#include "moe/experts.hpp"
 
 namespace longctx::bench {
 
@@ -76,32 +77,6 @@ Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed) {
   return t;
 }
 
-// The experts' SwiGLU groups of a finished forward, to time the expert GEMMs alone.
-std::vector<swiglu::Group> expert_groups(const moe::Config& c, const moe::Weights& w, moe::Forward& f, Tensor& dy_perm,
-                                         Tensor& dx_perm, moe::Grads& g) {
-  const int64_t d = c.d_model, ff = c.d_ff;
-  std::vector<swiglu::Group> groups;
-  for (int64_t e = 0; e < c.num_experts; ++e) {
-    const int64_t r0 = f.offsets[size_t(e)];
-    swiglu::Group gr;
-    gr.rows = f.offsets[size_t(e + 1)] - r0;
-    gr.x = f.x_perm.f32() + r0 * d;
-    gr.w1 = w.w1.f32() + e * d * ff;
-    gr.w3 = w.w3.f32() + e * d * ff;
-    gr.w2 = w.w2.f32() + e * ff * d;
-    gr.a = f.a.f32() + r0 * ff;
-    gr.b = f.b.f32() + r0 * ff;
-    gr.y = f.y_perm.f32() + r0 * d;
-    gr.dy = dy_perm.f32() + r0 * d;
-    gr.dx = dx_perm.f32() + r0 * d;
-    gr.dw1 = g.dw1.f32() + e * d * ff;
-    gr.dw3 = g.dw3.f32() + e * d * ff;
-    gr.dw2 = g.dw2.f32() + e * ff * d;
-    groups.push_back(gr);
-  }
-  return groups;
-}
-
 nlohmann::json run_case(const MoeBenchConfig& cfg) {
   const Case c = parse_case(cfg.cases.at(0));
   const bool bwd = cfg.modes.at(0) == "fwdbwd";
@@ -148,7 +123,8 @@ nlohmann::json run_case(const MoeBenchConfig& cfg) {
   g.dw1 = Tensor({c.experts, d, c.d_ff});
   g.dw3 = Tensor({c.experts, d, c.d_ff});
   g.dw2 = Tensor({c.experts, c.d_ff, d});
-  const auto groups = expert_groups(mc, w, last, dy_perm, dx_perm, g);
+  std::vector<swiglu::Group> groups = moe::detail::expert_groups(mc, w, last);
+  moe::detail::set_expert_grads(mc, groups, last.offsets, dy_perm.f32(), dx_perm.f32(), g);
   const Timing te = time_wall_and_cpu([&] {
     swiglu::forward(groups, d, c.d_ff);
     if (bwd) swiglu::backward(groups, d, c.d_ff);

@@ -10,6 +10,7 @@
 #include "core/simd.hpp"
 #include "model/swiglu.hpp"
 #include "moe/dispatch.hpp"
+#include "moe/experts.hpp"
 #include "moe/router.hpp"
 #include "moe/token_chunks.hpp"
 
@@ -42,26 +43,6 @@ void check_weights(const Config& c, const Weights& w) {
 void fill_normal(Tensor& t, float stddev, std::mt19937_64& rng) {
   std::normal_distribution<float> dist(0.0f, stddev);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-}
-
-// One SwiGLU group per expert over its run of permuted rows.
-std::vector<swiglu::Group> expert_groups(const Config& c, const Weights& w, const Forward& fwd) {
-  const int64_t d = c.d_model, f = c.d_ff;
-  std::vector<swiglu::Group> groups(size_t(c.num_experts));
-  for (int64_t e = 0; e < c.num_experts; ++e) {
-    const int64_t r0 = fwd.offsets[size_t(e)];
-    swiglu::Group& g = groups[size_t(e)];
-    g.rows = fwd.offsets[size_t(e + 1)] - r0;
-    g.x = fwd.x_perm.f32() + r0 * d;
-    g.w1 = w.w1.f32() + e * d * f;
-    g.w3 = w.w3.f32() + e * d * f;
-    g.w2 = w.w2.f32() + e * f * d;
-    // the engine writes a, b, y in the forward and only reads a, b in the backward
-    g.a = const_cast<float*>(fwd.a.f32()) + r0 * f;
-    g.b = const_cast<float*>(fwd.b.f32()) + r0 * f;
-    g.y = const_cast<float*>(fwd.y_perm.f32()) + r0 * d;
-  }
-  return groups;
 }
 
 swiglu::Group shared_group(const Weights& w, const Tensor& x, const Forward& fwd) {
@@ -148,7 +129,7 @@ Forward forward(const Config& c, const Weights& w, const Tensor& x, const Option
   fwd.b = Tensor({rows, f});
   fwd.y_perm = Tensor({rows, d});
   detail::gather_rows(x.f32(), fwd.row_token, d, fwd.x_perm.f32());
-  swiglu::forward(expert_groups(c, w, fwd), d, f);
+  swiglu::forward(detail::expert_groups(c, w, fwd), d, f);
 
   fwd.out = Tensor({n, d});
   if (c.num_shared > 0) {
@@ -199,16 +180,8 @@ Grads backward(const Config& c, const Weights& w, const Tensor& x, const Forward
   g.dw3 = Tensor({E, d, f});
   g.dw2 = Tensor({E, f, d});
   Tensor dx_perm({rows, d});
-  std::vector<swiglu::Group> groups = expert_groups(c, w, fwd);
-  for (int64_t e = 0; e < E; ++e) {
-    swiglu::Group& gr = groups[size_t(e)];
-    const int64_t r0 = fwd.offsets[size_t(e)];
-    gr.dy = dy_perm.f32() + r0 * d;
-    gr.dx = dx_perm.f32() + r0 * d;
-    gr.dw1 = g.dw1.f32() + e * d * f;
-    gr.dw3 = g.dw3.f32() + e * d * f;
-    gr.dw2 = g.dw2.f32() + e * f * d;
-  }
+  std::vector<swiglu::Group> groups = detail::expert_groups(c, w, fwd);
+  detail::set_expert_grads(c, groups, fwd.offsets, dy_perm.f32(), dx_perm.f32(), g);
   swiglu::backward(groups, d, f);
   if (c.num_shared > 0) {
     const int64_t sf = c.num_shared * f;

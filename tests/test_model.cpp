@@ -13,10 +13,13 @@
 namespace longctx {
 namespace {
 
-ModelConfig tiny_config(const std::string& attention_kind) {
+ModelConfig tiny_config(const std::string& attention_kind, const std::string& ffn_kind = "dense") {
   nlohmann::json j{{"vocab_size", 11}, {"d_model", 8}, {"n_layers", 2}, {"n_heads", 2}, {"n_kv_heads", 1},
                    {"d_ff", 12},       {"max_seq_len", 64}, {"tie_embeddings", false},
-                   {"attention", {{"kind", attention_kind}, {"block_size", 3}, {"top_k", 2}}}};
+                   {"attention", {{"kind", attention_kind}, {"block_size", 3}, {"top_k", 2}}},
+                   {"ffn", {{"kind", ffn_kind}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 6}, {"num_shared", 1},
+                            {"load_balance_weight", 0.1}, {"z_loss_weight", 0.01}}}};
+  if (ffn_kind == "dense") j["ffn"] = {{"kind", "dense"}};
   return ModelConfig::from_json(j);
 }
 
@@ -37,8 +40,8 @@ std::vector<std::vector<double>> params_as_double(const Transformer& m) {
   return p;
 }
 
-void check_gradients(const std::string& kind) {
-  const ModelConfig cfg = tiny_config(kind);
+void check_gradients(const std::string& kind, const std::string& ffn = "dense") {
+  const ModelConfig cfg = tiny_config(kind, ffn);
   Transformer model(cfg, 7);
   // larger weights than the init, so that attention patterns and gates are far from uniform
   for (Param& p : model.params())
@@ -46,7 +49,7 @@ void check_gradients(const std::string& kind) {
       for (int64_t i = 0; i < p.value.numel(); ++i) p.value.f32()[i] *= 20.0f;
   const Batch batch = tiny_batch();
   model.zero_grad();
-  const double loss = model.forward(batch, true);
+  const double loss = model.forward(batch, true) + model.aux_loss();
   model.backward();
   auto p = params_as_double(model);
   const double ref = reference::model_loss(cfg, p, batch);
@@ -72,6 +75,7 @@ void check_gradients(const std::string& kind) {
 
 TEST(Model, FullAttentionGradientsMatchFiniteDifferences) { check_gradients("full"); }
 TEST(Model, MobaGradientsMatchFiniteDifferences) { check_gradients("moba"); }
+TEST(Model, MoeGradientsMatchFiniteDifferences) { check_gradients("moba", "moe"); }
 
 TEST(Model, ForceFullSwitchesMobaLayersToDense) {
   const ModelConfig cfg = tiny_config("moba");
@@ -102,7 +106,9 @@ TEST(Model, ConfigErrorsNameTheField) {
   expect_error({{"n_heads", 4}, {"n_kv_heads", 3}}, "n_kv_heads (3) must divide n_heads (4)");
   expect_error({{"attention", {{"kind", "moba"}, {"top_k", 0}}}}, "moba top_k must be > 0, got 0");
   expect_error({{"d_modle", 256}}, "unknown field 'd_modle'");
-  expect_error({{"ffn", {{"kind", "moe"}}}}, "unknown ffn kind 'moe'");
+  expect_error({{"ffn", {{"kind", "sparse"}}}}, "unknown ffn kind 'sparse'");
+  expect_error({{"ffn", {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 5}}}}, "top_k");
+  expect_error({{"ffn", {{"kind", "moe"}, {"experts", 4}}}}, "unknown field 'experts'");
 }
 
 }  // namespace

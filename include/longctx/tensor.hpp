@@ -28,6 +28,14 @@ inline float bf16_to_f32(uint16_t b) {
   return x;
 }
 
+namespace detail {
+// Frees a tensor's buffer unless the tensor is a non-owning alias.
+struct BufferFree {
+  bool owning = true;
+  void operator()(void* p) const;
+};
+}  // namespace detail
+
 class Tensor {
  public:
   Tensor() = default;
@@ -41,6 +49,9 @@ class Tensor {
   Tensor& operator=(const Tensor&) = delete;
 
   Tensor clone() const;
+  // A tensor over the same buffer that does not own it (it must not outlive this one): for
+  // handing weights held elsewhere to an API that takes Tensors, without a copy.
+  Tensor alias() const;
   Tensor to(DType dtype) const;  // converted copy
 
   DType dtype() const { return dtype_; }
@@ -64,9 +75,7 @@ class Tensor {
   float at(int64_t flat_index) const;  // any dtype, as fp32
 
  private:
-  struct Free {
-    void operator()(void* p) const;
-  };
+  using Free = detail::BufferFree;
   std::vector<int64_t> shape_;
   int64_t numel_ = 0;
   DType dtype_ = DType::f32;

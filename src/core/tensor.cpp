@@ -10,7 +10,9 @@ namespace longctx {
 const char* dtype_name(DType d) { return d == DType::f32 ? "f32" : "bf16"; }
 size_t dtype_size(DType d) { return d == DType::f32 ? 4 : 2; }
 
-void Tensor::Free::operator()(void* p) const { std::free(p); }
+void detail::BufferFree::operator()(void* p) const {
+  if (owning) std::free(p);
+}
 
 Tensor::Tensor(std::vector<int64_t> shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
   numel_ = 1;
@@ -29,6 +31,15 @@ Tensor::Tensor(std::vector<int64_t> shape, DType dtype) : shape_(std::move(shape
 Tensor Tensor::clone() const {
   Tensor t(shape_, dtype_);
   std::memcpy(t.data_.get(), data_.get(), nbytes());
+  return t;
+}
+
+Tensor Tensor::alias() const {
+  Tensor t;
+  t.shape_ = shape_;
+  t.numel_ = numel_;
+  t.dtype_ = dtype_;
+  t.data_ = std::unique_ptr<void, Free>(data_.get(), Free{false});
   return t;
 }
 

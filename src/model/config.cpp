@@ -15,7 +15,17 @@ AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec a) {
 }
 
 FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
-  if (j.contains("kind")) f.kind = j.at("kind").get<std::string>();
+  check_known_fields(j, {"kind", "num_experts", "top_k", "d_ff", "num_shared", "capacity_factor",
+                         "load_balance_weight", "z_loss_weight"},
+                     "model config: ffn");
+  f.kind = j.value("kind", f.kind);
+  f.num_experts = j.value("num_experts", f.num_experts);
+  f.top_k = j.value("top_k", f.top_k);
+  f.d_ff = j.value("d_ff", f.d_ff);
+  f.num_shared = j.value("num_shared", f.num_shared);
+  f.capacity_factor = j.value("capacity_factor", f.capacity_factor);
+  f.load_balance_weight = j.value("load_balance_weight", f.load_balance_weight);
+  f.z_loss_weight = j.value("z_loss_weight", f.z_loss_weight);
   return f;
 }
 
@@ -64,13 +74,34 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
+moe::Config moe_config(const ModelConfig& c, int64_t layer) {
+  const FfnSpec& f = c.ffn[size_t(layer)];
+  moe::Config m;
+  m.d_model = c.d_model;
+  m.d_ff = f.d_ff > 0 ? f.d_ff : c.d_ff;
+  m.num_experts = f.num_experts;
+  m.top_k = f.top_k;
+  m.num_shared = f.num_shared;
+  m.dropless = f.capacity_factor == 0;
+  m.capacity_factor = m.dropless ? 1.0 : f.capacity_factor;
+  m.load_balance_weight = float(f.load_balance_weight);
+  m.z_loss_weight = float(f.z_loss_weight);
+  return m;
+}
+
 nlohmann::json ModelConfig::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
   for (int64_t i = 0; i < n_layers; ++i) {
     const AttentionSpec& a = attention[size_t(i)];
     nlohmann::json aj{{"kind", a.kind}};
     if (a.kind == "moba") aj["block_size"] = a.block_size, aj["top_k"] = a.top_k;
-    layers.push_back({{"attention", aj}, {"ffn", {{"kind", ffn[size_t(i)].kind}}}});
+    const FfnSpec& f = ffn[size_t(i)];
+    nlohmann::json fj{{"kind", f.kind}};
+    if (f.kind == "moe")
+      fj.update({{"num_experts", f.num_experts}, {"top_k", f.top_k}, {"d_ff", f.d_ff}, {"num_shared", f.num_shared},
+                 {"capacity_factor", f.capacity_factor}, {"load_balance_weight", f.load_balance_weight},
+                 {"z_loss_weight", f.z_loss_weight}});
+    layers.push_back({{"attention", aj}, {"ffn", fj}});
   }
   return {{"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers}, {"n_heads", n_heads},
           {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len}, {"rope_theta", rope_theta},
@@ -101,8 +132,9 @@ void ModelConfig::validate() const {
       LONGCTX_CHECK(a.block_size > 0, "model config: layer ", i, ": moba block_size must be > 0, got ", a.block_size);
       LONGCTX_CHECK(a.top_k > 0, "model config: layer ", i, ": moba top_k must be > 0, got ", a.top_k);
     }
-    LONGCTX_CHECK(ffn[i].kind == "dense", "model config: layer ", i, ": unknown ffn kind '", ffn[i].kind,
-                  "' (available: dense)");
+    LONGCTX_CHECK(ffn[i].kind == "dense" || ffn[i].kind == "moe", "model config: layer ", i, ": unknown ffn kind '",
+                  ffn[i].kind, "' (available: dense, moe)");
+    if (ffn[i].kind == "moe") moe::validate(moe_config(*this, int64_t(i)));
   }
 }
 

@@ -1,5 +1,6 @@
 #include <longctx/attention/reference.hpp>
 #include <longctx/model/reference_model.hpp>
+#include <longctx/moe_reference.hpp>
 
 #include <cmath>
 
@@ -61,9 +62,14 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < D; ++i) x[size_t(t * D + i)] = E[size_t(batch.tokens[size_t(t)] * D + i)];
   const Shape shape{T, T, int(Hq), int(Hkv), int(dh)};
+  double aux = 0;  // MoE balancing losses
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const Vec &attn_norm = take(), &wq = take(), &wk = take(), &wv = take(), &wo = take();
-    const Vec &ffn_norm = take(), &w1 = take(), &w3 = take(), &w2 = take();
+    const Vec& ffn_norm = take();
+    const bool moe_layer = cfg.ffn[size_t(l)].kind == "moe";
+    moe::reference::Params<double> mp;
+    if (moe_layer) mp.w_gate = take();
+    const Vec &w1 = take(), &w3 = take(), &w2 = take();
     const Vec h = rmsnorm(x, T, D, attn_norm, cfg.norm_eps);
     Vec q = matmul(h, T, D, wq, Hq * dh), k = matmul(h, T, D, wk, Hkv * dh);
     const Vec v = matmul(h, T, D, wv, Hkv * dh);
@@ -78,6 +84,16 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     const Vec o = matmul(att, T, Hq * dh, wo, D);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     const Vec h2 = rmsnorm(x, T, D, ffn_norm, cfg.norm_eps);
+    if (moe_layer) {
+      const moe::Config mc = moe_config(cfg, l);
+      mp.w1 = w1, mp.w3 = w3, mp.w2 = w2;
+      if (mc.num_shared > 0) mp.shared_w1 = take(), mp.shared_w3 = take(), mp.shared_w2 = take();
+      mp.expert_bias.assign(size_t(mc.num_experts), 0.0);
+      const auto r = moe::reference::forward<double>(mc, mp, h2, T, {});
+      for (size_t i = 0; i < x.size(); ++i) x[i] += r.out[i];
+      aux += r.aux_loss;
+      continue;
+    }
     const Vec a = matmul(h2, T, D, w1, F), b = matmul(h2, T, D, w3, F);
     Vec g(a.size());
     for (size_t i = 0; i < a.size(); ++i) g[i] = a[i] / (1.0 + std::exp(-a[i])) * b[i];
@@ -102,7 +118,7 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     total += m + std::log(s) - z[size_t(batch.targets[size_t(t)])];
     ++count;
   }
-  return count ? total / double(count) : 0.0;
+  return (count ? total / double(count) : 0.0) + aux;
 }
 
 }  // namespace longctx::reference

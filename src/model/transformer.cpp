@@ -19,6 +19,8 @@ namespace {
 
 struct LayerParams {
   Param *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w1, *w3, *w2;
+  Param* router = nullptr;                                  // moe layers: [D, E]; w1/w3/w2 are then [E, ...]
+  Param *shared_w1 = nullptr, *shared_w3 = nullptr, *shared_w2 = nullptr;  // moe shared experts
 };
 
 // What one layer's backward needs from its forward.
@@ -27,7 +29,23 @@ struct LayerActs {
   std::vector<float> rstd1, rstd2;
   MobaResult attn;  // dense layers leave `selected` empty
   bool moba = false;
+  moe::Forward moe;  // moe FFN layers
 };
+
+// The MoE layer's weights as Tensors aliasing the model's Params (no copy).
+moe::Weights moe_weights(const LayerParams& P) {
+  moe::Weights w;
+  w.w_gate = P.router->value.alias();
+  w.w1 = P.w1->value.alias();
+  w.w3 = P.w3->value.alias();
+  w.w2 = P.w2->value.alias();
+  if (P.shared_w1) {
+    w.shared_w1 = P.shared_w1->value.alias();
+    w.shared_w3 = P.shared_w3->value.alias();
+    w.shared_w2 = P.shared_w2->value.alias();
+  }
+  return w;
+}
 
 }  // namespace
 
@@ -53,7 +71,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   const int64_t D = cfg.d_model, dh = cfg.head_dim(), F = cfg.d_ff, V = cfg.vocab_size;
   std::mt19937_64 rng(seed);
   auto add = [&](std::string name, std::vector<int64_t> shape, float std) {
-    Param p{std::move(name), Tensor(shape), Tensor(shape), shape.size() == 2};
+    Param p{std::move(name), Tensor(shape), Tensor(shape), shape.size() >= 2};
     if (std == 0.0f) {
       p.value.fill(1.0f);  // norm gains
     } else {
@@ -73,9 +91,22 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
     add(p + "attention.wv", {D, cfg.n_kv_heads * dh}, 0.02f);
     add(p + "attention.wo", {cfg.n_heads * dh, D}, out_std);
     add(p + "ffn_norm.weight", {D}, 0.0f);
-    add(p + "feed_forward.w1", {D, F}, 0.02f);
-    add(p + "feed_forward.w3", {D, F}, 0.02f);
-    add(p + "feed_forward.w2", {F, D}, out_std);
+    if (cfg.ffn[size_t(l)].kind == "moe") {
+      const moe::Config m = moe_config(cfg, l);
+      add(p + "feed_forward.router", {D, m.num_experts}, 0.02f);
+      add(p + "feed_forward.w1", {m.num_experts, D, m.d_ff}, 0.02f);
+      add(p + "feed_forward.w3", {m.num_experts, D, m.d_ff}, 0.02f);
+      add(p + "feed_forward.w2", {m.num_experts, m.d_ff, D}, out_std);
+      if (m.num_shared > 0) {
+        add(p + "feed_forward.shared_w1", {D, m.num_shared * m.d_ff}, 0.02f);
+        add(p + "feed_forward.shared_w3", {D, m.num_shared * m.d_ff}, 0.02f);
+        add(p + "feed_forward.shared_w2", {m.num_shared * m.d_ff, D}, out_std);
+      }
+    } else {
+      add(p + "feed_forward.w1", {D, F}, 0.02f);
+      add(p + "feed_forward.w3", {D, F}, 0.02f);
+      add(p + "feed_forward.w2", {F, D}, out_std);
+    }
   }
   add("norm.weight", {D}, 0.0f);
   if (!cfg.tie_embeddings) add("output.weight", {V, D}, 0.02f);
@@ -87,6 +118,15 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
                                    &param(p + "attention.wk"), &param(p + "attention.wv"), &param(p + "attention.wo"),
                                    &param(p + "ffn_norm.weight"), &param(p + "feed_forward.w1"),
                                    &param(p + "feed_forward.w3"), &param(p + "feed_forward.w2")});
+    if (cfg.ffn[size_t(l)].kind == "moe") {
+      LayerParams& lp = acts_->layer_params.back();
+      lp.router = &param(p + "feed_forward.router");
+      if (moe_config(cfg, l).num_shared > 0) {
+        lp.shared_w1 = &param(p + "feed_forward.shared_w1");
+        lp.shared_w3 = &param(p + "feed_forward.shared_w3");
+        lp.shared_w2 = &param(p + "feed_forward.shared_w2");
+      }
+    }
   }
   acts_->embed = &param("tok_embeddings.weight");
   acts_->norm = &param("norm.weight");
@@ -153,6 +193,7 @@ void add_into(Tensor& y, const Tensor& x) {
 
 void Transformer::run(const Batch& batch, bool train, Tensor& logits_out) {
   check_batch(cfg_, batch);
+  aux_loss_ = 0;
   Acts& A = *acts_;
   const int64_t T = batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
   const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
@@ -193,13 +234,19 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out) {
     L.h2 = Tensor({T, D});
     L.rstd2.resize(size_t(T));
     nn::rmsnorm_forward(L.x_mid.f32(), P.ffn_norm->value.f32(), T, D, eps, L.h2.f32(), L.rstd2.data());
-    L.a = Tensor({T, F});
-    L.b = Tensor({T, F});
-    x = Tensor({T, D});
-    swiglu::Group ffn;
-    ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
-    ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.y = x.f32();
-    swiglu::forward({ffn}, D, F);
+    if (P.router) {
+      L.moe = moe::forward(moe_config(cfg_, l), moe_weights(P), L.h2, {train, 0});
+      aux_loss_ += L.moe.stats.aux_loss;
+      x = L.moe.out.clone();  // the backward checks the saved output
+    } else {
+      L.a = Tensor({T, F});
+      L.b = Tensor({T, F});
+      x = Tensor({T, D});
+      swiglu::Group ffn;
+      ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
+      ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.y = x.f32();
+      swiglu::forward({ffn}, D, F);
+    }
     add_into(x, L.x_mid);
     if (!train) layers[size_t(l)] = LayerActs{};  // inference keeps nothing
   }
@@ -260,19 +307,33 @@ void Transformer::backward() {
   nn::rmsnorm_backward(A.x_final.f32(), A.norm->value.f32(), A.rstd_final.data(), dh_final.f32(), T, D, dx.f32(), false,
                        A.norm->grad.f32());
 
-  Tensor dh2({T, D}), dw1({D, F}), dw3({D, F}), dw2({F, D});
+  Tensor dh2({T, D}), dw1({D, F}), dw3({D, F}), dw2({F, D});  // dense FFN weight gradients
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
     const LayerParams& P = A.layer_params[size_t(l)];
     LayerActs& L = A.layers[size_t(l)];
     // FFN branch: x_out = x_mid + swiglu(rmsnorm(x_mid))
-    swiglu::Group ffn;
-    ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
-    ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.dy = dx.f32(), ffn.dx = dh2.f32();
-    ffn.dw1 = dw1.f32(), ffn.dw3 = dw3.f32(), ffn.dw2 = dw2.f32();
-    swiglu::backward({ffn}, D, F);  // overwrites: add the weight gradients into the accumulators
-    add_into(P.w1->grad, dw1);
-    add_into(P.w3->grad, dw3);
-    add_into(P.w2->grad, dw2);
+    if (P.router) {  // MoE: gradients of <out, dy> + aux_loss (router gets the aux-loss gradient too)
+      moe::Grads mg = moe::backward(moe_config(cfg_, l), moe_weights(P), L.h2, L.moe, dx);
+      dh2 = std::move(mg.dx);
+      add_into(P.router->grad, mg.dw_gate);
+      add_into(P.w1->grad, mg.dw1);
+      add_into(P.w3->grad, mg.dw3);
+      add_into(P.w2->grad, mg.dw2);
+      if (P.shared_w1) {
+        add_into(P.shared_w1->grad, mg.dshared_w1);
+        add_into(P.shared_w3->grad, mg.dshared_w3);
+        add_into(P.shared_w2->grad, mg.dshared_w2);
+      }
+    } else {
+      swiglu::Group ffn;
+      ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
+      ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.dy = dx.f32(), ffn.dx = dh2.f32();
+      ffn.dw1 = dw1.f32(), ffn.dw3 = dw3.f32(), ffn.dw2 = dw2.f32();
+      swiglu::backward({ffn}, D, F);  // overwrites: add the weight gradients into the accumulators
+      add_into(P.w1->grad, dw1);
+      add_into(P.w3->grad, dw3);
+      add_into(P.w2->grad, dw2);
+    }
     nn::rmsnorm_backward(L.x_mid.f32(), P.ffn_norm->value.f32(), L.rstd2.data(), dh2.f32(), T, D, dx.f32(), true,
                          P.ffn_norm->grad.f32());
     // Attention branch: x_mid = x_in + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo

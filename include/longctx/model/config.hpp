@@ -1,6 +1,7 @@
 // Model configuration: a Llama-style decoder whose every layer names its attention and FFN kind.
 // Read from JSON (see configs/*.json and docs/MODEL.md); validated on load.
 #pragma once
+#include <longctx/moe.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -16,7 +17,14 @@ struct AttentionSpec {
 };
 
 struct FfnSpec {
-  std::string kind = "dense";  // dense (SwiGLU)
+  std::string kind = "dense";  // dense (SwiGLU) | moe (longctx/moe.hpp, Mixtral softmax top-k router)
+  int64_t num_experts = 8;     // moe
+  int64_t top_k = 2;           // moe: experts per token
+  int64_t d_ff = 0;            // moe: width of each expert (0 = the model's d_ff)
+  int64_t num_shared = 0;      // moe: shared experts every token uses
+  double capacity_factor = 0;  // moe: 0 = dropless, else tokens over capacity are dropped
+  double load_balance_weight = 0.01;  // moe: Switch aux loss alpha
+  double z_loss_weight = 0.0;         // moe: router z-loss weight
 };
 
 struct ModelConfig {
@@ -41,5 +49,9 @@ struct ModelConfig {
   nlohmann::json to_json() const;  // fully explicit (one entry per layer)
   void validate() const;           // throws std::invalid_argument naming the field
 };
+
+// The MoE layer config of a layer whose ffn kind is "moe" (Mixtral top-k router, softmax over
+// the selected experts).
+moe::Config moe_config(const ModelConfig& c, int64_t layer);
 
 }  // namespace longctx

@@ -9,7 +9,8 @@
 namespace longctx::reference {
 
 // Mean next-token loss of `batch` under `params` (one vector per Transformer parameter, same order
-// and shapes). `force_full` runs MoBA layers as full attention, as Transformer::force_full_attention.
+// and shapes) plus the MoE layers' weighted balancing losses: the training objective.
+// `force_full` runs MoBA layers as full attention, as Transformer::force_full_attention.
 double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>& params, const Batch& batch,
                   bool force_full = false);
 

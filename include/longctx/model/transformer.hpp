@@ -37,13 +37,16 @@ class Transformer {
   Param& param(const std::string& name);
   int64_t num_params() const;
 
-  // Mean next-token loss over the batch's targets. With `train`, keeps what backward() needs.
+  // Mean next-token loss over the batch's targets. With `train`, keeps what backward() needs. The
+  // training objective is this plus aux_loss(); backward() differentiates both.
   double forward(const Batch& batch, bool train);
+  // The MoE balancing losses of the last forward (0 without MoE layers).
+  double aux_loss() const { return aux_loss_; }
   // Logits [T, V] of every position.
   Tensor logits(const Batch& batch);
   // Next-token loss of every position (0 where the target is -1).
   std::vector<double> token_losses(const Batch& batch);
-  // Adds the gradient of the last train forward's mean loss to every Param::grad.
+  // Adds the gradient of the last train forward's mean loss + aux_loss() to every Param::grad.
   void backward();
   void zero_grad();
 
@@ -58,6 +61,7 @@ class Transformer {
   std::vector<Param> params_;
   std::unique_ptr<Acts> acts_;
   bool force_full_ = false;
+  double aux_loss_ = 0;
 };
 
 }  // namespace longctx

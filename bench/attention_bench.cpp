@@ -49,6 +49,9 @@ std::vector<std::string> worker_args(const AttentionBenchConfig& cfg, const std:
           "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
           "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
           "--block-size", std::to_string(cfg.block_size), "--top-k", std::to_string(cfg.top_k),
+          "--nsa-block-len", std::to_string(cfg.nsa_block_len), "--nsa-stride", std::to_string(cfg.nsa_stride),
+          "--nsa-select-len", std::to_string(cfg.nsa_select_len), "--nsa-top-n", std::to_string(cfg.nsa_top_n),
+          "--nsa-window", std::to_string(cfg.nsa_window), "--nsa-compress", cfg.nsa_compress,
           "--mode", cfg.backward ? "fwdbwd" : "fwd", "--dtype", cfg.dtype,
           "--threads", std::to_string(cfg.threads), "--reps", std::to_string(cfg.reps),
           "--min-seconds", std::to_string(cfg.min_seconds)};

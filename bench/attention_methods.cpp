@@ -1,4 +1,9 @@
 #include <longctx/attention/flash.hpp>
+#include <longctx/attention/nsa.hpp>
+
+#include <algorithm>
+#include <memory>
+#include <random>
 
 #include "attention_methods.hpp"
 
@@ -24,10 +29,55 @@ MethodRun dense(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
           dense_pairs(in, cfg.heads), {}};
 }
 
+NsaConfig nsa_config(const AttentionBenchConfig& cfg) {
+  NsaConfig c;
+  c.block_len = cfg.nsa_block_len;
+  c.stride = cfg.nsa_stride;
+  c.select_len = cfg.nsa_select_len;
+  c.top_n = cfg.nsa_top_n;
+  c.window = cfg.nsa_window;
+  c.compress = cfg.nsa_compress == "mean" ? NsaCompress::mean : NsaCompress::mlp;
+  return c;
+}
+
+// Keys NSA's three branches attend for a query at position t: visible compressed blocks, the
+// selected tokens (n - 1 full blocks plus the own block up to t, or the whole prefix when it has
+// at most n blocks) and the window.
+double nsa_keys(const NsaConfig& c, int64_t t) {
+  const int64_t cmp = t >= c.block_len - 1 ? (t - c.block_len + 1) / c.stride + 1 : 0;
+  const int64_t own = t / c.select_len;
+  const int64_t slc = own + 1 <= c.top_n ? t + 1 : (c.top_n - 1) * c.select_len + (t - own * c.select_len + 1);
+  return double(cmp + slc + std::min(c.window, t + 1));
+}
+
+MethodRun nsa(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
+  constexpr int kGateIn = 256;  // gate MLP input width (the layer's hidden state)
+  struct State {
+    NsaConfig c;
+    NsaWeights<float> w;
+    Tensor x;
+  };
+  auto st = std::make_shared<State>();
+  st->c = nsa_config(cfg);
+  st->w = nsa_init_weights(st->c, cfg.heads, cfg.head_dim, kGateIn, cfg.head_dim, 7);
+  st->x = Tensor({in.q.dim(0), kGateIn});
+  std::mt19937_64 rng(8);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < st->x.numel(); ++i) st->x.f32()[i] = dist(rng);
+  double pairs = 0;
+  for (size_t i = 0; i + 1 < in.varlen.cu_q.size(); ++i)
+    for (int64_t t = 0; t < in.varlen.cu_q[i + 1] - in.varlen.cu_q[i]; ++t) pairs += nsa_keys(st->c, t);
+  return {[&in, &cfg, st] {
+            const NsaResult r = nsa_forward(in.q, in.k, in.v, st->x, st->w, st->c, in.varlen);
+            if (cfg.backward) nsa_backward(in.q, in.k, in.v, st->x, st->w, st->c, r, in.dout, in.varlen);
+          },
+          pairs * cfg.heads, {}};
+}
+
 }  // namespace
 
 const std::map<std::string, MethodFactory>& attention_methods() {
-  static const std::map<std::string, MethodFactory> methods{{"dense", dense}};
+  static const std::map<std::string, MethodFactory> methods{{"dense", dense}, {"nsa", nsa}};
   return methods;
 }
 

@@ -9,8 +9,11 @@ namespace longctx::attn::nsa {
 
 namespace {
 
-// Query positions per forward work item: with the group's heads, up to kSelectRows tile rows.
-constexpr int64_t kSelectRows = 128;
+// Forward: a work item holds up to kForwardRows (position, head) rows; its positions' selections
+// overlap, so each chosen block is loaded once for all rows that chose it (bigger tiles than one
+// position's). Backward: a block's choosers are processed kBackwardRows rows at a time.
+constexpr int64_t kForwardRows = 1024;
+constexpr int64_t kBackwardRows = 128;
 
 struct Scratch {
   std::vector<float> q, dout, s, dp, k, v, m, l, acc, lse, delta, dq;
@@ -48,7 +51,7 @@ void gather_group_rows(const Problem& p, const Seq& s, const Tensor& x, int g, c
 AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Geometry& geo, const std::vector<int32_t>& sel) {
   AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})};
-  const int64_t chunk = std::max<int64_t>(1, kSelectRows / p.group), rows_max = chunk * p.group;
+  const int64_t chunk = std::max<int64_t>(1, kForwardRows / p.group), rows_max = chunk * p.group;
   struct Item {
     int32_t seq, g;
     int64_t start, len;
@@ -170,7 +173,7 @@ void selected_backward(const Problem& p, const Tensor& q, const Tensor& k, const
   for (int64_t i : parallel::heaviest_first(cost)) ordered.push_back(items[size_t(i)]);
 
   g = {Tensor({p.tq, p.hq, d}), Tensor({p.tk, p.hkv, d}), Tensor({p.tk, p.hkv, d})};
-  const int64_t chunk = std::max<int64_t>(1, kSelectRows / p.group), rows_max = chunk * p.group;
+  const int64_t chunk = std::max<int64_t>(1, kBackwardRows / p.group), rows_max = chunk * p.group;
   DqAccumulators dq_acc(g.dq, parallel::max_threads());
   parallel::run(
       int64_t(ordered.size()), parallel::Schedule::cyclic,

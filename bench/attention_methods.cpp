@@ -1,5 +1,6 @@
 #include <longctx/attention/flash.hpp>
 #include <longctx/attention/nsa.hpp>
+#include <longctx/error.hpp>
 
 #include <algorithm>
 #include <memory>
@@ -11,12 +12,13 @@ namespace longctx::bench {
 
 namespace {
 
-// Pairs of dense causal attention over the packed sequences.
+// Pairs of dense causal attention over the packed sequences (bottom-right aligned queries).
 double dense_pairs(const AttentionInputs& in, int heads) {
   double pairs = 0;
   for (size_t i = 0; i + 1 < in.varlen.cu_q.size(); ++i) {
-    const double n = double(in.varlen.cu_q[i + 1] - in.varlen.cu_q[i]);
-    pairs += n * (n + 1) / 2;
+    const double nq = double(in.varlen.cu_q[i + 1] - in.varlen.cu_q[i]);
+    const double nk = double(in.varlen.cu_k[i + 1] - in.varlen.cu_k[i]);
+    pairs += nq * (nk - nq) + nq * (nq + 1) / 2;
   }
   return pairs * heads;
 }
@@ -65,8 +67,18 @@ MethodRun nsa(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
   std::normal_distribution<float> dist(0.0f, 1.0f);
   for (int64_t i = 0; i < st->x.numel(); ++i) st->x.f32()[i] = dist(rng);
   double pairs = 0;
-  for (size_t i = 0; i + 1 < in.varlen.cu_q.size(); ++i)
-    for (int64_t t = 0; t < in.varlen.cu_q[i + 1] - in.varlen.cu_q[i]; ++t) pairs += nsa_keys(st->c, t);
+  for (size_t i = 0; i + 1 < in.varlen.cu_q.size(); ++i) {
+    const int64_t lq = in.varlen.cu_q[i + 1] - in.varlen.cu_q[i], lk = in.varlen.cu_k[i + 1] - in.varlen.cu_k[i];
+    for (int64_t t = lk - lq; t < lk; ++t) pairs += nsa_keys(st->c, t);
+  }
+  if (cfg.decode) {
+    // One step over the prefix; the compressed-key cache is filled beforehand, as in generation.
+    LONGCTX_CHECK(cfg.batch == 1, "bench attention: nsa decode runs one sequence, got --batch ", cfg.batch);
+    auto cache = std::make_shared<NsaDecodeCache>();
+    cache->update(in.k, in.v, st->w, st->c);
+    return {[&in, st, cache] { nsa_decode_step(in.q, in.k, in.v, st->x, st->w, st->c, *cache); },
+            pairs * cfg.heads, {}};
+  }
   return {[&in, &cfg, st] {
             const NsaResult r = nsa_forward(in.q, in.k, in.v, st->x, st->w, st->c, in.varlen);
             if (cfg.backward) nsa_backward(in.q, in.k, in.v, st->x, st->w, st->c, r, in.dout, in.varlen);

@@ -5,6 +5,9 @@
 #include <longctx/attention/nsa.hpp>
 #include <longctx/error.hpp>
 
+#include <cstdio>
+#include <sstream>
+
 #include "helpers.hpp"
 
 namespace longctx {
@@ -324,6 +327,26 @@ TEST(NsaBadInput, ClearErrors) {
   const Tensor short_k({10, 1, 8}), short_v({10, 1, 8});
   expect_message([&] { nsa_forward(in.q, short_k, short_v, in.x, in.w, c.cfg, Varlen::from_lengths({20}, {10})); },
                  "a sequence has 20 queries but only 10 keys");
+}
+
+// `longctx bench attention --methods nsa` runs in every mode and prints its row.
+TEST(NsaCli, BenchAttentionSmoke) {
+  for (const char* mode : {"fwd", "fwdbwd", "decode"}) {
+    const std::string cmd = std::string(LONGCTX_CLI_PATH) +
+                            " bench attention --methods dense,nsa --lengths 300 --heads 4 --kv-heads 2 --head-dim 16"
+                            " --nsa-window 64 --reps 1 --min-seconds 0 --threads 2 --mode " + mode + " 2>&1";
+    FILE* pipe = popen(cmd.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string out;
+    char buf[512];
+    while (fgets(buf, sizeof buf, pipe)) out += buf;
+    EXPECT_EQ(pclose(pipe), 0) << out;
+    std::istringstream lines(out);
+    bool row = false;
+    for (std::string line; std::getline(lines, line);)
+      row |= line.find(" nsa ") != std::string::npos && line.find(" 300 ") != std::string::npos;
+    EXPECT_TRUE(row) << out;
+  }
 }
 
 }  // namespace

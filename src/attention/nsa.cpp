@@ -96,8 +96,7 @@ void forward_branches(const Problem& p, const Tensor& q, const Tensor& k, const 
                       const NsaWeights<float>& w, const NsaConfig& cfg, const Varlen& varlen,
                       const CompressedView& view, NsaResult& r) {
   const Geometry geo(cfg);
-  r.cmp = compressed_forward(p, q, view, geo);
-  r.selected = select_blocks(p, q, view, geo, r.cmp);
+  r.cmp = compressed_forward(p, q, view, geo, r.selected);
   r.slc = selected_forward(p, q, k, v, geo, r.selected);
   r.win = flash_attention_forward(q, k, v, varlen, window_options(cfg));
 

@@ -1,6 +1,6 @@
 // NSA internals shared by nsa.cpp (orchestration, gates, decode), nsa_compress.cpp (the
 // compression MLP), nsa_compressed.cpp and nsa_selected.cpp (the two branches) and nsa_select.cpp
-// (importance and top-n).
+// (block importance and top-n).
 #pragma once
 #include <longctx/attention/nsa.hpp>
 
@@ -46,15 +46,21 @@ void compress_blocks_backward(const Tensor& x, int64_t k0, int g, int64_t i0, in
                               const NsaCompressor<float>& c, const NsaConfig& cfg, const float* dout, int64_t ld,
                               float* dx, NsaCompressor<float>& dc);
 
-// Compression branch: every query row against its visible compressed keys.
-AttentionResult compressed_forward(const Problem& p, const Tensor& q, const CompressedView& c, const Geometry& geo);
+// Compression branch fused with the selection it drives: every query row against its visible
+// compressed keys, and the top-n selection blocks per (query row, KV head) into `selected`
+// ([Tq, Hkv, n] ascending, -1 padded) from the same probabilities.
+AttentionResult compressed_forward(const Problem& p, const Tensor& q, const CompressedView& c, const Geometry& geo,
+                                   std::vector<int32_t>& selected);
 // Its backward: writes dq, accumulates (+=) dkc/dvc ([Tc, Hkv, d]).
 void compressed_backward(const Problem& p, const Tensor& q, const CompressedView& c, const Geometry& geo,
                          const AttentionResult& fwd, const Tensor& dout, Tensor& dq, float* dkc, float* dvc);
 
-// Top-n selection blocks per (query row, KV head), [Tq, Hkv, n] ascending, -1 padded.
-std::vector<int32_t> select_blocks(const Problem& p, const Tensor& q, const CompressedView& c, const Geometry& geo,
-                                   const AttentionResult& cmp);
+// Importance imp_b[0..own] of the selection blocks of one position from imp_c[0..vis), the
+// compression probabilities of its visible compressed blocks.
+void block_importance(const float* imp_c, int64_t vis, int64_t own, const Geometry& geo, float* imp_b);
+// Top-n of the candidate blocks [0, own] into out (ascending, -1 padded to n): block 0 and the
+// `local` latest blocks are forced; the others rank by importance, ties toward the later block.
+void top_n(const float* imp, int64_t own, const Geometry& geo, std::vector<int64_t>& rest, int32_t* out);
 
 // Selection branch: exact causal attention over the selected blocks (KV block outer, the group's
 // query rows that chose it inner).

@@ -106,7 +106,7 @@ void forward_branches(const Problem& p, const Tensor& q, const Tensor& k, const 
   gemm::sgemm(false, true, p.tq, G, gate_in, 1.0f, x.f32(), gate_in, w.gate_w.data(), gate_in, 0.0f, gates, G);
   r.out = Tensor({p.tq, p.hq, p.d});
   const float* outs[3] = {r.cmp.out.f32(), r.slc.out.f32(), r.win.out.f32()};
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (p.tq > 16)
   for (int64_t t = 0; t < p.tq; ++t)
     for (int64_t h = 0; h < p.hq; ++h) {
       float* o = r.out.f32() + (t * p.hq + h) * p.d;
@@ -178,7 +178,7 @@ NsaGrads nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const T
   Tensor dout_b[3] = {Tensor({p.tq, p.hq, p.d}), Tensor({p.tq, p.hq, p.d}), Tensor({p.tq, p.hq, p.d})};
   std::vector<float> dlogit(size_t(p.tq * G));
   const float* outs[3] = {fwd.cmp.out.f32(), fwd.slc.out.f32(), fwd.win.out.f32()};
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (p.tq > 16)
   for (int64_t t = 0; t < p.tq; ++t)
     for (int64_t h = 0; h < p.hq; ++h) {
       const int64_t row = (t * p.hq + h) * p.d;

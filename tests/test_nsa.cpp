@@ -296,6 +296,19 @@ TEST(NsaDecode, EqualsPrefillRows) {
   }
 }
 
+// The gates start biased toward the sliding-window branch.
+TEST(NsaGates, InitialBiasFavoursWindow) {
+  const NsaCase c{{40}, {40}, 2, 1, 8, small_config()};
+  const Inputs in = make_inputs(c);
+  const NsaWeights<float> w = nsa_init_weights(c.cfg, 2, 8, kGateIn, kHidden, 3);
+  const NsaResult r = nsa_forward(in.q, in.k, in.v, Tensor({40, kGateIn}), w, c.cfg);  // x = 0: gates = sigmoid(bias)
+  for (int64_t i = 0; i < 40 * 2; ++i) {
+    EXPECT_FLOAT_EQ(r.gates.f32()[i * 3 + 0], 0.5f);
+    EXPECT_FLOAT_EQ(r.gates.f32()[i * 3 + 1], 0.5f);
+    EXPECT_NEAR(r.gates.f32()[i * 3 + 2], 1.0 / (1.0 + std::exp(-2.0)), 1e-6);
+  }
+}
+
 void expect_message(const std::function<void()>& fn, const std::string& part) {
   try {
     fn();
@@ -324,6 +337,10 @@ TEST(NsaBadInput, ClearErrors) {
   NsaWeights<float> bad_w = in.w;
   bad_w.ck.w1.pop_back();
   expect_message([&] { nsa_forward(in.q, in.k, in.v, in.x, bad_w, c.cfg); }, "compressor weights must be");
+  NsaDecodeCache cache;
+  cache.update(in.k, in.v, in.w, c.cfg);
+  expect_message([&] { cache.update(first_rows(in.k, 5), first_rows(in.v, 5), in.w, c.cfg); },
+                 "cache has 9 compressed blocks but a prefix of 5 tokens completes only 1");
   const Tensor short_k({10, 1, 8}), short_v({10, 1, 8});
   expect_message([&] { nsa_forward(in.q, short_k, short_v, in.x, in.w, c.cfg, Varlen::from_lengths({20}, {10})); },
                  "a sequence has 20 queries but only 10 keys");

@@ -20,17 +20,19 @@ nlohmann::json run_case(const AttentionBenchConfig& cfg) {
   const auto it = attention_methods().find(method);
   LONGCTX_CHECK(it != attention_methods().end(), "bench attention: unknown method '", method, "'");
   const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;
-  const int64_t total = n * cfg.batch;
-  AttentionInputs in{random_normal({total, cfg.heads, cfg.head_dim}, 1, 1.0f, dt),
+  const int64_t total = n * cfg.batch, q_len = cfg.decode ? 1 : n, total_q = q_len * cfg.batch;
+  AttentionInputs in{random_normal({total_q, cfg.heads, cfg.head_dim}, 1, 1.0f, dt),
                      random_normal({total, cfg.kv_heads, cfg.head_dim}, 2, 1.0f, dt),
                      random_normal({total, cfg.kv_heads, cfg.head_dim}, 3, 1.0f, dt),
-                     random_normal({total, cfg.heads, cfg.head_dim}, 4),
-                     Varlen::same(std::vector<int64_t>(size_t(cfg.batch), n))};
+                     random_normal({total_q, cfg.heads, cfg.head_dim}, 4),
+                     Varlen::from_lengths(std::vector<int64_t>(size_t(cfg.batch), q_len),
+                                          std::vector<int64_t>(size_t(cfg.batch), n))};
   const MethodRun m = it->second(in, cfg);
   const double t = time_best(m.run, cfg.reps, cfg.min_seconds);
   nlohmann::json row{{"method", method},  {"seq_len", n},          {"batch", cfg.batch},
                      {"time_s", t},       {"attended_pairs", m.attended_pairs},
                      {"gflops", m.attended_pairs * flops_per_pair(cfg) / t / 1e9}};
+  if (cfg.decode) row["tokens_per_s"] = cfg.batch / t;
   for (auto& [k, v] : m.extra.items()) row[k] = v;
   return row;
 }
@@ -40,7 +42,10 @@ std::vector<std::string> worker_args(const AttentionBenchConfig& cfg, const std:
           "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
           "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
           "--block-size", std::to_string(cfg.block_size), "--top-k", std::to_string(cfg.top_k),
-          "--mode", cfg.backward ? "fwdbwd" : "fwd", "--dtype", cfg.dtype,
+          "--nsa-block-len", std::to_string(cfg.nsa_block_len), "--nsa-stride", std::to_string(cfg.nsa_stride),
+          "--nsa-select-len", std::to_string(cfg.nsa_select_len), "--nsa-top-n", std::to_string(cfg.nsa_top_n),
+          "--nsa-window", std::to_string(cfg.nsa_window), "--nsa-compress", cfg.nsa_compress,
+          "--mode", cfg.backward ? "fwdbwd" : cfg.decode ? "decode" : "fwd", "--dtype", cfg.dtype,
           "--threads", std::to_string(cfg.threads), "--reps", std::to_string(cfg.reps),
           "--min-seconds", std::to_string(cfg.min_seconds)};
 }
@@ -60,8 +65,8 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   }
   const int threads = parallel::max_threads();
   double peak = sgemm_gflops();
-  fmt::print("{} x {} q heads / {} kv heads, d={}, {}, {}, {} threads\n", cfg.batch, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.backward ? "forward+backward" : "forward",
-             cfg.dtype, threads);
+  fmt::print("{} x {} q heads / {} kv heads, d={}, {}, {}, {} threads\n", cfg.batch, cfg.heads, cfg.kv_heads,
+             cfg.head_dim, cfg.backward ? "forward+backward" : cfg.decode ? "decode step" : "forward", cfg.dtype, threads);
   std::vector<nlohmann::json> rows;
   for (int64_t n : cfg.lengths) {
     std::vector<nlohmann::json> same_len;
@@ -85,10 +90,12 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   peak = std::max(peak, sgemm_gflops());
   fmt::print("sgemm peak: {:.1f} GFLOP/s (fp32 OpenBLAS, {} threads, same run)\n", peak, threads);
   for (auto& r : rows) r["frac_sgemm"] = r["gflops"].get<double>() / peak;
-  print_table(rows, {{"method", "method", ""}, {"seq_len", "seq_len", ""}, {"time_s", "time_s", "{:.4f}"},
-                     {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_sgemm", "of_sgemm", "{:.2f}"},
-                     {"speedup", "speedup", "{:.2f}"}, {"ideal_speedup", "ideal", "{:.2f}"},
-                     {"frac_of_ideal", "of_ideal", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}});
+  std::vector<Column> columns{{"method", "method", ""}, {"seq_len", "seq_len", ""}, {"time_s", "time_s", "{:.4f}"},
+                              {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_sgemm", "of_sgemm", "{:.2f}"},
+                              {"speedup", "speedup", "{:.2f}"}, {"ideal_speedup", "ideal", "{:.2f}"},
+                              {"frac_of_ideal", "of_ideal", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}};
+  if (cfg.decode) columns.insert(columns.begin() + 3, {"tokens_per_s", "tok/s", "{:.1f}"});
+  print_table(rows, columns);
   if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, peak), rows);
 }
 

@@ -1,5 +1,11 @@
 #include <longctx/attention/flash.hpp>
 #include <longctx/attention/moba.hpp>
+#include <longctx/attention/nsa.hpp>
+#include <longctx/error.hpp>
+
+#include <algorithm>
+#include <memory>
+#include <random>
 
 #include "attention_methods.hpp"
 
@@ -7,12 +13,13 @@ namespace longctx::bench {
 
 namespace {
 
-// Pairs of dense causal attention over the packed sequences.
+// Pairs of dense causal attention over the packed sequences (bottom-right aligned queries).
 double dense_pairs(const AttentionInputs& in, int heads) {
   double pairs = 0;
   for (size_t i = 0; i + 1 < in.varlen.cu_q.size(); ++i) {
-    const double n = double(in.varlen.cu_q[i + 1] - in.varlen.cu_q[i]);
-    pairs += n * (n + 1) / 2;
+    const double nq = double(in.varlen.cu_q[i + 1] - in.varlen.cu_q[i]);
+    const double nk = double(in.varlen.cu_k[i + 1] - in.varlen.cu_k[i]);
+    pairs += nq * (nk - nq) + nq * (nq + 1) / 2;
   }
   return pairs * heads;
 }
@@ -34,7 +41,8 @@ MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
   const int64_t tq = in.q.dim(0), B = cfg.block_size;
   for (size_t si = 0; si + 1 < in.varlen.cu_q.size(); ++si)
     for (int64_t row = in.varlen.cu_q[si]; row < in.varlen.cu_q[si + 1]; ++row) {
-      const int64_t pos = row - in.varlen.cu_q[si];
+      const int64_t lq = in.varlen.cu_q[si + 1] - in.varlen.cu_q[si], lk = in.varlen.cu_k[si + 1] - in.varlen.cu_k[si];
+      const int64_t pos = row - in.varlen.cu_q[si] + lk - lq;  // bottom-right: decode rows are the last
       for (int h = 0; h < cfg.heads; ++h) {
         pairs += double(pos % B + 1);
         for (int64_t c = 0; c < r.slots; ++c) pairs += r.selected[size_t((h * tq + row) * r.slots + c)] >= 0 ? double(B) : 0.0;
@@ -46,10 +54,66 @@ MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
           },
           pairs, {}};
 }
+
+NsaConfig nsa_config(const AttentionBenchConfig& cfg) {
+  NsaConfig c;
+  c.block_len = cfg.nsa_block_len;
+  c.stride = cfg.nsa_stride;
+  c.select_len = cfg.nsa_select_len;
+  c.top_n = cfg.nsa_top_n;
+  c.window = cfg.nsa_window;
+  c.compress = cfg.nsa_compress == "mean" ? NsaCompress::mean : NsaCompress::mlp;
+  return c;
+}
+
+// Keys NSA's three branches attend for a query at position t: visible compressed blocks, the
+// selected tokens (n - 1 full blocks plus the own block up to t, or the whole prefix when it has
+// at most n blocks) and the window.
+double nsa_keys(const NsaConfig& c, int64_t t) {
+  const int64_t cmp = t >= c.block_len - 1 ? (t - c.block_len + 1) / c.stride + 1 : 0;
+  const int64_t own = t / c.select_len;
+  const int64_t slc = own + 1 <= c.top_n ? t + 1 : (c.top_n - 1) * c.select_len + (t - own * c.select_len + 1);
+  return double(cmp + slc + std::min(c.window, t + 1));
+}
+
+MethodRun nsa(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
+  constexpr int kGateIn = 256;  // gate MLP input width (the layer's hidden state)
+  struct State {
+    NsaConfig c;
+    NsaWeights<float> w;
+    Tensor x;
+  };
+  auto st = std::make_shared<State>();
+  st->c = nsa_config(cfg);
+  st->w = nsa_init_weights(st->c, cfg.heads, cfg.head_dim, kGateIn, cfg.head_dim, 7);
+  st->x = Tensor({in.q.dim(0), kGateIn});
+  std::mt19937_64 rng(8);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < st->x.numel(); ++i) st->x.f32()[i] = dist(rng);
+  double pairs = 0;
+  for (size_t i = 0; i + 1 < in.varlen.cu_q.size(); ++i) {
+    const int64_t lq = in.varlen.cu_q[i + 1] - in.varlen.cu_q[i], lk = in.varlen.cu_k[i + 1] - in.varlen.cu_k[i];
+    for (int64_t t = lk - lq; t < lk; ++t) pairs += nsa_keys(st->c, t);
+  }
+  if (cfg.decode) {
+    // One step over the prefix; the compressed-key cache is filled beforehand, as in generation.
+    LONGCTX_CHECK(cfg.batch == 1, "bench attention: nsa decode runs one sequence, got --batch ", cfg.batch);
+    auto cache = std::make_shared<NsaDecodeCache>();
+    cache->update(in.k, in.v, st->w, st->c);
+    return {[&in, st, cache] { nsa_decode_step(in.q, in.k, in.v, st->x, st->w, st->c, *cache); },
+            pairs * cfg.heads, {}};
+  }
+  return {[&in, &cfg, st] {
+            const NsaResult r = nsa_forward(in.q, in.k, in.v, st->x, st->w, st->c, in.varlen);
+            if (cfg.backward) nsa_backward(in.q, in.k, in.v, st->x, st->w, st->c, r, in.dout, in.varlen);
+          },
+          pairs * cfg.heads, {}};
+}
+
 }  // namespace
 
 const std::map<std::string, MethodFactory>& attention_methods() {
-  static const std::map<std::string, MethodFactory> methods{{"dense", dense}, {"moba", moba}};
+  static const std::map<std::string, MethodFactory> methods{{"dense", dense}, {"moba", moba}, {"nsa", nsa}};
   return methods;
 }
 

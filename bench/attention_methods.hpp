@@ -16,7 +16,11 @@ struct AttentionBenchConfig {
   int batch = 1;  // sequences of each length, packed varlen
   int heads = 8, kv_heads = 8, head_dim = 128;
   int64_t block_size = 4096, top_k = 3;  // MoBA
+  // NSA: compression block l / stride d, selection block l', top-n, window w, compressor
+  int64_t nsa_block_len = 32, nsa_stride = 16, nsa_select_len = 64, nsa_top_n = 16, nsa_window = 512;
+  std::string nsa_compress = "mlp";
   bool backward = false;                 // time forward + backward
+  bool decode = false;                   // time one decode step: 1 query per sequence over its prefix
   std::string dtype = "f32";             // storage of q, k, v
   int threads = 0;                       // 0 = all cores
   int reps = 2;

@@ -17,7 +17,13 @@ void add_bench_attention(CLI::App& bench) {
   c->add_option("--head-dim", cfg->head_dim, "Head dimension")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--block-size", cfg->block_size, "MoBA block size")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--top-k", cfg->top_k, "MoBA top-k (own block included)")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--mode", *mode, "fwd or fwdbwd")->check(CLI::IsMember({"fwd", "fwdbwd"}))->capture_default_str();
+  c->add_option("--nsa-block-len", cfg->nsa_block_len, "NSA compression block length l")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--nsa-stride", cfg->nsa_stride, "NSA compression stride d")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--nsa-select-len", cfg->nsa_select_len, "NSA selection block length l'")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--nsa-top-n", cfg->nsa_top_n, "NSA selected blocks n (block 0 and 2 local ones included)")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--nsa-window", cfg->nsa_window, "NSA sliding window w")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--nsa-compress", cfg->nsa_compress, "NSA compressor: mlp or mean")->check(CLI::IsMember({"mlp", "mean"}))->capture_default_str();
+  c->add_option("--mode", *mode, "fwd, fwdbwd or decode (one new token over a prefix of each length)")->check(CLI::IsMember({"fwd", "fwdbwd", "decode"}))->capture_default_str();
   c->add_option("--dtype", cfg->dtype, "Storage of q, k, v")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   c->add_option("--threads", cfg->threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--reps", cfg->reps, "Minimum timed repetitions (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
@@ -26,6 +32,7 @@ void add_bench_attention(CLI::App& bench) {
   c->add_flag("--worker", *worker, "Internal: run one case and print its JSON row")->group("");
   c->callback([cfg, worker, mode] {
     cfg->backward = *mode == "fwdbwd";
+    cfg->decode = *mode == "decode";
     bench::run_attention_bench(*cfg, *worker);
   });
 }

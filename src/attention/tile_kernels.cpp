@@ -13,6 +13,11 @@ namespace longctx::attn {
 static constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 void TileMask::range(int64_t i, int64_t n, int64_t& lo, int64_t& hi) const {
+  if (row_hi) {
+    lo = 0;
+    hi = std::clamp<int64_t>(row_hi[i] - k_pos0, 0, n);
+    return;
+  }
   if (all) {
     lo = 0;
     hi = n;

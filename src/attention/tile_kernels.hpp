@@ -18,6 +18,9 @@ struct TileMask {
   const Problem* problem = nullptr;
   int64_t q_pos0 = 0, k_pos0 = 0, lk = 0;
   bool all = true;
+  // If set, row i sees the keys at positions [0, row_hi[i]) instead of the problem's rule (rows
+  // that are gathered or strided, e.g. NSA's compressed and selected blocks).
+  const int64_t* row_hi = nullptr;
   // Visible key range [lo, hi) of row i within a tile of n keys (hi <= lo: none).
   void range(int64_t i, int64_t n, int64_t& lo, int64_t& hi) const;
 };

@@ -96,15 +96,23 @@ Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {
   return {scratch, d};
 }
 
-void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst) {
+namespace {
+// Row `flat` (token * H + head) of a [T, H, d] tensor as fp32.
+void copy_row(const Tensor& x, int64_t flat, float* dst) {
   const int64_t d = x.dim(2);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t off = flat_rows[i] * d;
-    if (x.dtype() == DType::f32)
-      std::copy_n(x.f32() + off, d, dst + i * d);
-    else
-      simd::bf16_to_f32(x.bf16() + off, dst + i * d, d);
-  }
+  if (x.dtype() == DType::f32)
+    std::copy_n(x.f32() + flat * d, d, dst);
+  else
+    simd::bf16_to_f32(x.bf16() + flat * d, dst, d);
+}
+}  // namespace
+
+void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) copy_row(x, flat_rows[i], dst + i * x.dim(2));
+}
+
+void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst) {
+  for (int64_t i = 0; i < n; ++i) copy_row(x, tokens[i] * x.dim(1) + h, dst + i * x.dim(2));
 }
 
 }  // namespace attn

@@ -46,5 +46,7 @@ Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
 // Gathers rows of a [T, H, d] tensor by flat (token * H + head) index into a dense [n x d]
 // fp32 buffer.
 void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst);
+// Gathers token rows `tokens[i]` of head h into a dense [n x d] fp32 buffer.
+void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst);
 
 }  // namespace longctx::attn

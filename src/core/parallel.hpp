@@ -27,7 +27,7 @@ enum class Schedule { dynamic, cyclic };
 template <class MakeState, class Body>
 void run(int64_t n, Schedule schedule, MakeState&& make_state, Body&& body) {
   if (n == 0) return;
-#pragma omp parallel if (n > 1)
+#pragma omp parallel if (n > 1)  // one item: no team to wake
   {
     auto state = make_state(omp_get_thread_num());
     if (schedule == Schedule::dynamic) {

@@ -15,7 +15,8 @@ struct AttentionBenchConfig {
   std::vector<int64_t> lengths{4096, 16384};
   int batch = 1;  // sequences of each length, packed varlen
   int heads = 8, kv_heads = 8, head_dim = 128;
-  int64_t block_size = 4096, top_k = 3;  // MoBA
+  int64_t block_size = 4096, top_k = 3;  // MoBA, top-k (blocks, own included)
+  float tau = 0.95f;                     // threshold
   bool backward = false;                 // time forward + backward
   std::string dtype = "f32";             // storage of q, k, v
   int threads = 0;                       // 0 = all cores

@@ -23,4 +23,16 @@ struct DecodeBenchConfig {
 
 void run_decode_bench(const DecodeBenchConfig& cfg);
 
+// `longctx bench threshold`: output error vs keys visited of the mass threshold (both stop rules)
+// and of block top-k against dense attention, for the last `queries` queries of a length-n
+// sequence from the structured synthetic source (clustered keys, queries aimed at two clusters).
+struct ThresholdBenchConfig {
+  int64_t length = 32768, queries = 128, block_size = 64;
+  int heads = 8, kv_heads = 2, head_dim = 128;
+  std::vector<float> taus{0.9f, 0.95f, 0.99f};
+  std::vector<int64_t> top_ks{8, 64};
+  std::string json;
+};
+void run_threshold_bench(const ThresholdBenchConfig& cfg);
+
 }  // namespace longctx::bench

@@ -1,4 +1,5 @@
-// `longctx bench decode`: decode and chunked prefill over a KV cache, method vs method.
+// `longctx bench decode` (decode and chunked prefill over a KV cache, method vs method) and
+// `longctx bench threshold` (mass-threshold quality vs keys visited).
 #include "decode_bench.hpp"
 #include "commands.hpp"
 
@@ -22,6 +23,16 @@ void add_bench_decode(CLI::App& bench) {
   c->add_option("--min-seconds", cfg->min_seconds, "Minimum timed seconds per case")->capture_default_str();
   c->add_option("--json", cfg->json, "Also write the rows to this JSON file");
   c->callback([cfg] { bench::run_decode_bench(*cfg); });
+
+  auto tcfg = std::make_shared<bench::ThresholdBenchConfig>();
+  CLI::App* t = bench.add_subcommand("threshold", "Mass-threshold and top-k: output error vs keys visited (structured synthetic source)");
+  t->add_option("--length", tcfg->length, "Sequence length")->check(CLI::PositiveNumber)->capture_default_str();
+  t->add_option("--queries", tcfg->queries, "Last queries evaluated")->check(CLI::PositiveNumber)->capture_default_str();
+  t->add_option("--block-size", tcfg->block_size, "Block size")->check(CLI::PositiveNumber)->capture_default_str();
+  t->add_option("--taus", tcfg->taus, "Threshold tau values")->delimiter(',')->capture_default_str();
+  t->add_option("--top-ks", tcfg->top_ks, "Top-k block counts")->delimiter(',')->capture_default_str();
+  t->add_option("--json", tcfg->json, "Also write the rows to this JSON file");
+  t->callback([tcfg] { bench::run_threshold_bench(*tcfg); });
 }
 
 }  // namespace longctx::cli

@@ -30,31 +30,6 @@ CacheMethod parse_cache_method(const std::string& name) {
   return CacheMethod::dense;
 }
 
-namespace attn {
-
-int64_t moba_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k, SoftmaxState st,
-                 std::vector<int32_t>& visited, RowScratch& ws) {
-  const int g = src.p.kv_head(h), d = src.p.d;
-  const Rows qr{q, d};
-  int64_t keys = attend_own_block(src, qr, g, pos, st, ws);
-  const int64_t own = pos / src.B();  // full blocks strictly before the own block
-  if (top_k <= 1 || own == 0) return keys;
-  ws.score.resize(size_t(own));
-  for (int64_t j = 0; j < own; ++j) {
-    block_mean(src.stats, j, g, d, ws.mean.data());
-    ws.score[size_t(j)] = simd::dot(q, ws.mean.data(), d);
-  }
-  const size_t first = visited.size();
-  top_indices(ws.score, own, top_k - 1, ws.order, visited);
-  for (size_t i = first; i < visited.size(); ++i) {
-    attend_block(src, qr, g, visited[i], st, ws);
-    keys += src.B();
-  }
-  return keys;
-}
-
-}  // namespace attn
-
 namespace {
 
 // Dense attention of the q rows over the cache. Decode (one query) batches the GQA group's query
@@ -105,6 +80,79 @@ SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& 
   return r;
 }
 
+// Decode (one query) of the selecting methods, MoBA and block top-k: per KV head, the group's
+// query heads attend their shared own block as one tile, then each block any of them selected is
+// loaded (bf16 -> fp32) once and folded into the state of every head that chose it. Per head the
+// order of the online softmax is the row path's (own block, then its blocks ascending).
+SparseResult grouped_decode(const Problem& p, const Tensor& q, const KVCache& cache, int64_t top_k,
+                            BlockSelector select) {
+  const Seq& s = p.seqs[0];
+  const int64_t B = cache.block_size(), pos = s.lk - 1, own = pos / B;
+  SparseResult r;
+  r.out = Tensor({1, p.hq, p.d});
+  r.lse = Tensor({p.hq, 1});
+  r.block_size = B;
+  std::vector<std::vector<int32_t>> sel(size_t(p.hq));
+  std::vector<int64_t> keys(size_t(p.hq), 0);
+  struct State {
+    RowScratch rs;
+    TileScratch tile;
+  };
+  run_items(
+      p.hkv, int64_t(p.hq) * (own + top_k * B) * p.d,
+      [&](int) { return State{RowScratch(p.d), TileScratch(p.group, kKeyTile, p.d, false)}; },
+      [&](int64_t item, State& ws) {
+        const int g = int(item), h0 = g * p.group;
+        const SparseSource src{p, s, cache.keys(), cache.values(), cache.stats()};
+        float* qg = ws.tile.q.data();
+        for (int e = 0; e < p.group; ++e) {
+          const Rows one = load_rows(q, 0, 1, h0 + e, qg + e * p.d);
+          if (one.p != qg + e * p.d) std::copy_n(one.p, p.d, qg + e * p.d);
+        }
+        float* out = r.out.f32() + int64_t(h0) * p.d;
+        SoftmaxState st{ws.tile.m.data(), ws.tile.l.data(), out, p.d};
+        st.reset(p.group, p.d);
+        attend_key_range(p, s, cache.keys(), cache.values(), g, Rows{qg, p.d}, p.group, pos, own * B, pos + 1, st,
+                         ws.tile, true);
+        std::vector<std::pair<int32_t, int>> chosen;  // (block, head in group), ascending
+        for (int e = 0; e < p.group; ++e) {
+          keys[size_t(h0 + e)] = pos + 1 - own * B;
+          if (top_k <= 1 || own == 0) continue;
+          select(src, qg + e * p.d, g, own, top_k, ws.rs, sel[size_t(h0 + e)]);
+          for (int32_t j : sel[size_t(h0 + e)]) chosen.push_back({j, e});
+        }
+        std::sort(chosen.begin(), chosen.end());
+        for (size_t c0 = 0; c0 < chosen.size();) {
+          size_t c1 = c0;
+          while (c1 < chosen.size() && chosen[c1].first == chosen[c0].first) ++c1;
+          const int64_t j = chosen[c0].first;
+          for (int64_t kp = j * B; kp < (j + 1) * B; kp += kKeyTile) {
+            const int64_t n = std::min(kKeyTile, (j + 1) * B - kp);
+            const Rows kr = load_rows(cache.keys(), kp, n, g, ws.tile.k.data());
+            const Rows vr = load_rows(cache.values(), kp, n, g, ws.tile.v.data());
+            for (size_t c = c0; c < c1; ++c) {
+              const int e = chosen[c].second;
+              tile_forward(Rows{qg + e * p.d, p.d}, 1, kr, vr, n, p.d, p.scale, TileMask{},
+                           SoftmaxState{st.m + e, st.l + e, out + e * p.d, p.d}, ws.tile.s.data());
+            }
+          }
+          for (size_t c = c0; c < c1; ++c) keys[size_t(h0 + chosen[c].second)] += B;
+          c0 = c1;
+        }
+        std::vector<float> lse(size_t(p.group));
+        tile_finalize(st, p.group, p.d, out, p.d, lse.data());
+        for (int e = 0; e < p.group; ++e) r.lse.f32()[h0 + e] = lse[size_t(e)];
+      });
+  r.row_offset.assign(size_t(p.hq) + 1, 0);
+  for (int h = 0; h < p.hq; ++h) {
+    r.row_offset[size_t(h) + 1] = r.row_offset[size_t(h)] + int64_t(sel[size_t(h)].size());
+    r.visited.insert(r.visited.end(), sel[size_t(h)].begin(), sel[size_t(h)].end());
+    r.mean_keys += double(keys[size_t(h)]) / p.hq;
+    r.max_keys = std::max(r.max_keys, keys[size_t(h)]);
+  }
+  return r;
+}
+
 }  // namespace
 
 SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const CacheAttentionOptions& opts) {
@@ -137,26 +185,23 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const C
   const Tensor &k = cache.keys(), &v = cache.values();
   switch (opts.method) {
     case CacheMethod::moba:
-      return sparse_forward(p, q, k, v, cache.stats(),
-                            [top_k](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
-                                    std::vector<int32_t>& vis, RowScratch& ws) {
-                              return moba_row(src, qr, h, pos, top_k, st, vis, ws);
-                            },
-                            false, B);
-    case CacheMethod::topk:
-      if (opts.token_level)
+    case CacheMethod::topk: {
+      if (opts.method == CacheMethod::topk && opts.token_level)
         return sparse_forward(p, q, k, v, cache.stats(),
                               [top_k](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
                                       std::vector<int32_t>& vis, RowScratch& ws) {
                                 return topk_tokens_row(src, qr, h, pos, top_k, st, vis, ws);
                               },
                               true, 0);
+      const BlockSelector select = opts.method == CacheMethod::moba ? select_moba_blocks : select_quest_blocks;
+      if (p.tq == 1) return grouped_decode(p, q, cache, top_k, select);
       return sparse_forward(p, q, k, v, cache.stats(),
-                            [top_k](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
-                                    std::vector<int32_t>& vis, RowScratch& ws) {
-                              return topk_blocks_row(src, qr, h, pos, top_k, st, vis, ws);
+                            [top_k, select](const SparseSource& src, const float* qr, int h, int64_t pos,
+                                            SoftmaxState st, std::vector<int32_t>& vis, RowScratch& ws) {
+                              return selected_blocks_row(src, qr, h, pos, top_k, select, st, vis, ws);
                             },
                             false, B);
+    }
     case CacheMethod::threshold: {
       SparseResult r = sparse_forward(p, q, k, v, cache.stats(),
                                       [tau, rule](const SparseSource& src, const float* qr, int h, int64_t pos,

@@ -61,17 +61,33 @@ void top_indices(const std::vector<float>& score, int64_t count, int64_t n, std:
   out.insert(out.end(), order.begin(), order.end());
 }
 
-int64_t topk_blocks_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k, SoftmaxState st,
-                        std::vector<int32_t>& visited, RowScratch& ws) {
-  const int g = src.p.kv_head(h), d = src.p.d;
-  const Rows qr{q, d};
+void select_quest_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
+                         std::vector<int32_t>& out) {
+  ws.score.resize(size_t(own));
+  for (int64_t j = 0; j < own; ++j)
+    ws.score[size_t(j)] = quest_bound(q, src.stats.key_min(j, g), src.stats.key_max(j, g), src.p.d);
+  top_indices(ws.score, own, top_k - 1, ws.order, out);
+}
+
+void select_moba_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
+                        std::vector<int32_t>& out) {
+  ws.score.resize(size_t(own));
+  for (int64_t j = 0; j < own; ++j) {
+    block_mean(src.stats, j, g, src.p.d, ws.mean.data());
+    ws.score[size_t(j)] = simd::dot(q, ws.mean.data(), src.p.d);
+  }
+  top_indices(ws.score, own, top_k - 1, ws.order, out);
+}
+
+int64_t selected_blocks_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k,
+                            BlockSelector select, SoftmaxState st, std::vector<int32_t>& visited, RowScratch& ws) {
+  const int g = src.p.kv_head(h);
+  const Rows qr{q, src.p.d};
   int64_t keys = attend_own_block(src, qr, g, pos, st, ws);
   const int64_t own = pos / src.B();  // blocks 0 .. own - 1 are full and strictly past
   if (top_k <= 1 || own == 0) return keys;
-  ws.score.resize(size_t(own));
-  for (int64_t j = 0; j < own; ++j) ws.score[size_t(j)] = quest_bound(q, src.stats.key_min(j, g), src.stats.key_max(j, g), d);
   const size_t first = visited.size();
-  top_indices(ws.score, own, top_k - 1, ws.order, visited);
+  select(src, q, g, own, top_k, ws, visited);
   for (size_t i = first; i < visited.size(); ++i) {
     attend_block(src, qr, g, visited[i], st, ws);
     keys += src.B();

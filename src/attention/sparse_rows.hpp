@@ -68,9 +68,18 @@ void attend_block(const SparseSource& src, Rows q, int g, int64_t j, SoftmaxStat
 // appended to out; all of them when count <= n. O(count).
 void top_indices(const std::vector<float>& score, int64_t count, int64_t n, std::vector<int32_t>& order,
                  std::vector<int32_t>& out);
-// Per-row function of block top-k (Quest bounds) and of token top-k.
-int64_t topk_blocks_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k, SoftmaxState st,
-                        std::vector<int32_t>& visited, RowScratch& ws);
+// Block selectors: the top_k - 1 of the full past blocks 0 .. own - 1 of KV head g for query q,
+// appended ascending to `out`. Quest: by upper bound from the block min/max; MoBA: by q . mean.
+using BlockSelector = void (*)(const SparseSource&, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
+                               std::vector<int32_t>& out);
+void select_quest_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
+                         std::vector<int32_t>& out);
+void select_moba_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
+                        std::vector<int32_t>& out);
+// Row function of the selecting methods: own block causally, then the selected blocks ascending.
+int64_t selected_blocks_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k,
+                            BlockSelector select, SoftmaxState st, std::vector<int32_t>& visited, RowScratch& ws);
+// Row function of token top-k.
 int64_t topk_tokens_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k, SoftmaxState st,
                         std::vector<int32_t>& visited, RowScratch& ws);
 
@@ -85,10 +94,6 @@ namespace longctx::attn {
 // Per-row function of the mass threshold (threshold.cpp).
 int64_t threshold_row(const SparseSource& src, const float* q, int h, int64_t pos, float tau, StopRule rule,
                       SoftmaxState st, std::vector<int32_t>& visited, RowScratch& ws);
-// MoBA block selection and attention of one row from block sums (decode.cpp): own block causally,
-// then the top_k - 1 past full blocks by q . mean, ties toward the later block.
-int64_t moba_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k, SoftmaxState st,
-                 std::vector<int32_t>& visited, RowScratch& ws);
 // mean = sum / B of block j, KV head g, exactly as MoBA's prefill computes it.
 void block_mean(const BlockStats& stats, int64_t j, int g, int d, float* mean);
 

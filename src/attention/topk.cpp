@@ -26,7 +26,7 @@ SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tens
                           })
                         : RowFn([top_k](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
                                         std::vector<int32_t>& vis, RowScratch& ws) {
-                            return topk_blocks_row(src, qr, h, pos, top_k, st, vis, ws);
+                            return selected_blocks_row(src, qr, h, pos, top_k, select_quest_blocks, st, vis, ws);
                           });
   return sparse_forward(p, q, k, v, stats, row, opts.token_level, opts.token_level ? 0 : opts.block_size);
 }

@@ -4,7 +4,9 @@
 #include <longctx/error.hpp>
 
 #include <cmath>
+#include <limits>
 
+#include "attention/decode_kernel.hpp"
 #include "attention/sparse_rows.hpp"
 #include "core/parallel.hpp"
 #include "core/simd.hpp"
@@ -32,51 +34,83 @@ CacheMethod parse_cache_method(const std::string& name) {
 
 namespace {
 
-// Dense attention of the q rows over the cache. Decode (one query) batches the GQA group's query
-// heads as the rows of each tile; chunked prefill runs each head's query tile causally.
+// Dense decode, flash-decoding style: the cache is split into one contiguous key range per
+// thread; each range runs every KV head tile by tile (so the interleaved [T, Hkv, d] rows stream
+// from memory once), with the GQA group's heads as the rows of each tile. The partial softmax
+// states are merged in range order (deterministic for a fixed thread count).
+void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, SparseResult& r) {
+  const int64_t lk = p.seqs[0].lk;
+  const int64_t parts = std::clamp<int64_t>(lk / (16 * kKeyTile), 1, parallel::max_threads());
+  const size_t states = size_t(parts) * size_t(p.hq);
+  std::vector<float> m(states), l(states), acc(states * size_t(p.d));
+  std::vector<float> qf(size_t(p.hq) * p.d);
+  for (int h = 0; h < p.hq; ++h) {
+    const Rows one = load_rows(q, 0, 1, h, &qf[size_t(h) * p.d]);
+    if (one.p != &qf[size_t(h) * p.d]) std::copy_n(one.p, p.d, &qf[size_t(h) * p.d]);
+  }
+  run_items(
+      parts, int64_t(p.hq) * lk * p.d, [&](int) { return TileScratch(p.group, kKeyTile, p.d, false); },
+      [&](int64_t part, TileScratch& ws) {
+        const int64_t begin = lk * part / parts, end = lk * (part + 1) / parts;
+        const size_t base = size_t(part) * size_t(p.hq);
+        SoftmaxState all{&m[base], &l[base], &acc[base * size_t(p.d)], p.d};
+        all.reset(p.hq, p.d);
+        for (int64_t kp = begin; kp < end; kp += kKeyTile)
+          for (int g = 0; g < p.hkv; ++g) {
+            const size_t h0 = size_t(g) * size_t(p.group);
+            decode_attend_range(cache.keys(), cache.values(), g, kp, std::min(kp + kKeyTile, end),
+                                Rows{&qf[h0 * size_t(p.d)], p.d}, p.group, p.d, p.scale,
+                                SoftmaxState{all.m + h0, all.l + h0, all.acc + h0 * size_t(p.d), p.d}, ws);
+          }
+      });
+  for (int h = 0; h < p.hq; ++h) {  // merge: out = sum_p acc_p e^(m_p - M) / sum_p l_p e^(m_p - M)
+    float mx = -std::numeric_limits<float>::infinity(), sum = 0.0f;
+    for (int64_t part = 0; part < parts; ++part) mx = std::max(mx, m[size_t(part * p.hq + h)]);
+    float* out = r.out.f32() + int64_t(h) * p.d;
+    for (int64_t part = 0; part < parts; ++part) {
+      const size_t i = size_t(part * p.hq + h);
+      const float w = std::exp(m[i] - mx);
+      sum += l[i] * w;
+      simd::axpy(out, &acc[i * size_t(p.d)], p.d, w);
+    }
+    simd::scale_inplace(out, p.d, 1.0f / sum);
+    r.lse.f32()[h] = mx + std::log(sum);
+  }
+}
+
+// Dense attention of the q rows over the cache: decode as above; chunked prefill runs each
+// head's query tile causally with the shared tile loop.
 SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& cache) {
   const Seq& s = p.seqs[0];
   SparseResult r;
   r.out = Tensor({p.tq, p.hq, p.d});
   r.lse = Tensor({p.hq, p.tq});
   r.row_offset.assign(size_t(p.hq) * size_t(p.tq) + 1, 0);
-  const int64_t ld = int64_t(p.hq) * p.d;
-  const bool decode = p.tq == 1;
-  const int64_t per_head = decode ? 1 : (p.tq + kQueryTile - 1) / kQueryTile;
-  const int64_t items = decode ? p.hkv : p.hq * per_head;
-  const int64_t rows_max = decode ? p.group : kQueryTile;
-  run_items(
-      items, p.hq * p.tq * p.tk * p.d,
-      [&](int) { return std::pair(TileScratch(rows_max, kKeyTile, p.d, false), std::vector<float>(size_t(rows_max) * p.d)); },
-      [&](int64_t i, auto& state) {
-        auto& [ws, lse] = state;
-        const int h0 = decode ? int(i) * p.group : int(i / per_head);
-        const int64_t t0 = decode ? 0 : (i % per_head) * kQueryTile;
-        const int64_t rows = decode ? p.group : std::min(kQueryTile, p.tq - t0);
-        // decode: rows are the group's heads of the one token, contiguous in [1, Hq, d]
-        const Rows qr = decode ? Rows{nullptr, p.d} : load_rows(q, t0, rows, h0, ws.q.data());
-        Rows qd = qr;
-        if (decode) {
-          for (int e = 0; e < p.group; ++e) {
-            const Rows one = load_rows(q, 0, 1, h0 + e, ws.q.data() + e * p.d);
-            if (one.p != ws.q.data() + e * p.d) std::copy_n(one.p, p.d, ws.q.data() + e * p.d);
-          }
-          qd = Rows{ws.q.data(), p.d};
-        }
-        float* out = r.out.f32() + (t0 * p.hq + h0) * p.d;
-        const int64_t ld_out = decode ? p.d : ld;
-        SoftmaxState st{ws.m.data(), ws.l.data(), out, ld_out};
-        st.reset(rows, p.d);
-        attend_key_range(p, s, cache.keys(), cache.values(), p.kv_head(h0), qd, rows, t0 + s.offset(), 0,
-                         s.offset() + t0 + (decode ? 1 : rows), st, ws, decode);
-        tile_finalize(st, rows, p.d, out, ld_out, lse.data());
-        for (int64_t e = 0; e < rows; ++e)
-          r.lse.f32()[decode ? int64_t(h0 + e) * p.tq : int64_t(h0) * p.tq + t0 + e] = lse[size_t(e)];
-      });
   r.mean_keys = 0;
   for (int64_t t = 0; t < p.tq; ++t) r.mean_keys += double(s.offset() + t + 1);
   r.mean_keys /= double(p.tq);
   r.max_keys = s.lk;
+  if (p.tq == 1) {
+    dense_decode(p, q, cache, r);
+    return r;
+  }
+  const int64_t ld = int64_t(p.hq) * p.d, per_head = (p.tq + kQueryTile - 1) / kQueryTile;
+  run_items(
+      p.hq * per_head, p.hq * p.tq * p.tk * p.d,
+      [&](int) { return std::pair(TileScratch(kQueryTile, kKeyTile, p.d, false), std::vector<float>(kQueryTile)); },
+      [&](int64_t i, auto& state) {
+        auto& [ws, lse] = state;
+        const int h = int(i / per_head);
+        const int64_t t0 = (i % per_head) * kQueryTile, rows = std::min(kQueryTile, p.tq - t0);
+        const Rows qr = load_rows(q, t0, rows, h, ws.q.data());
+        float* out = r.out.f32() + (t0 * p.hq + h) * p.d;
+        SoftmaxState st{ws.m.data(), ws.l.data(), out, ld};
+        st.reset(rows, p.d);
+        attend_key_range(p, s, cache.keys(), cache.values(), p.kv_head(h), qr, rows, t0 + s.offset(), 0,
+                         s.offset() + t0 + rows, st, ws);
+        tile_finalize(st, rows, p.d, out, ld, lse.data());
+        std::copy_n(lse.data(), rows, r.lse.f32() + int64_t(h) * p.tq + t0);
+      });
   return r;
 }
 
@@ -112,8 +146,8 @@ SparseResult grouped_decode(const Problem& p, const Tensor& q, const KVCache& ca
         float* out = r.out.f32() + int64_t(h0) * p.d;
         SoftmaxState st{ws.tile.m.data(), ws.tile.l.data(), out, p.d};
         st.reset(p.group, p.d);
-        attend_key_range(p, s, cache.keys(), cache.values(), g, Rows{qg, p.d}, p.group, pos, own * B, pos + 1, st,
-                         ws.tile, true);
+        decode_attend_range(cache.keys(), cache.values(), g, own * B, pos + 1, Rows{qg, p.d}, p.group, p.d, p.scale, st,
+                            ws.tile);
         std::vector<std::pair<int32_t, int>> chosen;  // (block, head in group), ascending
         for (int e = 0; e < p.group; ++e) {
           keys[size_t(h0 + e)] = pos + 1 - own * B;
@@ -132,8 +166,8 @@ SparseResult grouped_decode(const Problem& p, const Tensor& q, const KVCache& ca
             const Rows vr = load_rows(cache.values(), kp, n, g, ws.tile.v.data());
             for (size_t c = c0; c < c1; ++c) {
               const int e = chosen[c].second;
-              tile_forward(Rows{qg + e * p.d, p.d}, 1, kr, vr, n, p.d, p.scale, TileMask{},
-                           SoftmaxState{st.m + e, st.l + e, out + e * p.d, p.d}, ws.tile.s.data());
+              decode_tile_forward(Rows{qg + e * p.d, p.d}, 1, kr, vr, n, p.d, p.scale,
+                                  SoftmaxState{st.m + e, st.l + e, out + e * p.d, p.d}, ws.tile.s.data());
             }
           }
           for (size_t c = c0; c < c1; ++c) keys[size_t(h0 + chosen[c].second)] += B;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "attention/decode_kernel.hpp"
+
 #include "core/parallel.hpp"
 #include "core/simd.hpp"
 
@@ -38,12 +40,13 @@ std::vector<BlockStats> build_block_stats(const Problem& p, const Tensor& k, int
 
 int64_t attend_own_block(const SparseSource& src, Rows q, int g, int64_t pos, SoftmaxState st, RowScratch& ws) {
   const int64_t begin = pos / src.B() * src.B();
-  attend_key_range(src.p, src.s, src.k, src.v, g, q, 1, pos, begin, pos + 1, st, ws.tile, true);
+  decode_attend_range(src.k, src.v, g, src.s.k0 + begin, src.s.k0 + pos + 1, q, 1, src.p.d, src.p.scale, st, ws.tile);
   return pos + 1 - begin;
 }
 
 void attend_block(const SparseSource& src, Rows q, int g, int64_t j, SoftmaxState st, RowScratch& ws) {
-  attend_key_range(src.p, src.s, src.k, src.v, g, q, 1, 0, j * src.B(), (j + 1) * src.B(), st, ws.tile, true);
+  decode_attend_range(src.k, src.v, g, src.s.k0 + j * src.B(), src.s.k0 + (j + 1) * src.B(), q, 1, src.p.d, src.p.scale,
+                      st, ws.tile);
 }
 
 void top_indices(const std::vector<float>& score, int64_t count, int64_t n, std::vector<int32_t>& order,

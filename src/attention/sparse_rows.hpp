@@ -1,6 +1,6 @@
 // The engine of the per-query sparse methods (top-k, threshold, MoBA and top-k decode): every
 // (head, query) row picks its keys with a row function and folds them into one exact online
-// softmax with the shared tile kernels (rows = 1), prefill and cache alike; then the result is
+// softmax with the decode tile kernel (rows = 1, K/V read in place), prefill and cache alike; then the result is
 // assembled (out, lse, visited CSR, keys-visited counts). The backward replays the visited sets.
 #pragma once
 #include <longctx/attention/block_stats.hpp>

@@ -6,7 +6,6 @@
 #include <numeric>
 
 #include "attention/decode_kernel.hpp"
-
 #include "core/parallel.hpp"
 #include "core/simd.hpp"
 

@@ -2,7 +2,6 @@
 #include <longctx/error.hpp>
 
 #include <cstdio>
-#include <random>
 
 #include "attention_methods.hpp"
 #include "common.hpp"
@@ -11,14 +10,6 @@
 namespace longctx::bench {
 
 namespace {
-
-Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, DType dtype) {
-  Tensor t(std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
-}
 
 // Forward counts 4*d flops per attended pair (Q K^T and P V); backward 2.5x that.
 double flops_per_pair(const AttentionBenchConfig& cfg) { return 4.0 * cfg.head_dim * (cfg.backward ? 3.5 : 1.0); }
@@ -30,10 +21,10 @@ nlohmann::json run_case(const AttentionBenchConfig& cfg) {
   LONGCTX_CHECK(it != attention_methods().end(), "bench attention: unknown method '", method, "'");
   const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;
   const int64_t total = n * cfg.batch;
-  AttentionInputs in{random_tensor({total, cfg.heads, cfg.head_dim}, 1, dt),
-                     random_tensor({total, cfg.kv_heads, cfg.head_dim}, 2, dt),
-                     random_tensor({total, cfg.kv_heads, cfg.head_dim}, 3, dt),
-                     random_tensor({total, cfg.heads, cfg.head_dim}, 4, DType::f32),
+  AttentionInputs in{random_normal({total, cfg.heads, cfg.head_dim}, 1, 1.0f, dt),
+                     random_normal({total, cfg.kv_heads, cfg.head_dim}, 2, 1.0f, dt),
+                     random_normal({total, cfg.kv_heads, cfg.head_dim}, 3, 1.0f, dt),
+                     random_normal({total, cfg.heads, cfg.head_dim}, 4),
                      Varlen::same(std::vector<int64_t>(size_t(cfg.batch), n))};
   const MethodRun m = it->second(in, cfg);
   const double t = time_best(m.run, cfg.reps, cfg.min_seconds);
@@ -60,6 +51,8 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   LONGCTX_CHECK(!cfg.methods.empty() && !cfg.lengths.empty(), "bench attention: need at least one method and length");
   for (const auto& m : cfg.methods)
     LONGCTX_CHECK(attention_methods().count(m), "bench attention: unknown method '", m, "'");
+  LONGCTX_CHECK(cfg.heads % cfg.kv_heads == 0, "bench attention: query heads (", cfg.heads,
+                ") must be a multiple of kv heads (", cfg.kv_heads, ")");
   if (cfg.threads > 0) parallel::set_threads(cfg.threads);
   if (worker) {
     std::puts(run_case(cfg).dump().c_str());

@@ -16,14 +16,7 @@ while (($#)); do
   esac
 done
 
-need() {  # install Debian packages that are missing
-  local missing=()
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
-  if ((${#missing[@]})); then
-    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
-  fi
-}
+source scripts/apt_need.sh
 
 out=data/$name
 case $name in

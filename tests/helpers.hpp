@@ -5,6 +5,8 @@
 #include <longctx/attention/reference.hpp>
 
 #include <algorithm>
+#include <functional>
+#include <string>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -13,11 +15,7 @@ namespace longctx::testing {
 
 inline Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, float scale = 1.0f,
                             DType dtype = DType::f32) {
-  Tensor t(std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
+  return random_normal(std::move(shape), seed, scale, dtype);
 }
 
 template <class T>
@@ -47,6 +45,35 @@ inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
 
 inline reference::Shape shape_of(const Tensor& q, const Tensor& k) {
   return {q.dim(0), k.dim(0), int(q.dim(1)), int(k.dim(1)), int(q.dim(2))};
+}
+
+// Compares a fast kernel's forward (r) and backward (g) with the naive reference under `mask`,
+// in double on the same (possibly bf16-rounded) inputs, so the tolerance covers only the fast
+// kernel's fp32 accumulation.
+inline void expect_matches_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                                     const reference::Mask& mask, double scale, const AttentionResult& r,
+                                     const AttentionGrads& g, double tol = 2e-5) {
+  const reference::Shape s = shape_of(q, k);
+  std::vector<double> out, lse, dq, dk, dv;
+  const auto qd = to_vec<double>(q), kd = to_vec<double>(k), vd = to_vec<double>(v);
+  reference::attention_forward(s, qd, kd, vd, scale, mask, out, lse);
+  reference::attention_backward(s, qd, kd, vd, scale, mask, to_vec<double>(dout), dq, dk, dv);
+  EXPECT_LT(rel_error(r.out, out), tol);
+  EXPECT_LT(rel_error(r.lse, lse), tol);
+  EXPECT_LT(rel_error(g.dq, dq), 5 * tol);
+  EXPECT_LT(rel_error(g.dk, dk), 5 * tol);
+  EXPECT_LT(rel_error(g.dv, dv), 5 * tol);
+}
+
+// Expects f() to throw an exception whose message contains `needle` (errors must name the
+// argument and its value).
+inline void expect_error(const std::function<void()>& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace longctx::testing

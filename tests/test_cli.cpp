@@ -81,3 +81,73 @@ TEST(Cli, BadKernelArgumentIsReported) {
 }
 
 }  // namespace
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A tiny corpus and config in a fresh temp folder.
+fs::path tiny_run_dir() {
+  const fs::path dir = fs::temp_directory_path() / "longctx_cli_train";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "data" / "train");
+  fs::create_directories(dir / "data" / "val");
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "And God said, Let there be light: and there was light. ";
+  std::ofstream(dir / "data" / "train" / "a.txt") << text;
+  std::ofstream(dir / "data" / "val" / "b.txt") << text;
+  std::ofstream(dir / "config.json") << R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64,
+    "max_seq_len": 64, "attention": {"kind": "moba", "block_size": 16, "top_k": 2}, "full_attention_last_n": 1},
+    "train": {"seq_len": 64, "batch_tokens": 256, "steps": 3, "warmup": 1, "eval_every": 2, "ckpt_every": 2,
+    "eval_tokens": 256}})";
+  return dir;
+}
+
+size_t lines_of(const fs::path& p) {
+  std::ifstream f(p);
+  size_t n = 0;
+  for (std::string l; std::getline(f, l);) n += !l.empty();
+  return n;
+}
+
+TEST(Cli, TrainResumeEvalGenerate) {
+  const fs::path dir = tiny_run_dir();
+  const std::string common = "--config " + (dir / "config.json").string() + " --data " + (dir / "data").string() +
+                             " --out " + (dir / "run").string();
+  CliRun r = run_cli("train " + common);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("unigram entropy"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir / "run" / "checkpoint.safetensors"));
+  EXPECT_EQ(lines_of(dir / "run" / "log.jsonl"), 3u);
+
+  r = run_cli("train " + common + " --resume --steps 5");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from"), std::string::npos) << r.output;
+  EXPECT_EQ(lines_of(dir / "run" / "log.jsonl"), 5u);  // steps 4 and 5 appended
+
+  const std::string ckpt = (dir / "run" / "checkpoint.safetensors").string();
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + (dir / "data").string() + " --seq-len 64 --bucket 16 --json " +
+              (dir / "eval.json").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const nlohmann::json ev = nlohmann::json::parse(std::ifstream(dir / "eval.json"));
+  EXPECT_EQ(ev["rows"].size(), 4u);
+  EXPECT_GT(ev["machine"]["val_loss"].get<double>(), 0.0);
+
+  r = run_cli("generate --checkpoint " + ckpt + " --prompt 'And God' --tokens 12 --seed 3");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("And God", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
+}
+
+TEST(Cli, TrainRejectsBadConfigAndMissingData) {
+  const fs::path dir = tiny_run_dir();
+  std::ofstream(dir / "bad.json") << R"({"model": {"n_heads": 3, "d_model": 32}})";
+  CliRun r = run_cli("train --config " + (dir / "bad.json").string() + " --data " + (dir / "data").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("n_heads (3) must divide d_model (32)"), std::string::npos) << r.output;
+  r = run_cli("train --config " + (dir / "config.json").string() + " --data " + (dir / "nodata").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("no such folder"), std::string::npos) << r.output;
+}
+
+}  // namespace

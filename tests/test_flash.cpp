@@ -50,22 +50,8 @@ TEST_P(FlashVsReference, ForwardAndBackwardMatch) {
   const AttentionResult r = flash_attention_forward(q, k, v, vl, opts);
   const AttentionGrads g = flash_attention_backward(q, k, v, r, dout, vl, opts);
 
-  const reference::Shape s = testing::shape_of(q, k);
-  const auto mask = reference::dense_mask(s, vl, opts);
-  const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(double(c.d));
-  std::vector<double> out, lse, dq, dk, dv;
-  const auto qd = to_vec<double>(q), kd = to_vec<double>(k), vd = to_vec<double>(v);
-  reference::attention_forward(s, qd, kd, vd, scale, mask, out, lse);
-  reference::attention_backward(s, qd, kd, vd, scale, mask, to_vec<double>(dout), dq, dk, dv);
-
-  // bf16 storage: inputs are rounded once; the reference sees the same rounded values, so the
-  // tolerance only covers fp32 accumulation in the fast kernel.
-  const double tol = 2e-5;
-  EXPECT_LT(rel_error(r.out, out), tol);
-  EXPECT_LT(rel_error(r.lse, lse), tol);
-  EXPECT_LT(rel_error(g.dq, dq), 5 * tol);
-  EXPECT_LT(rel_error(g.dk, dk), 5 * tol);
-  EXPECT_LT(rel_error(g.dv, dv), 5 * tol);
+  const auto mask = reference::dense_mask(testing::shape_of(q, k), vl, opts);
+  testing::expect_matches_reference(q, k, v, dout, mask, c.scale > 0 ? c.scale : 1.0 / std::sqrt(double(c.d)), r, g);
 }
 
 const FlashCase kCases[] = {
@@ -109,15 +95,7 @@ TEST(Flash, DeterministicAcrossRuns) {
   EXPECT_TRUE(testing::bitwise_equal(ga.dv, gb.dv));
 }
 
-// The error message must name the argument and its value.
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Flash, BadInputThrowsClearErrors) {
   const Tensor q = random_tensor({10, 3, 16}, 1), k = random_tensor({10, 2, 16}, 2), v = random_tensor({10, 2, 16}, 3);

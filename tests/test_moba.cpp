@@ -62,16 +62,7 @@ TEST_P(MobaVsReference, SelectionForwardAndBackwardMatch) {
     std::multiset<int32_t> b(ref_sel.begin() + i, ref_sel.begin() + i + r.slots);
     ASSERT_EQ(a, b) << "selection of (head, row) #" << i / size_t(r.slots);
   }
-  std::vector<double> out, lse, dq, dk, dv;
-  const double scale = 1.0 / std::sqrt(double(c.d));
-  reference::attention_forward(s, qd, kd, vd, scale, mask, out, lse);
-  reference::attention_backward(s, qd, kd, vd, scale, mask, to_vec<double>(dout), dq, dk, dv);
-  const double tol = 2e-5;
-  EXPECT_LT(rel_error(r.out, out), tol);
-  EXPECT_LT(rel_error(r.lse, lse), tol);
-  EXPECT_LT(rel_error(g.dq, dq), 5 * tol);
-  EXPECT_LT(rel_error(g.dk, dk), 5 * tol);
-  EXPECT_LT(rel_error(g.dv, dv), 5 * tol);
+  testing::expect_matches_reference(q, k, v, dout, mask, 1.0 / std::sqrt(double(c.d)), r, g);
 }
 
 const MobaCase kCases[] = {
@@ -161,14 +152,7 @@ TEST(Moba, DeterministicAcrossRuns) {
 
 TEST(Moba, BadInputThrowsClearErrors) {
   const Tensor q = random_tensor({10, 4, 16}, 1), k = random_tensor({10, 2, 16}, 2), v = random_tensor({10, 2, 16}, 3);
-  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
-    try {
-      f();
-      ADD_FAILURE() << "no exception; expected '" << needle << "'";
-    } catch (const std::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
+  using testing::expect_error;
   expect_error([&] { moba_attention_forward(q, k, v, {}, {0, 3, 0.0f}); }, "block_size must be > 0, got 0");
   expect_error([&] { moba_attention_forward(q, k, v, {}, {4, 0, 0.0f}); }, "top_k must be > 0, got 0");
   const Tensor q3 = random_tensor({10, 3, 16}, 1);

@@ -5,6 +5,8 @@
 #include <longctx/train/trainer.hpp>
 #include <sentencepiece_trainer.h>
 
+#include "helpers.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -169,14 +171,7 @@ TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
   Trainer t(small_model(256), small_train(), load_corpus(dir.string(), *tok), 1);
   const std::string good = (dir / "good.safetensors").string();
   t.save(good);
-  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
-    try {
-      f();
-      ADD_FAILURE() << "no error; expected '" << needle << "'";
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
+  using testing::expect_error;
   // truncated: cut the last bytes of the data
   const std::string cut = (dir / "cut.safetensors").string();
   fs::copy_file(good, cut);

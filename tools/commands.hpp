@@ -8,8 +8,16 @@ namespace longctx::cli {
 void add_bench_attention(CLI::App& bench);
 // `longctx bench decode`
 void add_bench_decode(CLI::App& bench);
+// `longctx bench train`
+void add_bench_train(CLI::App& bench);
+// `longctx bench infini`
+void add_bench_infini(CLI::App& bench);
+// `longctx bench moe`
+void add_bench_moe(CLI::App& bench);
 // `longctx train`
 void add_train(CLI::App& app);
+// `longctx eval`
+void add_eval(CLI::App& app);
 // `longctx generate`
 void add_generate(CLI::App& app);
 

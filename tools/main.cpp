@@ -11,7 +11,11 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   longctx::cli::add_bench_attention(*bench);
   longctx::cli::add_bench_decode(*bench);
+  longctx::cli::add_bench_train(*bench);
+  longctx::cli::add_bench_infini(*bench);
+  longctx::cli::add_bench_moe(*bench);
   longctx::cli::add_train(app);
+  longctx::cli::add_eval(app);
   longctx::cli::add_generate(app);
   try {
     app.parse(argc, argv);

@@ -73,4 +73,8 @@ class Tensor {
   std::unique_ptr<void, Free> data_;
 };
 
+// Tensor of N(0, stddev^2) samples from a seeded generator (same seed, same values), drawn in
+// fp32 and then stored as `dtype`.
+Tensor random_normal(std::vector<int64_t> shape, uint64_t seed, float stddev = 1.0f, DType dtype = DType::f32);
+
 }  // namespace longctx

@@ -2,6 +2,7 @@
 #include <longctx/tensor.hpp>
 
 #include <cstdlib>
+#include <random>
 #include <sstream>
 
 namespace longctx {
@@ -81,6 +82,14 @@ void Tensor::fill(float value) {
 float Tensor::at(int64_t i) const {
   LONGCTX_CHECK(i >= 0 && i < numel_, "flat index ", i, " out of range for shape ", shape_str());
   return dtype_ == DType::f32 ? f32()[i] : bf16_to_f32(bf16()[i]);
+}
+
+Tensor random_normal(std::vector<int64_t> shape, uint64_t seed, float stddev, DType dtype) {
+  Tensor t(std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return dtype == DType::f32 ? std::move(t) : t.to(dtype);
 }
 
 }  // namespace longctx

@@ -1,6 +1,8 @@
 #include <longctx/error.hpp>
 #include <longctx/model/config.hpp>
 
+#include "core/json_fields.hpp"
+
 namespace longctx {
 
 namespace {
@@ -17,19 +19,14 @@ FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
   return f;
 }
 
-const char* kKnownKeys[] = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
-                            "rope_theta", "norm_eps", "tie_embeddings", "attention", "ffn", "layers",
-                            "full_attention_last_n"};
-
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   LONGCTX_CHECK(j.is_object(), "model config must be a JSON object");
-  for (const auto& [key, value] : j.items()) {
-    bool known = false;
-    for (const char* k : kKnownKeys) known |= key == k;
-    LONGCTX_CHECK(known, "model config: unknown field '", key, "'");
-  }
+  check_known_fields(j, {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
+                         "rope_theta", "norm_eps", "tie_embeddings", "attention", "ffn", "layers",
+                         "full_attention_last_n"},
+                     "model config");
   ModelConfig c;
   try {
     c.vocab_size = j.value("vocab_size", c.vocab_size);

@@ -81,38 +81,6 @@ void Rope::apply(float* x, int64_t T, int64_t H, const int64_t* pos, bool invers
   }
 }
 
-namespace {
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-}  // namespace
-
-void swiglu_forward(const float* x, int64_t T, int64_t D, int64_t F, const float* w1, const float* w3,
-                    const float* w2, float* a, float* b, float* y) {
-  linear_forward(x, T, D, w1, F, a);
-  linear_forward(x, T, D, w3, F, b);
-  std::vector<float> h(size_t(T * F));
-#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * F))
-  for (int64_t i = 0; i < T * F; ++i) h[size_t(i)] = a[i] * sigmoid(a[i]) * b[i];
-  linear_forward(h.data(), T, F, w2, D, y);
-}
-
-void swiglu_backward(const float* x, const float* a, const float* b, const float* dy, int64_t T, int64_t D, int64_t F,
-                     const float* w1, const float* w3, const float* w2, float* dx, bool accumulate, float* dw1,
-                     float* dw3, float* dw2, float* scratch) {
-  float *h = scratch, *dh = scratch + T * F;
-#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * F))
-  for (int64_t i = 0; i < T * F; ++i) h[i] = a[i] * sigmoid(a[i]) * b[i];
-  linear_backward(h, dy, T, F, w2, D, dh, false, dw2);
-  // h = silu(a) b: da = dh b silu'(a), silu'(a) = s (1 + a (1 - s)); db = dh silu(a). Reuse h for db, dh for da.
-#pragma omp parallel for schedule(static) if (parallel::worth_threads(T * F))
-  for (int64_t i = 0; i < T * F; ++i) {
-    const float s = sigmoid(a[i]);
-    h[i] = dh[i] * a[i] * s;
-    dh[i] = dh[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
-  }
-  linear_backward(x, dh, T, D, w1, F, dx, accumulate, dw1);
-  linear_backward(x, h, T, D, w3, F, dx, true, dw3);
-}
-
 LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, float* dlogits) {
   int64_t count = 0;
   for (int64_t t = 0; t < T; ++t) {
@@ -141,7 +109,7 @@ LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* 
   }
   double total = 0;
   for (double l : row_loss) total += l;
-  return {total, count};
+  return {total, count, std::move(row_loss)};
 }
 
 }  // namespace longctx::nn

@@ -1,5 +1,5 @@
-// The model's building blocks, forward next to backward: linear maps, RMSNorm, RoPE, SwiGLU,
-// embedding and the cross-entropy loss. Row-major activations [tokens, features]; weights of
+// The model's building blocks, forward next to backward: linear maps, RMSNorm, RoPE and the
+// cross-entropy loss (the SwiGLU FFN is model/swiglu.hpp, shared with the MoE experts). Row-major activations [tokens, features]; weights of
 // linear maps are stored [in, out] so y = x W. Products use multi-threaded OpenBLAS (these are
 // called outside parallel regions); elementwise work is split over tokens with OpenMP.
 #pragma once
@@ -34,19 +34,13 @@ class Rope {
   std::vector<float> cos_, sin_;
 };
 
-// SwiGLU FFN (Shazeer 2020): y = (silu(x W1) o (x W3)) W2; a = x W1 and b = x W3 are saved.
-void swiglu_forward(const float* x, int64_t T, int64_t D, int64_t F, const float* w1, const float* w3,
-                    const float* w2, float* a, float* b, float* y);
-// dx (+)= , dw1/dw3/dw2 += gradients of sum(y o dy). `scratch` holds 2 * T * F floats.
-void swiglu_backward(const float* x, const float* a, const float* b, const float* dy, int64_t T, int64_t D, int64_t F,
-                     const float* w1, const float* w3, const float* w2, float* dx, bool accumulate, float* dw1,
-                     float* dw3, float* dw2, float* scratch);
-
 // Mean cross-entropy over rows whose target is >= 0 (-1 = no target); writes dlogits (the
-// gradient of that mean) when given. Returns {sum of losses, number of targets}.
+// gradient of that mean) when given. Returns the sum of losses, the number of targets and each
+// row's loss (0 where there is no target).
 struct LossSum {
   double sum;
   int64_t count;
+  std::vector<double> rows;
 };
 LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, float* dlogits);
 

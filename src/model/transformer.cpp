@@ -11,6 +11,7 @@
 #include "core/gemm.hpp"
 #include "core/simd.hpp"
 #include "model/layers.hpp"
+#include "model/swiglu.hpp"
 
 namespace longctx {
 
@@ -31,8 +32,9 @@ struct LayerActs {
 }  // namespace
 
 struct Transformer::Acts {
+  explicit Acts(nn::Rope r) : rope(std::move(r)) {}
   std::vector<LayerParams> layer_params;
-  Param *embed, *norm, *head;
+  Param *embed = nullptr, *norm = nullptr, *head = nullptr;
   nn::Rope rope;
   // last train forward
   Batch batch;
@@ -78,7 +80,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   add("norm.weight", {D}, 0.0f);
   if (!cfg.tie_embeddings) add("output.weight", {V, D}, 0.02f);
 
-  acts_ = std::make_unique<Acts>(Acts{{}, nullptr, nullptr, nullptr, nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta)});
+  acts_ = std::make_unique<Acts>(nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta));
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     acts_->layer_params.push_back({&param(p + "attention_norm.weight"), &param(p + "attention.wq"),
@@ -194,8 +196,10 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out) {
     L.a = Tensor({T, F});
     L.b = Tensor({T, F});
     x = Tensor({T, D});
-    nn::swiglu_forward(L.h2.f32(), T, D, F, P.w1->value.f32(), P.w3->value.f32(), P.w2->value.f32(), L.a.f32(),
-                       L.b.f32(), x.f32());
+    swiglu::Group ffn;
+    ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
+    ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.y = x.f32();
+    swiglu::forward({ffn}, D, F);
     add_into(x, L.x_mid);
     if (!train) layers[size_t(l)] = LayerActs{};  // inference keeps nothing
   }
@@ -235,6 +239,12 @@ Tensor Transformer::logits(const Batch& batch) {
   return out;
 }
 
+std::vector<double> Transformer::token_losses(const Batch& batch) {
+  LONGCTX_CHECK(int64_t(batch.targets.size()) == batch.size(), "token_losses: batch needs one target per token");
+  const Tensor lg = logits(batch);
+  return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr).rows;
+}
+
 void Transformer::backward() {
   Acts& A = *acts_;
   LONGCTX_CHECK(A.ready, "backward: call forward(batch, /*train=*/true) first");
@@ -250,14 +260,19 @@ void Transformer::backward() {
   nn::rmsnorm_backward(A.x_final.f32(), A.norm->value.f32(), A.rstd_final.data(), dh_final.f32(), T, D, dx.f32(), false,
                        A.norm->grad.f32());
 
-  Tensor dh2({T, D}), ffn_scratch({2 * T, F});
+  Tensor dh2({T, D}), dw1({D, F}), dw3({D, F}), dw2({F, D});
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
     const LayerParams& P = A.layer_params[size_t(l)];
     LayerActs& L = A.layers[size_t(l)];
     // FFN branch: x_out = x_mid + swiglu(rmsnorm(x_mid))
-    nn::swiglu_backward(L.h2.f32(), L.a.f32(), L.b.f32(), dx.f32(), T, D, F, P.w1->value.f32(), P.w3->value.f32(),
-                        P.w2->value.f32(), dh2.f32(), false, P.w1->grad.f32(), P.w3->grad.f32(), P.w2->grad.f32(),
-                        ffn_scratch.f32());
+    swiglu::Group ffn;
+    ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
+    ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.dy = dx.f32(), ffn.dx = dh2.f32();
+    ffn.dw1 = dw1.f32(), ffn.dw3 = dw3.f32(), ffn.dw2 = dw2.f32();
+    swiglu::backward({ffn}, D, F);  // overwrites: add the weight gradients into the accumulators
+    add_into(P.w1->grad, dw1);
+    add_into(P.w3->grad, dw3);
+    add_into(P.w2->grad, dw2);
     nn::rmsnorm_backward(L.x_mid.f32(), P.ffn_norm->value.f32(), L.rstd2.data(), dh2.f32(), T, D, dx.f32(), true,
                          P.ffn_norm->grad.f32());
     // Attention branch: x_mid = x_in + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo

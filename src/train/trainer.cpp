@@ -5,18 +5,16 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/json_fields.hpp"
+
 namespace longctx {
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
-  static const char* known[] = {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
-                                "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every",
-                                "eval_tokens", "ckpt_every", "moba_to_full_step"};
-  for (const auto& [key, v] : j.items()) {
-    bool ok = false;
-    for (const char* k : known) ok |= key == k;
-    LONGCTX_CHECK(ok, "train config: unknown field '", key, "'");
-  }
+  check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
+                         "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
+                         "ckpt_every", "moba_to_full_step"},
+                     "train config");
   try {
     c.tokenizer = j.value("tokenizer", c.tokenizer);
     c.seq_len = j.value("seq_len", c.seq_len);
@@ -104,12 +102,11 @@ double Trainer::evaluate() {
 
 void Trainer::save(const std::string& path) const {
   std::vector<std::pair<std::string, const Tensor*>> tensors;
-  auto& params = const_cast<Transformer&>(model_).params();
-  auto& opt = const_cast<AdamW&>(opt_);
+  const auto& params = model_.params();
   for (const Param& p : params) tensors.push_back({p.name, &p.value});
   for (size_t i = 0; i < params.size(); ++i) {
-    tensors.push_back({"optimizer.m." + params[i].name, &opt.m()[i]});
-    tensors.push_back({"optimizer.v." + params[i].name, &opt.v()[i]});
+    tensors.push_back({"optimizer.m." + params[i].name, &opt_.m()[i]});
+    tensors.push_back({"optimizer.v." + params[i].name, &opt_.v()[i]});
   }
   const nlohmann::json state{{"step", step_}, {"adam_steps", opt_.steps()}, {"tokens_seen", tokens_seen_}};
   save_safetensors(path, tensors,
@@ -162,9 +159,11 @@ void Trainer::resume(const std::string& path) {
   tokens_seen_ = state.at("tokens_seen").get<double>();
 }
 
-Transformer load_model(const std::string& path, std::string* tokenizer) {
+Transformer load_model(const std::string& path, std::string* tokenizer, int64_t max_seq_len) {
   const SafetensorsFile f = load_safetensors(path);
-  Transformer m(config_of(f, path), 0);
+  ModelConfig cfg = config_of(f, path);
+  if (max_seq_len > 0) cfg.max_seq_len = max_seq_len;
+  Transformer m(cfg, 0);
   load_weights(m, f, path);
   if (tokenizer) {
     const auto it = f.metadata.find("longctx.tokenizer");

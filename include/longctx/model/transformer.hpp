@@ -41,6 +41,8 @@ class Transformer {
   double forward(const Batch& batch, bool train);
   // Logits [T, V] of every position.
   Tensor logits(const Batch& batch);
+  // Next-token loss of every position (0 where the target is -1).
+  std::vector<double> token_losses(const Batch& batch);
   // Adds the gradient of the last train forward's mean loss to every Param::grad.
   void backward();
   void zero_grad();

@@ -21,6 +21,8 @@ class AdamW {
   // Moments, for checkpoints (same order as the params).
   std::vector<Tensor>& m() { return m_; }
   std::vector<Tensor>& v() { return v_; }
+  const std::vector<Tensor>& m() const { return m_; }
+  const std::vector<Tensor>& v() const { return v_; }
   void set_steps(int64_t t) { t_ = t; }
 
  private:

@@ -62,6 +62,8 @@ class Trainer {
 };
 
 // Loads a model (config + weights) from a checkpoint; returns the tokenizer spec via `tokenizer`.
-Transformer load_model(const std::string& checkpoint, std::string* tokenizer = nullptr);
+// max_seq_len > 0 replaces the config's (RoPE is computed, so any length works; for evaluating
+// beyond the training length).
+Transformer load_model(const std::string& checkpoint, std::string* tokenizer = nullptr, int64_t max_seq_len = 0);
 
 }  // namespace longctx

@@ -1,0 +1,74 @@
+// `longctx bench train`: training-step throughput of a model config on random tokens (no corpus),
+// the figure compared against the PyTorch reference (bench/torch_train.py).
+#include <fmt/core.h>
+#include <longctx/error.hpp>
+#include <longctx/train/optimizer.hpp>
+
+#include <fstream>
+#include <random>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "core/parallel.hpp"
+
+namespace longctx::cli {
+
+namespace {
+
+struct Options {
+  std::string config, json;
+  int64_t seq_len = 4096, sequences = 1, steps = 3;
+  int threads = 0;
+};
+
+void run(const Options& o) {
+  if (o.threads > 0) parallel::set_threads(o.threads);
+  std::ifstream f(o.config);
+  LONGCTX_CHECK(f.good(), "bench train: cannot read config '", o.config, "'");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  const ModelConfig mc = ModelConfig::from_json(j.contains("model") ? j["model"] : j);
+  Transformer model(mc, 1);
+  AdamW opt(model.params(), {});
+  std::mt19937_64 rng(1);
+  Batch b;
+  b.cu_seqlens = {0};
+  for (int64_t s = 0; s < o.sequences; ++s) {
+    for (int64_t t = 0; t < o.seq_len; ++t) {
+      b.tokens.push_back(int32_t(rng() % uint64_t(mc.vocab_size)));
+      b.targets.push_back(int32_t(rng() % uint64_t(mc.vocab_size)));
+    }
+    b.cu_seqlens.push_back(b.size());
+  }
+  auto step = [&] {
+    model.zero_grad();
+    model.forward(b, true);
+    model.backward();
+    clip_grad_norm(model.params(), 1.0);
+    opt.step(model.params(), 1e-4);
+  };
+  step();  // warm-up: first-touch of every buffer
+  const double t = bench::time_best(step, int(o.steps), 0.0);
+  const double tps = double(b.size()) / t;
+  fmt::print("longctx train step: {} params, {} x {} tokens, {} threads: {:.3f} s/step, {:.0f} tokens/s\n",
+             model.num_params(), o.sequences, o.seq_len, parallel::max_threads(), t, tps);
+  if (!o.json.empty())
+    bench::write_json(o.json, bench::machine_info(parallel::max_threads(), 0.0),
+                      {{{"engine", "longctx"}, {"seconds_per_step", t}, {"tokens_per_s", tps},
+                        {"params", model.num_params()}, {"tokens", b.size()}}});
+}
+
+}  // namespace
+
+void add_bench_train(CLI::App& bench) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = bench.add_subcommand("train", "Training-step throughput (forward, backward, AdamW) on random tokens");
+  c->add_option("--config", o->config, "Model config JSON (a train config's \"model\" section is used)")->required();
+  c->add_option("--seq-len", o->seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--sequences", o->sequences, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--steps", o->steps, "Timed steps (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
+  c->add_option("--json", o->json, "Also write the result to this JSON file");
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace longctx::cli

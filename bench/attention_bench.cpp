@@ -41,7 +41,7 @@ std::vector<std::string> worker_args(const AttentionBenchConfig& cfg, const std:
   return {"bench", "attention", "--worker", "--methods", method, "--lengths", std::to_string(n),
           "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
           "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
-          "--block-size", std::to_string(cfg.block_size), "--top-k", std::to_string(cfg.top_k),
+          "--block-size", std::to_string(cfg.block_size), "--top-k", std::to_string(cfg.top_k), "--tau", std::to_string(cfg.tau),
           "--nsa-block-len", std::to_string(cfg.nsa_block_len), "--nsa-stride", std::to_string(cfg.nsa_stride),
           "--nsa-select-len", std::to_string(cfg.nsa_select_len), "--nsa-top-n", std::to_string(cfg.nsa_top_n),
           "--nsa-window", std::to_string(cfg.nsa_window), "--nsa-compress", cfg.nsa_compress,
@@ -93,7 +93,8 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   std::vector<Column> columns{{"method", "method", ""}, {"seq_len", "seq_len", ""}, {"time_s", "time_s", "{:.4f}"},
                               {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_sgemm", "of_sgemm", "{:.2f}"},
                               {"speedup", "speedup", "{:.2f}"}, {"ideal_speedup", "ideal", "{:.2f}"},
-                              {"frac_of_ideal", "of_ideal", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}};
+                              {"frac_of_ideal", "of_ideal", "{:.2f}"}, {"keys_frac", "keys_frac", "{:.3f}"},
+                              {"peak_rss_mb", "peak_MB", "{:.0f}"}};
   if (cfg.decode) columns.insert(columns.begin() + 3, {"tokens_per_s", "tok/s", "{:.1f}"});
   print_table(rows, columns);
   if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, peak), rows);

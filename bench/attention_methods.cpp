@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <memory>
 #include <random>
+#include <longctx/attention/threshold.hpp>
 
 #include "attention_methods.hpp"
 
@@ -110,10 +111,36 @@ MethodRun nsa(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
           pairs * cfg.heads, {}};
 }
 
+
+// Top-k / threshold: the forward's mean keys per (head, query) give the attended pairs; extra
+// reports keys visited and their fraction of dense causal attention's.
+MethodRun sparse_run(const AttentionInputs& in, const AttentionBenchConfig& cfg,
+                     std::function<SparseResult()> forward) {
+  const SparseResult r = forward();
+  const double pairs = r.mean_keys * double(in.q.dim(0)) * cfg.heads;
+  nlohmann::json extra{{"keys_mean", r.mean_keys}, {"keys_max", r.max_keys}, {"keys_frac", pairs / dense_pairs(in, cfg.heads)}};
+  if (!r.stop_rule.empty()) extra["stop_rule"] = r.stop_rule;
+  return {[&in, &cfg, forward] {
+            const SparseResult f = forward();
+            if (cfg.backward) sparse_attention_backward(in.q, in.k, in.v, f, in.dout, in.varlen);
+          },
+          pairs, extra};
+}
+
+MethodRun topk(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
+  const TopkOptions opts{cfg.block_size, cfg.top_k, false, 0.0f};
+  return sparse_run(in, cfg, [&in, opts] { return topk_attention_forward(in.q, in.k, in.v, in.varlen, opts); });
+}
+
+MethodRun threshold(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
+  const ThresholdOptions opts{cfg.block_size, cfg.tau, StopRule::bound, 0.0f};
+  return sparse_run(in, cfg, [&in, opts] { return threshold_attention_forward(in.q, in.k, in.v, in.varlen, opts); });
+}
 }  // namespace
 
 const std::map<std::string, MethodFactory>& attention_methods() {
-  static const std::map<std::string, MethodFactory> methods{{"dense", dense}, {"moba", moba}, {"nsa", nsa}};
+  static const std::map<std::string, MethodFactory> methods{
+      {"dense", dense}, {"moba", moba}, {"nsa", nsa}, {"topk", topk}, {"threshold", threshold}};
   return methods;
 }
 

@@ -15,7 +15,8 @@ struct AttentionBenchConfig {
   std::vector<int64_t> lengths{4096, 16384};
   int batch = 1;  // sequences of each length, packed varlen
   int heads = 8, kv_heads = 8, head_dim = 128;
-  int64_t block_size = 4096, top_k = 3;  // MoBA
+  int64_t block_size = 4096, top_k = 3;  // MoBA, top-k (blocks, own included)
+  float tau = 0.95f;                     // threshold
   // NSA: compression block l / stride d, selection block l', top-n, window w, compressor
   int64_t nsa_block_len = 32, nsa_stride = 16, nsa_select_len = 64, nsa_top_n = 16, nsa_window = 512;
   std::string nsa_compress = "mlp";

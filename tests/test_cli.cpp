@@ -48,6 +48,26 @@ TEST(Cli, BenchAttentionWritesOneRowPerMethodAndLength) {
   std::filesystem::remove(path);
 }
 
+TEST(Cli, BenchDecodeAndThresholdRun) {
+  const auto path = std::filesystem::temp_directory_path() / "longctx_cli_decode.json";
+  std::filesystem::remove(path);
+  CliRun r = run_cli("bench decode --lengths 300 --heads 4 --kv-heads 2 --head-dim 16 --block-size 64 --top-k 2 "
+                     "--chunk 8 --min-seconds 0 --json " + path.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream f(path);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["rows"].size(), 8u);  // 4 methods x (decode, chunk8)
+  for (const auto& row : j["rows"]) EXPECT_GT(row["tokens_per_s"].get<double>(), 0.0);
+  std::filesystem::remove(path);
+  r = run_cli("bench threshold --length 256 --queries 4 --block-size 16 --taus 0.9 --top-ks 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("threshold/heuristic"), std::string::npos) << r.output;
+  r = run_cli("bench attention --methods topk,threshold --lengths 128 --heads 2 --kv-heads 1 --head-dim 16 "
+              "--block-size 16 --top-k 2 --reps 1 --min-seconds 0");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("keys_frac"), std::string::npos) << r.output;
+}
+
 TEST(Cli, UnknownMethodFailsWithAClearMessage) {
   const CliRun r = run_cli("bench attention --methods nosuch --lengths 64");
   EXPECT_NE(r.status, 0);

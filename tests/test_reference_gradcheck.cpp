@@ -1,5 +1,6 @@
 // The naive references' backward against central finite differences of their forward, in double.
 #include <longctx/attention/reference.hpp>
+#include <longctx/attention/reference_sparse.hpp>
 
 #include "helpers.hpp"
 
@@ -63,6 +64,14 @@ TEST(ReferenceGradcheck, MobaMask) {
   const Shape s{11, 11, 2, 1, 3};
   auto q = random_vec(size_t(11 * 2 * 3), 7), k = random_vec(size_t(11 * 3), 8);
   gradcheck(s, reference::moba_mask<double>(s, q, k, Varlen{}, 2, 2), 0.6);
+}
+
+TEST(ReferenceGradcheck, TopkAndThresholdMasks) {
+  const Shape s{12, 12, 2, 1, 3};
+  auto q = random_vec(size_t(12 * 2 * 3), 9), k = random_vec(size_t(12 * 3), 10);
+  gradcheck(s, reference::topk_mask<double>(s, q, k, Varlen{}, 3, 2, false), 0.6);
+  gradcheck(s, reference::topk_mask<double>(s, q, k, Varlen{}, 1, 4, true), 0.6);
+  gradcheck(s, reference::threshold_mask<double>(s, q, k, Varlen{}, 3, 0.6, 0.7, false), 0.6);
 }
 
 }  // namespace

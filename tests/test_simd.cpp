@@ -38,6 +38,9 @@ TEST(Simd, VectorFunctionsMatchScalarLoops) {
       sum += e[i];
     }
     EXPECT_NEAR(s, sum, 1e-5 * (1 + sum));
+    std::vector<float> y = b;
+    simd::axpy(y.data(), a.data(), n, -1.5f);
+    for (int i = 0; i < n; ++i) EXPECT_NEAR(y[i], b[i] - 1.5 * a[i], 1e-6 * (1 + std::abs(b[i] - 1.5 * a[i])));
   }
 }
 

@@ -9,7 +9,7 @@ void add_bench_attention(CLI::App& bench) {
   auto worker = std::make_shared<bool>(false);
   auto mode = std::make_shared<std::string>("fwd");
   CLI::App* c = bench.add_subcommand("attention", "Attention kernels: time, GFLOP/s, speedup vs dense, peak memory");
-  c->add_option("--methods", cfg->methods, "Methods to run (dense, moba, ...)")->delimiter(',')->capture_default_str();
+  c->add_option("--methods", cfg->methods, "Methods to run (dense, moba, topk, threshold)")->delimiter(',')->capture_default_str();
   c->add_option("--lengths", cfg->lengths, "Sequence lengths")->delimiter(',')->capture_default_str();
   c->add_option("--batch", cfg->batch, "Sequences of each length, packed varlen")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--heads", cfg->heads, "Query heads")->check(CLI::PositiveNumber)->capture_default_str();
@@ -17,6 +17,7 @@ void add_bench_attention(CLI::App& bench) {
   c->add_option("--head-dim", cfg->head_dim, "Head dimension")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--block-size", cfg->block_size, "MoBA block size")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--top-k", cfg->top_k, "MoBA top-k (own block included)")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--tau", cfg->tau, "Threshold: kept attention mass in (0, 1]")->capture_default_str();
   c->add_option("--nsa-block-len", cfg->nsa_block_len, "NSA compression block length l")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--nsa-stride", cfg->nsa_stride, "NSA compression stride d")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--nsa-select-len", cfg->nsa_select_len, "NSA selection block length l'")->check(CLI::PositiveNumber)->capture_default_str();

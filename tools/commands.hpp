@@ -6,6 +6,8 @@ namespace longctx::cli {
 
 // `longctx bench attention`
 void add_bench_attention(CLI::App& bench);
+// `longctx bench decode`
+void add_bench_decode(CLI::App& bench);
 // `longctx bench train`
 void add_bench_train(CLI::App& bench);
 // `longctx bench infini`

@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "Kernel speed and memory, method vs method");
   bench->require_subcommand(1);
   longctx::cli::add_bench_attention(*bench);
+  longctx::cli::add_bench_decode(*bench);
   longctx::cli::add_bench_train(*bench);
   longctx::cli::add_bench_infini(*bench);
   longctx::cli::add_bench_moe(*bench);

@@ -61,4 +61,10 @@ void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+LONGCTX_SIMD_CLONES
+void axpy(float* y, const float* x, int64_t n, float a) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
 }  // namespace longctx::simd

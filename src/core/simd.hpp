@@ -50,5 +50,7 @@ void softmax_grad_inplace(float* dp, const float* p, int64_t n, float d);
 void bf16_to_f32(const uint16_t* src, float* dst, int64_t n);
 // y[i] += x[i]
 void add_inplace(float* y, const float* x, int64_t n);
+// y[i] += a * x[i]
+void axpy(float* y, const float* x, int64_t n, float a);
 
 }  // namespace longctx::simd

@@ -1,0 +1,38 @@
+// `longctx bench decode`: decode (and chunked prefill) tokens/s per method over a KV cache of
+// growing length, dense decode's achieved bandwidth vs a streaming read measured in the same run.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace longctx::bench {
+
+struct DecodeBenchConfig {
+  std::vector<std::string> methods{"dense", "moba", "topk", "threshold"};
+  std::vector<int64_t> lengths{4096, 65536, 1048576};
+  int heads = 8, kv_heads = 2, head_dim = 128;
+  int64_t block_size = 4096, top_k = 12;  // MoBA and top-k blocks (own included)
+  float tau = 0.95f;
+  int64_t chunk = 64;                  // chunked prefill: queries per call
+  int64_t chunk_max_length = 65536;    // chunked prefill only at cache lengths up to this
+  std::string dtype = "bf16";
+  int threads = 0;
+  double min_seconds = 0.5;
+  std::string json;
+};
+
+void run_decode_bench(const DecodeBenchConfig& cfg);
+
+// `longctx bench threshold`: output error vs keys visited of the mass threshold (both stop rules)
+// and of block top-k against dense attention, for the last `queries` queries of a length-n
+// sequence from the structured synthetic source (clustered keys, queries aimed at two clusters).
+struct ThresholdBenchConfig {
+  int64_t length = 32768, queries = 128, block_size = 64;
+  int heads = 8, kv_heads = 2, head_dim = 128;
+  std::vector<float> taus{0.9f, 0.95f, 0.99f};
+  std::vector<int64_t> top_ks{8, 64};
+  std::string json;
+};
+void run_threshold_bench(const ThresholdBenchConfig& cfg);
+
+}  // namespace longctx::bench

@@ -1,0 +1,144 @@
+// Decode and chunked prefill over the KV cache equal the rows of the same method's prefill over
+// the whole sequence, step by step across block boundaries: dense, MoBA (against
+// moba_attention_forward, selection included), top-k (blocks and tokens), threshold (both rules).
+#include <longctx/attention/decode.hpp>
+#include <longctx/attention/flash.hpp>
+#include <longctx/attention/moba.hpp>
+
+#include "sparse_helpers.hpp"
+
+namespace longctx {
+namespace {
+
+using testing::random_tensor;
+using testing::rows_of;
+
+constexpr int kHq = 4, kHkv = 2, kD = 16;
+constexpr int64_t kN = 70, kB = 16;  // 4 full blocks and a partial one
+
+struct Prefill {
+  Tensor out, lse;
+  // visited blocks/tokens of (head, row), sorted (MoBA: from its selection)
+  std::function<std::vector<int32_t>(int, int64_t)> visited;
+};
+
+// Max |a - b| over row `row` (all heads) of prefill out vs step result row `r_row`.
+double row_error(const Tensor& full, int64_t row, const Tensor& step, int64_t r_row) {
+  double e = 0;
+  for (int64_t i = 0; i < kHq * kD; ++i)
+    e = std::max(e, std::abs(double(full.f32()[row * kHq * kD + i]) - double(step.f32()[r_row * kHq * kD + i])));
+  return e;
+}
+
+std::vector<int32_t> visited_of(const SparseResult& r, int h, int64_t row, int64_t tq) {
+  const size_t i = size_t(h) * size_t(tq) + size_t(row);
+  std::vector<int32_t> v(r.visited.begin() + r.row_offset[i], r.visited.begin() + r.row_offset[i + 1]);
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// Feeds the sequence into a cache in chunks of `chunk` tokens and checks every chunk's rows.
+void check_against_prefill(const Tensor& q, const Tensor& k, const Tensor& v, DType dtype, const Prefill& full,
+                           const CacheAttentionOptions& opts, int64_t chunk) {
+  KVCache cache({kN, kHkv, kD, kB, dtype});
+  for (int64_t t = 0; t < kN; t += chunk) {
+    const int64_t n = std::min(chunk, kN - t);
+    cache.append(rows_of(k, t, n), rows_of(v, t, n));
+    const SparseResult r = attention_over_cache(rows_of(q, t, n), cache, opts);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_LT(row_error(full.out, t + i, r.out, i), 2e-6) << "token " << t + i;
+      for (int h = 0; h < kHq; ++h) {
+        ASSERT_NEAR(full.lse.f32()[h * kN + t + i], r.lse.f32()[h * n + i], 2e-6) << "token " << t + i;
+        if (opts.method != CacheMethod::dense)
+          ASSERT_EQ(full.visited(h, t + i), visited_of(r, h, i, n)) << "token " << t + i << " head " << h;
+      }
+    }
+  }
+}
+
+struct DecodeCase {
+  CacheMethod method;
+  bool token_level;
+  StopRule rule;
+  DType dtype;
+};
+void PrintTo(const DecodeCase& c, std::ostream* os) {
+  *os << cache_method_name(c.method) << (c.token_level ? "_tokens_" : "_") << stop_rule_name(c.rule) << "_"
+      << dtype_name(c.dtype);
+}
+
+class DecodeVsPrefill : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(DecodeVsPrefill, EveryStepAndChunkMatchesThePrefillRow) {
+  const DecodeCase& c = GetParam();
+  const testing::Structured src = testing::structured_source(kN, kHq, kHkv, kD, kB, 1, 2.0f, 5);
+  const Tensor q = src.q.to(c.dtype), k = src.k.to(c.dtype), v = src.v.to(c.dtype);
+  CacheAttentionOptions opts;
+  opts.method = c.method;
+  opts.token_level = c.token_level;
+  opts.top_k = c.token_level ? 9 : 3;
+  opts.tau = 0.9f;
+  opts.stop_rule = c.rule;
+  Prefill full;
+  if (c.method == CacheMethod::dense) {
+    AttentionResult r = flash_attention_forward(q, k, v);
+    full = {std::move(r.out), std::move(r.lse), {}};
+  } else if (c.method == CacheMethod::moba) {
+    auto r = std::make_shared<MobaResult>(moba_attention_forward(q, k, v, {}, {kB, opts.top_k, 0.0f}));
+    full = {r->out.clone(), r->lse.clone(), [r](int h, int64_t row) {
+              std::vector<int32_t> sel;
+              for (int64_t s = 0; s < r->slots; ++s)
+                if (int32_t b = r->selected[size_t((h * kN + row) * r->slots + s)]; b >= 0) sel.push_back(b);
+              std::sort(sel.begin(), sel.end());
+              return sel;
+            }};
+  } else {
+    auto r = std::make_shared<SparseResult>(
+        c.method == CacheMethod::topk
+            ? topk_attention_forward(q, k, v, {}, {kB, opts.top_k, c.token_level, 0.0f})
+            : threshold_attention_forward(q, k, v, {}, {kB, opts.tau, c.rule, 0.0f}));
+    full = {r->out.clone(), r->lse.clone(), [r](int h, int64_t row) { return visited_of(*r, h, row, kN); }};
+  }
+  check_against_prefill(q, k, v, c.dtype, full, opts, 1);   // decode, token by token
+  check_against_prefill(q, k, v, c.dtype, full, opts, 13);  // chunked prefill
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Methods, DecodeVsPrefill,
+    ::testing::Values(DecodeCase{CacheMethod::dense, false, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::dense, false, StopRule::bound, DType::bf16},
+                      DecodeCase{CacheMethod::moba, false, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::moba, false, StopRule::bound, DType::bf16},
+                      DecodeCase{CacheMethod::topk, false, StopRule::bound, DType::bf16},
+                      DecodeCase{CacheMethod::topk, true, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::threshold, false, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::threshold, false, StopRule::heuristic, DType::bf16}));
+
+TEST(Decode, BadInputThrowsClearly) {
+  KVCache cache({16, 2, 8, 4, DType::f32});
+  cache.append(random_tensor({4, 2, 8}, 1), random_tensor({4, 2, 8}, 2));
+  auto msg = [&](const Tensor& q, CacheAttentionOptions o) {
+    try {
+      attention_over_cache(q, cache, o);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no throw");
+  };
+  const Tensor q = random_tensor({1, 4, 8}, 3);
+  EXPECT_NE(msg(random_tensor({1, 3, 8}, 3), {}).find("query heads (3) must be a positive multiple of the cache's kv_heads (2)"),
+            std::string::npos);
+  EXPECT_NE(msg(random_tensor({5, 4, 8}, 3), {}).find("q_len must be in [1, cache size 4], got 5"), std::string::npos);
+  EXPECT_NE(msg(random_tensor({1, 4, 4}, 3), {}).find("q head_dim 4 differs from the cache's 8"), std::string::npos);
+  CacheAttentionOptions o;
+  o.method = CacheMethod::topk;
+  o.top_k = 0;
+  EXPECT_NE(msg(q, o).find("top_k must be > 0, got 0"), std::string::npos);
+  o.top_k = 2;
+  o.tau = 0.0f;
+  EXPECT_NE(msg(q, o).find("tau must be in (0, 1], got 0"), std::string::npos);
+  EXPECT_THROW(parse_cache_method("sparse"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace longctx

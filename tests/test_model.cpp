@@ -77,6 +77,37 @@ TEST(Model, FullAttentionGradientsMatchFiniteDifferences) { check_gradients("ful
 TEST(Model, MobaGradientsMatchFiniteDifferences) { check_gradients("moba"); }
 TEST(Model, MoeGradientsMatchFiniteDifferences) { check_gradients("moba", "moe"); }
 
+// Prefill a prompt, then decode one token at a time over the KV caches: every row of logits must
+// equal the full forward's, for dense, MoBA (block means from the cache) and MoE layers.
+void check_extend_matches_forward(const ModelConfig& cfg) {
+  Transformer model(cfg, 11);
+  for (Param& p : model.params())
+    if (p.value.ndim() >= 2)
+      for (int64_t i = 0; i < p.value.numel(); ++i) p.value.f32()[i] *= 10.0f;
+  const std::vector<int32_t> ids{1, 4, 2, 9, 3, 3, 7, 0, 5, 10, 6, 2, 8, 8, 1};
+  Batch whole;
+  whole.tokens = ids;
+  whole.cu_seqlens = {0, int64_t(ids.size())};
+  const Tensor full = model.logits(whole);
+  DecodeState st = model.new_decode_state(int64_t(ids.size()));
+  const Tensor prompt = model.extend(st, std::vector<int32_t>(ids.begin(), ids.begin() + 5));
+  const int64_t V = cfg.vocab_size;
+  for (int64_t i = 0; i < 5 * V; ++i) ASSERT_NEAR(prompt.at(i), full.at(i), 1e-4 * (1 + std::abs(full.at(i)))) << i;
+  for (size_t t = 5; t < ids.size(); ++t) {
+    const Tensor step = model.extend(st, {ids[t]});
+    for (int64_t c = 0; c < V; ++c)
+      ASSERT_NEAR(step.at(c), full.at(int64_t(t) * V + c), 1e-4 * (1 + std::abs(full.at(int64_t(t) * V + c))))
+          << "position " << t << " logit " << c;
+  }
+  EXPECT_EQ(st.size(), int64_t(ids.size()));
+  EXPECT_THROW(model.extend(st, {1}), std::invalid_argument);  // cache full
+}
+
+TEST(Model, DecodeOverKvCacheEqualsFullForward) {
+  check_extend_matches_forward(tiny_config("full"));
+  check_extend_matches_forward(tiny_config("moba", "moe"));
+}
+
 TEST(Model, ForceFullSwitchesMobaLayersToDense) {
   const ModelConfig cfg = tiny_config("moba");
   Transformer model(cfg, 3);

@@ -30,26 +30,31 @@ void run(const Options& o) {
   const auto tok = make_tokenizer(tok_spec);
   std::vector<int32_t> ids = tok->encode(o.prompt);
   LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
+  const int64_t total = int64_t(ids.size()) + o.tokens, V = model.config().vocab_size;
+  if (total > model.config().max_seq_len) model = load_model(o.checkpoint, nullptr, total);  // RoPE extends
   std::mt19937_64 rng(o.seed);
-  const int64_t window = model.config().max_seq_len, V = model.config().vocab_size;
+  DecodeState state = model.new_decode_state(total);
   std::fputs(o.prompt.c_str(), stdout);
   std::string shown = tok->decode(ids);
   const auto t0 = std::chrono::steady_clock::now();
-  // Without a KV cache yet: each step runs the model over the last max_seq_len tokens.
+  Tensor logits = model.extend(state, ids);  // prefill
+  const auto t1 = std::chrono::steady_clock::now();
+  const float* last = logits.f32() + (int64_t(ids.size()) - 1) * V;
   for (int64_t i = 0; i < o.tokens; ++i) {
-    const int64_t n = std::min<int64_t>(int64_t(ids.size()), window);
-    Batch b;
-    b.tokens.assign(ids.end() - n, ids.end());
-    b.cu_seqlens = {0, n};
-    const Tensor logits = model.logits(b);
-    ids.push_back(sample_token(logits.f32() + (n - 1) * V, V, o.sampler, rng));
+    ids.push_back(sample_token(last, V, o.sampler, rng));
     const std::string text = tok->decode(ids);  // print only what the new token added
     if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::fputs(text.c_str() + shown.size(), stdout);
     std::fflush(stdout);
     shown = text;
+    if (i + 1 < o.tokens) {
+      logits = model.extend(state, {ids.back()});  // one decode step over the KV caches
+      last = logits.f32();
+    }
   }
-  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  fmt::print(stderr, "\n[{} tokens in {:.2f} s: {:.1f} tokens/s]\n", o.tokens, dt, double(o.tokens) / dt);
+  const auto t2 = std::chrono::steady_clock::now();
+  const double prefill = std::chrono::duration<double>(t1 - t0).count(), decode = std::chrono::duration<double>(t2 - t1).count();
+  fmt::print(stderr, "\n[prefill {} tokens in {:.3f} s; decoded {} tokens in {:.2f} s: {:.1f} tokens/s]\n",
+             ids.size() - size_t(o.tokens), prefill, o.tokens, decode, double(o.tokens) / decode);
 }
 
 }  // namespace

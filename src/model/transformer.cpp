@@ -1,3 +1,4 @@
+#include <longctx/attention/decode.hpp>
 #include <longctx/attention/flash.hpp>
 #include <longctx/attention/moba.hpp>
 #include <longctx/error.hpp>
@@ -65,6 +66,7 @@ struct Transformer::Acts {
 
 Transformer::~Transformer() = default;
 Transformer::Transformer(Transformer&&) noexcept = default;
+Transformer& Transformer::operator=(Transformer&&) noexcept = default;
 
 Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   cfg_.validate();
@@ -191,7 +193,7 @@ void add_into(Tensor& y, const Tensor& x) {
 
 }  // namespace
 
-void Transformer::run(const Batch& batch, bool train, Tensor& logits_out) {
+void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, DecodeState* state) {
   check_batch(cfg_, batch);
   aux_loss_ = 0;
   Acts& A = *acts_;
@@ -221,7 +223,14 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out) {
     A.rope.apply(L.q.f32(), T, Hq, pos.data(), false);
     A.rope.apply(L.k.f32(), T, Hkv, pos.data(), false);
     L.moba = layer_uses_moba(l);
-    if (L.moba) {
+    if (state) {  // inference: attend over the cache, which now also holds these tokens
+      KVCache& cache = state->caches[size_t(l)];
+      cache.append(L.k, L.v);
+      CacheAttentionOptions co;
+      co.method = L.moba ? CacheMethod::moba : CacheMethod::dense;
+      co.top_k = cfg_.attention[size_t(l)].top_k;
+      static_cast<AttentionResult&>(L.attn) = attention_over_cache(L.q, cache, co);
+    } else if (L.moba) {
       const AttentionSpec& s = cfg_.attention[size_t(l)];
       L.attn = moba_attention_forward(L.q, L.k, L.v, varlen, {s.block_size, s.top_k, 0.0f});
     } else {
@@ -290,6 +299,34 @@ std::vector<double> Transformer::token_losses(const Batch& batch) {
   LONGCTX_CHECK(int64_t(batch.targets.size()) == batch.size(), "token_losses: batch needs one target per token");
   const Tensor lg = logits(batch);
   return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr).rows;
+}
+
+DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) const {
+  LONGCTX_CHECK(capacity > 0 && capacity <= cfg_.max_seq_len, "decode: capacity must be in [1, max_seq_len = ",
+                cfg_.max_seq_len, "], got ", capacity);
+  DecodeState st;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    KVCacheOptions o;
+    o.capacity = capacity;
+    o.kv_heads = int(cfg_.n_kv_heads);
+    o.head_dim = int(cfg_.head_dim());
+    o.block_size = cfg_.attention[size_t(l)].kind == "moba" ? cfg_.attention[size_t(l)].block_size : 64;
+    o.dtype = cache_dtype;
+    st.caches.emplace_back(o);
+  }
+  return st;
+}
+
+Tensor Transformer::extend(DecodeState& state, const std::vector<int32_t>& tokens) {
+  LONGCTX_CHECK(int64_t(state.caches.size()) == cfg_.n_layers, "extend: the decode state has ", state.caches.size(),
+                " caches for ", cfg_.n_layers, " layers (make it with new_decode_state)");
+  Batch b;
+  b.tokens = tokens;
+  b.cu_seqlens = {0, int64_t(tokens.size())};
+  for (size_t i = 0; i < tokens.size(); ++i) b.positions.push_back(state.size() + int64_t(i));
+  Tensor out;
+  run(b, false, out, &state);
+  return out;
 }
 
 void Transformer::backward() {

@@ -2,6 +2,7 @@
 // -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> LM head (tied or untied).
 // Forward keeps the activations its hand-written backward needs; batches are packed varlen.
 #pragma once
+#include <longctx/kv_cache.hpp>
 #include <longctx/model/config.hpp>
 #include <longctx/tensor.hpp>
 
@@ -25,11 +26,18 @@ struct Batch {
   int64_t size() const { return int64_t(tokens.size()); }
 };
 
+// Incremental inference state: one KV cache per layer (its block statistics serve MoBA layers).
+struct DecodeState {
+  std::vector<KVCache> caches;
+  int64_t size() const { return caches.empty() ? 0 : caches.front().size(); }  // tokens so far
+};
+
 class Transformer {
  public:
   Transformer(const ModelConfig& cfg, uint64_t seed);
   ~Transformer();
-  Transformer(Transformer&&) noexcept;
+  Transformer(Transformer&&) noexcept;  // Param addresses survive a move (the vector buffer moves)
+  Transformer& operator=(Transformer&&) noexcept;
 
   const ModelConfig& config() const { return cfg_; }
   std::vector<Param>& params() { return params_; }
@@ -46,6 +54,14 @@ class Transformer {
   Tensor logits(const Batch& batch);
   // Next-token loss of every position (0 where the target is -1).
   std::vector<double> token_losses(const Batch& batch);
+
+  // Inference over KV caches holding up to `capacity` tokens (<= max_seq_len).
+  DecodeState new_decode_state(int64_t capacity, DType cache_dtype = DType::f32) const;
+  // Appends tokens to the sequence (a prompt prefill, or one token per decode step) and returns
+  // their logits [n, V]. Full layers attend densely over the cache, MoBA layers sparsely (own
+  // block plus the top-(k-1) past blocks by their cached mean keys); each row equals the
+  // corresponding row of logits() over the whole sequence.
+  Tensor extend(DecodeState& state, const std::vector<int32_t>& tokens);
   // Adds the gradient of the last train forward's mean loss + aux_loss() to every Param::grad.
   void backward();
   void zero_grad();
@@ -56,7 +72,7 @@ class Transformer {
 
  private:
   struct Acts;
-  void run(const Batch& batch, bool train, Tensor& logits_out);
+  void run(const Batch& batch, bool train, Tensor& logits_out, DecodeState* state = nullptr);
   ModelConfig cfg_;
   std::vector<Param> params_;
   std::unique_ptr<Acts> acts_;

@@ -18,6 +18,15 @@ inline Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, float sca
   return random_normal(std::move(shape), seed, scale, dtype);
 }
 
+// n standard-normal doubles from a seeded generator (for the references' finite-difference checks).
+inline std::vector<double> random_vec(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  std::vector<double> v(n);
+  for (double& x : v) x = dist(rng);
+  return v;
+}
+
 template <class T>
 std::vector<T> to_vec(const Tensor& t) {
   std::vector<T> v(size_t(t.numel()));

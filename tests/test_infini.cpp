@@ -17,13 +17,7 @@ using testing::random_tensor;
 using testing::rel_error;
 using testing::to_vec;
 
-std::vector<double> random_vec(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> dist(0.0, 1.0);
-  std::vector<double> v(n);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_vec;
 
 std::vector<int64_t> prefix_sums(const std::vector<int64_t>& lens) {
   std::vector<int64_t> cu{0};

@@ -10,13 +10,7 @@ namespace {
 using reference::Mask;
 using reference::Shape;
 
-std::vector<double> random_vec(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> dist(0.0, 1.0);
-  std::vector<double> v(n);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_vec;
 
 // L = sum(out o w); checks dL/dq, dL/dk, dL/dv of the reference backward against
 // (L(x + h) - L(x - h)) / 2h for every element.

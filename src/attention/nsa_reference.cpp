@@ -12,15 +12,6 @@ namespace longctx::reference {
 
 namespace {
 
-std::vector<attn::Seq> sequences(const Shape& s, const Varlen& varlen) {
-  if (varlen.cu_q.empty()) return {{0, s.tq, 0, s.tk}};
-  std::vector<attn::Seq> out;
-  for (size_t i = 0; i + 1 < varlen.cu_q.size(); ++i)
-    out.push_back({varlen.cu_q[i], varlen.cu_q[i + 1] - varlen.cu_q[i], varlen.cu_k[i],
-                   varlen.cu_k[i + 1] - varlen.cu_k[i]});
-  return out;
-}
-
 template <class T>
 T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
@@ -110,7 +101,7 @@ NsaForward<T> nsa_forward(const Shape& s, const std::vector<T>& q, const std::ve
                           const NsaWeights<T>& w, const NsaConfig& cfg, const Varlen& varlen,
                           const std::vector<int32_t>* fixed_selection) {
   NsaForward<T> f;
-  const std::vector<attn::Seq> seqs = sequences(s, varlen);
+  const std::vector<attn::Seq> seqs = attn::sequences_of(varlen, s.tq, s.tk);
   const int d = s.d, group = s.hq / s.hkv;
   const T scale = cfg.softmax_scale > 0 ? T(cfg.softmax_scale) : T(1) / std::sqrt(T(d));
   const int64_t l = cfg.block_len, ls = cfg.select_len, n = cfg.top_n;
@@ -273,7 +264,7 @@ NsaGradsRef<T> nsa_backward(const Shape& s, const std::vector<T>& q, const std::
   for (size_t i = 0; i < g.dq.size(); ++i) g.dq[i] += dq_s[i] + dq_w[i];
   for (size_t i = 0; i < g.dk.size(); ++i) g.dk[i] += dk_w[i], g.dv[i] += dv_w[i];
 
-  const std::vector<attn::Seq> seqs = sequences(s, varlen);
+  const std::vector<attn::Seq> seqs = attn::sequences_of(varlen, s.tq, s.tk);
   for (size_t si = 0; si < seqs.size(); ++si)
     for (int64_t i = 0; i < f.cu_c[si + 1] - f.cu_c[si]; ++i)
       for (int hg = 0; hg < s.hkv; ++hg) {

@@ -12,16 +12,6 @@ namespace longctx::reference {
 
 namespace {
 
-// Sequence list of a reference call (same rules as the fast kernels, without tensors).
-std::vector<attn::Seq> sequences(const Shape& s, const Varlen& varlen) {
-  if (varlen.cu_q.empty()) return {{0, s.tq, 0, s.tk}};
-  std::vector<attn::Seq> out;
-  for (size_t i = 0; i + 1 < varlen.cu_q.size(); ++i)
-    out.push_back({varlen.cu_q[i], varlen.cu_q[i + 1] - varlen.cu_q[i], varlen.cu_k[i],
-                   varlen.cu_k[i + 1] - varlen.cu_k[i]});
-  return out;
-}
-
 template <class T>
 T row_dot(const T* a, const T* b, int d) {
   T s = 0;
@@ -52,7 +42,7 @@ T probs(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, T scal
 
 Mask dense_mask(const Shape& s, const Varlen& varlen, const AttentionOptions& opts) {
   Mask m(size_t(s.hq) * s.tq * s.tk, 0);
-  for (const attn::Seq& sq : sequences(s, varlen))
+  for (const attn::Seq& sq : attn::sequences_of(varlen, s.tq, s.tk))
     for (int64_t i = 0; i < sq.lq; ++i) {
       const int64_t pos = i + sq.offset();
       for (int64_t j = 0; j < sq.lk; ++j) {
@@ -70,7 +60,7 @@ Mask moba_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
   Mask m(size_t(s.hq) * s.tq * s.tk, 0);
   if (selected) selected->assign(size_t(s.hq) * s.tq * std::max<int64_t>(top_k - 1, 0), -1);
   const int group = s.hq / s.hkv;
-  for (const attn::Seq& sq : sequences(s, varlen)) {
+  for (const attn::Seq& sq : attn::sequences_of(varlen, s.tq, s.tk)) {
     const int64_t full_blocks = sq.lk / B;
     // Mean key of every full block, per KV head.
     std::vector<T> mean(size_t(full_blocks) * s.hkv * s.d, 0);

@@ -10,14 +10,6 @@ namespace longctx::reference {
 
 namespace {
 
-std::vector<attn::Seq> seqs_of(const Shape& s, const Varlen& varlen) {
-  if (varlen.cu_q.empty()) return {{0, s.tq, 0, s.tk}};
-  std::vector<attn::Seq> out;
-  for (size_t i = 0; i + 1 < varlen.cu_q.size(); ++i)
-    out.push_back({varlen.cu_q[i], varlen.cu_q[i + 1] - varlen.cu_q[i], varlen.cu_k[i], varlen.cu_k[i + 1] - varlen.cu_k[i]});
-  return out;
-}
-
 template <class T>
 const T* qrow(const Shape& s, const std::vector<T>& q, int64_t row, int h) {
   return &q[(size_t(row) * s.hq + h) * s.d];
@@ -61,7 +53,7 @@ Mask topk_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
                int64_t top_k, bool token_level) {
   Mask m(size_t(s.hq) * s.tq * s.tk, 0);
   const int group = s.hq / s.hkv;
-  for (const attn::Seq& sq : seqs_of(s, varlen))
+  for (const attn::Seq& sq : attn::sequences_of(varlen, s.tq, s.tk))
     for (int h = 0; h < s.hq; ++h)
       for (int64_t i = 0; i < sq.lq; ++i) {
         const int64_t pos = i + sq.offset();
@@ -91,7 +83,7 @@ Mask threshold_mask(const Shape& s, const std::vector<T>& q, const std::vector<T
                     T scale, double tau, bool heuristic) {
   Mask m(size_t(s.hq) * s.tq * s.tk, 0);
   const int group = s.hq / s.hkv;
-  for (const attn::Seq& sq : seqs_of(s, varlen))
+  for (const attn::Seq& sq : attn::sequences_of(varlen, s.tq, s.tk))
     for (int h = 0; h < s.hq; ++h)
       for (int64_t i = 0; i < sq.lq; ++i) {
         const int64_t pos = i + sq.offset();

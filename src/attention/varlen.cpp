@@ -34,6 +34,14 @@ static void check_cu(const char* who, const char* name, const std::vector<int64_
                 total, " rows");
 }
 
+std::vector<Seq> sequences_of(const Varlen& varlen, int64_t tq, int64_t tk) {
+  if (varlen.cu_q.empty()) return {{0, tq, 0, tk}};
+  std::vector<Seq> out;
+  for (size_t i = 0; i + 1 < varlen.cu_q.size(); ++i)
+    out.push_back({varlen.cu_q[i], varlen.cu_q[i + 1] - varlen.cu_q[i], varlen.cu_k[i], varlen.cu_k[i + 1] - varlen.cu_k[i]});
+  return out;
+}
+
 Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Varlen& varlen, const AttentionOptions& opts) {
   LONGCTX_CHECK(q.ndim() == 3, who, ": q must be [tokens, heads, head_dim], got ", q.shape_str());
@@ -66,17 +74,13 @@ Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Te
 
   LONGCTX_CHECK(varlen.cu_q.empty() == varlen.cu_k.empty(), who,
                 ": give both cu_seqlens_q and cu_seqlens_k, or neither");
-  if (varlen.cu_q.empty()) {
-    p.seqs.push_back({0, p.tq, 0, p.tk});
-  } else {
+  if (!varlen.cu_q.empty()) {
     check_cu(who, "cu_seqlens_q", varlen.cu_q, p.tq);
     check_cu(who, "cu_seqlens_k", varlen.cu_k, p.tk);
     LONGCTX_CHECK(varlen.cu_q.size() == varlen.cu_k.size(), who, ": cu_seqlens_q has ",
                   varlen.cu_q.size(), " entries but cu_seqlens_k has ", varlen.cu_k.size());
-    for (size_t i = 0; i + 1 < varlen.cu_q.size(); ++i)
-      p.seqs.push_back({varlen.cu_q[i], varlen.cu_q[i + 1] - varlen.cu_q[i], varlen.cu_k[i],
-                        varlen.cu_k[i + 1] - varlen.cu_k[i]});
   }
+  p.seqs = sequences_of(varlen, p.tq, p.tk);
   return p;
 }
 

@@ -29,6 +29,10 @@ struct Problem {
   int64_t key_lo(int64_t p) const { return window > 0 ? std::max<int64_t>(0, p - window + 1) : 0; }
 };
 
+// The sequences of `varlen` (one spanning tq queries and tk keys when it is empty), unchecked:
+// make_problem validates, the naive references take them as given.
+std::vector<Seq> sequences_of(const Varlen& varlen, int64_t tq, int64_t tk);
+
 // Checks shapes, dtypes, head counts and cu_seqlens; `who` names the calling kernel in errors.
 Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Varlen& varlen, const AttentionOptions& opts);

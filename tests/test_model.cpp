@@ -24,10 +24,11 @@ ModelConfig tiny_config(const std::string& attention_kind, const std::string& ff
 }
 
 Batch tiny_batch() {
-  // two packed sequences of 7 and 6 tokens; the last token of each has no target
+  // two packed sequences of 11 and 2 tokens (blocks of 3: the sparse kinds skip blocks for the
+  // late queries of the first); the last token of each has no target
   Batch b;
   b.tokens = {1, 4, 2, 9, 3, 3, 7, 0, 5, 10, 6, 2, 8};
-  b.cu_seqlens = {0, 7, 13};
+  b.cu_seqlens = {0, 11, 13};
   for (size_t s = 0; s + 1 < b.cu_seqlens.size(); ++s)
     for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t)
       b.targets.push_back(t + 1 < b.cu_seqlens[s + 1] ? b.tokens[size_t(t + 1)] : -1);
@@ -76,6 +77,7 @@ void check_gradients(const std::string& kind, const std::string& ffn = "dense") 
 TEST(Model, FullAttentionGradientsMatchFiniteDifferences) { check_gradients("full"); }
 TEST(Model, MobaGradientsMatchFiniteDifferences) { check_gradients("moba"); }
 TEST(Model, MoeGradientsMatchFiniteDifferences) { check_gradients("moba", "moe"); }
+TEST(Model, TopkGradientsMatchFiniteDifferences) { check_gradients("topk"); }
 
 // Prefill a prompt, then decode one token at a time over the KV caches: every row of logits must
 // equal the full forward's, for dense, MoBA (block means from the cache) and MoE layers.
@@ -106,6 +108,7 @@ void check_extend_matches_forward(const ModelConfig& cfg) {
 TEST(Model, DecodeOverKvCacheEqualsFullForward) {
   check_extend_matches_forward(tiny_config("full"));
   check_extend_matches_forward(tiny_config("moba", "moe"));
+  check_extend_matches_forward(tiny_config("topk"));
 }
 
 TEST(Model, ForceFullSwitchesMobaLayersToDense) {

@@ -94,7 +94,7 @@ nlohmann::json ModelConfig::to_json() const {
   for (int64_t i = 0; i < n_layers; ++i) {
     const AttentionSpec& a = attention[size_t(i)];
     nlohmann::json aj{{"kind", a.kind}};
-    if (a.kind == "moba") aj["block_size"] = a.block_size, aj["top_k"] = a.top_k;
+    if (a.kind != "full") aj["block_size"] = a.block_size, aj["top_k"] = a.top_k;
     const FfnSpec& f = ffn[size_t(i)];
     nlohmann::json fj{{"kind", f.kind}};
     if (f.kind == "moe")
@@ -126,11 +126,11 @@ void ModelConfig::validate() const {
                 "model config: need one attention and ffn spec per layer");
   for (size_t i = 0; i < attention.size(); ++i) {
     const AttentionSpec& a = attention[i];
-    LONGCTX_CHECK(a.kind == "full" || a.kind == "moba", "model config: layer ", i, ": unknown attention kind '", a.kind,
-                  "' (available: full, moba)");
-    if (a.kind == "moba") {
-      LONGCTX_CHECK(a.block_size > 0, "model config: layer ", i, ": moba block_size must be > 0, got ", a.block_size);
-      LONGCTX_CHECK(a.top_k > 0, "model config: layer ", i, ": moba top_k must be > 0, got ", a.top_k);
+    LONGCTX_CHECK(a.kind == "full" || a.kind == "moba" || a.kind == "topk", "model config: layer ", i,
+                  ": unknown attention kind '", a.kind, "' (available: full, moba, topk)");
+    if (a.kind != "full") {
+      LONGCTX_CHECK(a.block_size > 0, "model config: layer ", i, ": ", a.kind, " block_size must be > 0, got ", a.block_size);
+      LONGCTX_CHECK(a.top_k > 0, "model config: layer ", i, ": ", a.kind, " top_k must be > 0, got ", a.top_k);
     }
     LONGCTX_CHECK(ffn[i].kind == "dense" || ffn[i].kind == "moe", "model config: layer ", i, ": unknown ffn kind '",
                   ffn[i].kind, "' (available: dense, moe)");

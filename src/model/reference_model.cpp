@@ -1,4 +1,5 @@
 #include <longctx/attention/reference.hpp>
+#include <longctx/attention/reference_sparse.hpp>
 #include <longctx/model/reference_model.hpp>
 #include <longctx/moe_reference.hpp>
 
@@ -76,9 +77,10 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     rope(q, T, Hq, dh, pos, cfg.rope_theta);
     rope(k, T, Hkv, dh, pos, cfg.rope_theta);
     const AttentionSpec& spec = cfg.attention[size_t(l)];
-    const Mask mask = spec.kind == "moba" && !force_full
-                          ? moba_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k)
-                          : dense_mask(shape, varlen, AttentionOptions{});
+    const std::string kind = force_full ? "full" : spec.kind;
+    const Mask mask = kind == "moba"   ? moba_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k)
+                      : kind == "topk" ? topk_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k, false)
+                                       : dense_mask(shape, varlen, AttentionOptions{});
     Vec att, lse;
     attention_forward<double>(shape, q, k, v, 1.0 / std::sqrt(double(dh)), mask, att, lse);
     const Vec o = matmul(att, T, Hq * dh, wo, D);

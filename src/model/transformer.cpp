@@ -1,6 +1,7 @@
 #include <longctx/attention/decode.hpp>
 #include <longctx/attention/flash.hpp>
 #include <longctx/attention/moba.hpp>
+#include <longctx/attention/topk.hpp>
 #include <longctx/error.hpp>
 #include <longctx/model/transformer.hpp>
 
@@ -28,8 +29,9 @@ struct LayerParams {
 struct LayerActs {
   Tensor x_in, h1, q, k, v, x_mid, h2, a, b;
   std::vector<float> rstd1, rstd2;
-  MobaResult attn;  // dense layers leave `selected` empty
-  bool moba = false;
+  MobaResult attn;      // dense and topk layers leave `selected` empty
+  SparseResult sparse;  // topk layers: the selection the backward reuses (attn aliases its out/lse)
+  std::string kind;     // attention kind this forward ran (force_full_attention applied)
   moe::Forward moe;  // moe FFN layers
 };
 
@@ -147,9 +149,11 @@ int64_t Transformer::num_params() const {
   return n;
 }
 
-bool Transformer::layer_uses_moba(int64_t layer) const {
-  return !force_full_ && cfg_.attention[size_t(layer)].kind == "moba";
+std::string Transformer::attention_kind(int64_t layer) const {
+  return force_full_ ? "full" : cfg_.attention[size_t(layer)].kind;
 }
+
+bool Transformer::layer_uses_moba(int64_t layer) const { return attention_kind(layer) == "moba"; }
 
 void Transformer::zero_grad() {
   for (Param& p : params_) p.grad.fill(0.0f);
@@ -222,17 +226,21 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, L.v.f32());
     A.rope.apply(L.q.f32(), T, Hq, pos.data(), false);
     A.rope.apply(L.k.f32(), T, Hkv, pos.data(), false);
-    L.moba = layer_uses_moba(l);
+    L.kind = attention_kind(l);
+    const AttentionSpec& spec = cfg_.attention[size_t(l)];
     if (state) {  // inference: attend over the cache, which now also holds these tokens
       KVCache& cache = state->caches[size_t(l)];
       cache.append(L.k, L.v);
       CacheAttentionOptions co;
-      co.method = L.moba ? CacheMethod::moba : CacheMethod::dense;
-      co.top_k = cfg_.attention[size_t(l)].top_k;
+      co.method = L.kind == "moba" ? CacheMethod::moba : L.kind == "topk" ? CacheMethod::topk : CacheMethod::dense;
+      co.top_k = spec.top_k;
       static_cast<AttentionResult&>(L.attn) = attention_over_cache(L.q, cache, co);
-    } else if (L.moba) {
-      const AttentionSpec& s = cfg_.attention[size_t(l)];
-      L.attn = moba_attention_forward(L.q, L.k, L.v, varlen, {s.block_size, s.top_k, 0.0f});
+    } else if (L.kind == "moba") {
+      L.attn = moba_attention_forward(L.q, L.k, L.v, varlen, {spec.block_size, spec.top_k, 0.0f});
+    } else if (L.kind == "topk") {
+      L.sparse = topk_attention_forward(L.q, L.k, L.v, varlen, {spec.block_size, spec.top_k, false, 0.0f});
+      L.attn.out = L.sparse.out.alias();
+      L.attn.lse = L.sparse.lse.alias();
     } else {
       static_cast<AttentionResult&>(L.attn) = flash_attention_forward(L.q, L.k, L.v, varlen);
     }
@@ -310,7 +318,7 @@ DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) c
     o.capacity = capacity;
     o.kv_heads = int(cfg_.n_kv_heads);
     o.head_dim = int(cfg_.head_dim());
-    o.block_size = cfg_.attention[size_t(l)].kind == "moba" ? cfg_.attention[size_t(l)].block_size : 64;
+    o.block_size = cfg_.attention[size_t(l)].kind == "full" ? 64 : cfg_.attention[size_t(l)].block_size;
     o.dtype = cache_dtype;
     st.caches.emplace_back(o);
   }
@@ -378,9 +386,11 @@ void Transformer::backward() {
     nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
                         P.wo->grad.f32());
     AttentionGrads g;
-    if (L.moba) {
-      const AttentionSpec& s = cfg_.attention[size_t(l)];
+    const AttentionSpec& s = cfg_.attention[size_t(l)];
+    if (L.kind == "moba") {
       g = moba_attention_backward(L.q, L.k, L.v, L.attn, dout, A.varlen, {s.block_size, s.top_k, 0.0f});
+    } else if (L.kind == "topk") {
+      g = sparse_attention_backward(L.q, L.k, L.v, L.sparse, dout, A.varlen);
     } else {
       g = flash_attention_backward(L.q, L.k, L.v, L.attn, dout, A.varlen);
     }

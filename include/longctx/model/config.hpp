@@ -11,9 +11,9 @@
 namespace longctx {
 
 struct AttentionSpec {
-  std::string kind = "full";  // full | moba
-  int64_t block_size = 512;   // moba
-  int64_t top_k = 3;          // moba, own block included
+  std::string kind = "full";  // full | moba | topk (Quest-bound block top-k)
+  int64_t block_size = 512;   // moba, topk
+  int64_t top_k = 3;          // moba, topk: blocks per query, own block included
 };
 
 struct FfnSpec {

@@ -66,9 +66,10 @@ class Transformer {
   void backward();
   void zero_grad();
 
-  // Training-time switch (DESIGN.md "Hybrid"): run the MoBA layers as full attention.
+  // Training-time switch (DESIGN.md "Hybrid"): run the sparse (MoBA, top-k) layers as full attention.
   void force_full_attention(bool on) { force_full_ = on; }
   bool layer_uses_moba(int64_t layer) const;
+  std::string attention_kind(int64_t layer) const;  // the kind a forward runs now: full, moba or topk
 
  private:
   struct Acts;

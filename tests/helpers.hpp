@@ -74,6 +74,31 @@ inline void expect_matches_reference(const Tensor& q, const Tensor& k, const Ten
   EXPECT_LT(rel_error(g.dv, dv), 5 * tol);
 }
 
+// One input of a finite-difference check: the values to nudge, the analytic gradient, a name.
+struct FdCheck {
+  std::vector<double>* x;
+  const std::vector<double>* grad;
+  std::string name;
+};
+
+// Central differences (loss(x + h) - loss(x - h)) / 2h of every element of every input against
+// its analytic gradient, to tol * (1 + |gradient|). Stops at the first mismatch (fatal failure).
+inline void expect_gradients_match_differences(const std::vector<FdCheck>& checks, const std::function<double()>& loss,
+                                               double h, double tol) {
+  for (const FdCheck& c : checks) {
+    ASSERT_EQ(c.x->size(), c.grad->size()) << c.name;
+    for (size_t i = 0; i < c.x->size(); ++i) {
+      const double keep = (*c.x)[i];
+      (*c.x)[i] = keep + h;
+      const double lp = loss();
+      (*c.x)[i] = keep - h;
+      const double lm = loss();
+      (*c.x)[i] = keep;
+      ASSERT_NEAR((*c.grad)[i], (lp - lm) / (2 * h), tol * (1 + std::abs((*c.grad)[i]))) << c.name << "[" << i << "]";
+    }
+  }
+}
+
 // Expects f() to throw an exception whose message contains `needle` (errors must name the
 // argument and its value).
 inline void expect_error(const std::function<void()>& f, const std::string& needle) {

@@ -50,25 +50,13 @@ void gradcheck(InfiniUpdate update, bool separate_local) {
     reference::infini_forward(s, in, beta, cfg, out);
     return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
   };
-  const double h = 1e-6;
-  std::vector<std::tuple<std::vector<double>*, std::vector<double>*, const char*>> checks{
+  std::vector<testing::FdCheck> checks{
       {&in.q, &g.dq, "q"}, {&in.k, &g.dk, "k"}, {&in.v, &g.dv, "v"}, {&beta, &g.dbeta, "beta"}};
   if (separate_local) {
     checks.push_back({&in.q_local, &g.dq_local, "q_local"});
     checks.push_back({&in.k_local, &g.dk_local, "k_local"});
   }
-  for (auto [x, dx, name] : checks) {
-    ASSERT_EQ(x->size(), dx->size()) << name;
-    for (size_t i = 0; i < x->size(); ++i) {
-      const double keep = (*x)[i];
-      (*x)[i] = keep + h;
-      const double lp = loss();
-      (*x)[i] = keep - h;
-      const double lm = loss();
-      (*x)[i] = keep;
-      ASSERT_NEAR((*dx)[i], (lp - lm) / (2 * h), 1e-6 * (1 + std::abs((*dx)[i]))) << name << "[" << i << "]";
-    }
-  }
+  testing::expect_gradients_match_differences(checks, loss, 1e-6, 1e-6);
 }
 
 TEST(InfiniReferenceGradcheck, LinearUpdate) { gradcheck(InfiniUpdate::linear, false); }

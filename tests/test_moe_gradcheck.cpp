@@ -26,30 +26,17 @@ void gradcheck(const moe::Config& c, int64_t n, uint64_t seed) {
     for (size_t i = 0; i < r.out.size(); ++i) l += r.out[i] * dy[i];
     return l;
   };
-  const double h = 1e-6;
-  const std::tuple<std::vector<double>*, const std::vector<double>*, const char*> checks[] = {
+  std::vector<testing::FdCheck> checks{
       {&x, &dx, "x"},
       {&p.w_gate, &g.w_gate, "w_gate"},
-      {&p.w_noise, &g.w_noise, "w_noise"},
       {&p.w1, &g.w1, "w1"},
       {&p.w3, &g.w3, "w3"},
       {&p.w2, &g.w2, "w2"},
       {&p.shared_w1, &g.shared_w1, "shared_w1"},
       {&p.shared_w3, &g.shared_w3, "shared_w3"},
       {&p.shared_w2, &g.shared_w2, "shared_w2"}};
-  for (auto [v, gv, name] : checks) {
-    if (c.router != Router::noisy && std::string(name) == "w_noise") continue;
-    ASSERT_EQ(v->size(), gv->size()) << name;
-    for (size_t i = 0; i < v->size(); ++i) {
-      const double keep = (*v)[i];
-      (*v)[i] = keep + h;
-      const double lp = loss();
-      (*v)[i] = keep - h;
-      const double lm = loss();
-      (*v)[i] = keep;
-      ASSERT_NEAR((*gv)[i], (lp - lm) / (2 * h), 2e-7 * (1 + std::abs((*gv)[i]))) << name << "[" << i << "]";
-    }
-  }
+  if (c.router == Router::noisy) checks.push_back({&p.w_noise, &g.w_noise, "w_noise"});
+  testing::expect_gradients_match_differences(checks, loss, 1e-6, 2e-7);
 }
 
 moe::Config with_aux(moe::Config c) {

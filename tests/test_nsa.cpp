@@ -170,7 +170,7 @@ void gradcheck(const NsaConfig& cfg, const std::vector<int64_t>& lens) {
     for (size_t i = 0; i < f.out.size(); ++i) l += f.out[i] * dout[i];
     return l;
   };
-  std::vector<std::tuple<std::vector<double>*, std::vector<double>*, std::string>> params{
+  std::vector<testing::FdCheck> params{
       {&q, &g.dq, "q"}, {&k, &g.dk, "k"}, {&v, &g.dv, "v"}, {&x, &g.dx, "x"},
       {&w.gate_w, &g.dw.gate_w, "gate_w"}, {&w.gate_b, &g.dw.gate_b, "gate_b"}};
   for (auto [c, dc, name] : {std::tuple{&w.ck, &g.dw.ck, "k"}, {&w.cv, &g.dw.cv, "v"}}) {
@@ -179,17 +179,7 @@ void gradcheck(const NsaConfig& cfg, const std::vector<int64_t>& lens) {
                                  {&c->b1, &dc->b1, n + ".b1"}, {&c->w2, &dc->w2, n + ".w2"},
                                  {&c->b2, &dc->b2, n + ".b2"}});
   }
-  const double h = 1e-6;
-  for (auto& [p, dp, name] : params)
-    for (size_t i = 0; i < p->size(); ++i) {
-      const double keep = (*p)[i];
-      (*p)[i] = keep + h;
-      const double lp = loss();
-      (*p)[i] = keep - h;
-      const double lm = loss();
-      (*p)[i] = keep;
-      ASSERT_NEAR((*dp)[i], (lp - lm) / (2 * h), 1e-7 * (1 + std::abs((*dp)[i]))) << name << "[" << i << "]";
-    }
+  testing::expect_gradients_match_differences(params, loss, 1e-6, 1e-7);
 }
 
 TEST(NsaReferenceGradcheck, MlpCompressorVarlen) {

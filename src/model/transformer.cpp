@@ -59,6 +59,7 @@ struct Transformer::Acts {
   nn::Rope rope;
   // last train forward
   Batch batch;
+  std::vector<int64_t> positions;  // RoPE positions of batch
   Varlen varlen;
   std::vector<LayerActs> layers;
   Tensor x_final, h_final, dlogits;
@@ -204,7 +205,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
   const int64_t T = batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
   const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
   const float eps = float(cfg_.norm_eps);
-  const std::vector<int64_t> pos = positions_of(batch);
+  std::vector<int64_t> pos = positions_of(batch);
   const Varlen varlen{batch.cu_seqlens, batch.cu_seqlens};
 
   Tensor x({T, D});
@@ -274,6 +275,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
   gemm::sgemm(false, true, T, V, D, 1.0f, h.f32(), D, A.head->value.f32(), D, 0.0f, logits_out.f32(), V);
   if (train) {
     A.batch = batch;
+    A.positions = std::move(pos);
     A.varlen = varlen;
     A.layers = std::move(layers);
     A.x_final = std::move(x);
@@ -343,7 +345,7 @@ void Transformer::backward() {
   A.ready = false;
   const int64_t T = A.batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
   const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
-  const std::vector<int64_t> pos = positions_of(A.batch);
+  const std::vector<int64_t>& pos = A.positions;
 
   // LM head: logits = h E^T
   Tensor dh_final({T, D}), dx({T, D});

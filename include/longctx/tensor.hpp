@@ -11,6 +11,7 @@ namespace longctx {
 
 enum class DType : uint8_t { f32, bf16 };
 const char* dtype_name(DType d);
+std::string shape_str(const std::vector<int64_t>& shape);  // "[2, 3, 4]"
 size_t dtype_size(DType d);
 
 // bf16 is the top half of an fp32; conversion rounds to nearest even and keeps NaNs NaN.

@@ -86,10 +86,7 @@ Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Te
 
 void check_f32_shape(const char* who, const char* name, const Tensor& t, const std::vector<int64_t>& shape) {
   LONGCTX_CHECK(t.dtype() == DType::f32, who, ": ", name, " must be f32, got ", dtype_name(t.dtype()));
-  std::string want = "[";
-  for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
-  want += "]";
-  LONGCTX_CHECK(t.shape() == shape, who, ": ", name, " must have shape ", want, ", got ", t.shape_str());
+  LONGCTX_CHECK(t.shape() == shape, who, ": ", name, " must have shape ", shape_str(shape), ", got ", t.shape_str());
 }
 
 Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {

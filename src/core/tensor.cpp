@@ -63,13 +63,15 @@ int64_t Tensor::dim(int i) const {
   return shape_[size_t(i)];
 }
 
-std::string Tensor::shape_str() const {
+std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << '[';
-  for (size_t i = 0; i < shape_.size(); ++i) os << (i ? ", " : "") << shape_[i];
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
   os << ']';
   return os.str();
 }
+
+std::string Tensor::shape_str() const { return longctx::shape_str(shape_); }
 
 float* Tensor::f32() {
   LONGCTX_CHECK(dtype_ == DType::f32, "tensor holds ", dtype_name(dtype_), ", f32 access requested");

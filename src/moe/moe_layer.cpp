@@ -19,10 +19,8 @@ namespace longctx::moe {
 namespace {
 
 void check_shape(const Tensor& t, const std::vector<int64_t>& shape, const char* name) {
-  if (t.shape() == shape && t.dtype() == DType::f32) return;
-  std::string want;
-  for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
-  LONGCTX_CHECK(false, "moe: ", name, " must be f32 [", want, "], got ", dtype_name(t.dtype()), " ", t.shape_str());
+  LONGCTX_CHECK(t.shape() == shape && t.dtype() == DType::f32, "moe: ", name, " must be f32 ", shape_str(shape),
+                ", got ", dtype_name(t.dtype()), " ", t.shape_str());
 }
 
 void check_weights(const Config& c, const Weights& w) {

@@ -20,13 +20,7 @@ void check_shapes(const SwigluWeights& w, const Tensor& x) {
 }
 
 swiglu::Group group_of(const SwigluWeights& w, const Tensor& x) {
-  swiglu::Group g;
-  g.rows = x.dim(0);
-  g.x = x.f32();
-  g.w1 = w.w1.f32();
-  g.w3 = w.w3.f32();
-  g.w2 = w.w2.f32();
-  return g;
+  return swiglu::group_of(x.dim(0), x.f32(), w.w1.f32(), w.w3.f32(), w.w2.f32());
 }
 
 }  // namespace

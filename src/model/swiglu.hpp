@@ -20,6 +20,13 @@ struct Group {
   float *dw1 = nullptr, *dw3 = nullptr, *dw2 = nullptr;         // overwritten; zero if rows == 0
 };
 
+// A group of `rows` input rows x with weights w1, w3, w2; the caller sets the other fields.
+inline Group group_of(int64_t rows, const float* x, const float* w1, const float* w3, const float* w2) {
+  Group g;
+  g.rows = rows, g.x = x, g.w1 = w1, g.w3 = w3, g.w2 = w2;
+  return g;
+}
+
 // Fills a, b, y of every group.
 void forward(const std::vector<Group>& groups, int64_t d, int64_t f);
 

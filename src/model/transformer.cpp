@@ -35,6 +35,13 @@ struct LayerActs {
   moe::Forward moe;  // moe FFN layers
 };
 
+// The dense SwiGLU FFN of a layer over its T rows h2, with the saved a = h2 W1 and b = h2 W3.
+swiglu::Group dense_ffn(const LayerParams& P, LayerActs& L, int64_t T) {
+  swiglu::Group g = swiglu::group_of(T, L.h2.f32(), P.w1->value.f32(), P.w3->value.f32(), P.w2->value.f32());
+  g.a = L.a.f32(), g.b = L.b.f32();
+  return g;
+}
+
 // The MoE layer's weights as Tensors aliasing the model's Params (no copy).
 moe::Weights moe_weights(const LayerParams& P) {
   moe::Weights w;
@@ -260,9 +267,8 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
       L.a = Tensor({T, F});
       L.b = Tensor({T, F});
       x = Tensor({T, D});
-      swiglu::Group ffn;
-      ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
-      ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.y = x.f32();
+      swiglu::Group ffn = dense_ffn(P, L, T);
+      ffn.y = x.f32();
       swiglu::forward({ffn}, D, F);
     }
     add_into(x, L.x_mid);
@@ -372,9 +378,8 @@ void Transformer::backward() {
         add_into(P.shared_w2->grad, mg.dshared_w2);
       }
     } else {
-      swiglu::Group ffn;
-      ffn.rows = T, ffn.x = L.h2.f32(), ffn.w1 = P.w1->value.f32(), ffn.w3 = P.w3->value.f32(), ffn.w2 = P.w2->value.f32();
-      ffn.a = L.a.f32(), ffn.b = L.b.f32(), ffn.dy = dx.f32(), ffn.dx = dh2.f32();
+      swiglu::Group ffn = dense_ffn(P, L, T);
+      ffn.dy = dx.f32(), ffn.dx = dh2.f32();
       ffn.dw1 = dw1.f32(), ffn.dw3 = dw3.f32(), ffn.dw2 = dw2.f32();
       swiglu::backward({ffn}, D, F);  // overwrites: add the weight gradients into the accumulators
       add_into(P.w1->grad, dw1);

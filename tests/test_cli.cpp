@@ -7,21 +7,13 @@
 #include <fstream>
 #include <string>
 
+#include "cli_helpers.hpp"
+
 namespace {
 
-struct CliRun {
-  int status;
-  std::string output;  // stdout and stderr
-};
-
-CliRun run_cli(const std::string& args) {
-  const std::string cmd = std::string(LONGCTX_CLI_PATH) + " " + args + " 2>&1";
-  FILE* f = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
-  return {pclose(f), out};
-}
+using longctx_test::CliRun;
+using longctx_test::run_cli;
+using longctx_test::tiny_run_dir;
 
 TEST(Cli, BenchAttentionWritesOneRowPerMethodAndLength) {
   const auto path = std::filesystem::temp_directory_path() / "longctx_cli_bench.json";
@@ -86,23 +78,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A tiny corpus and config in a fresh temp folder.
-fs::path tiny_run_dir() {
-  const fs::path dir = fs::temp_directory_path() / "longctx_cli_train";
-  fs::remove_all(dir);
-  fs::create_directories(dir / "data" / "train");
-  fs::create_directories(dir / "data" / "val");
-  std::string text;
-  for (int i = 0; i < 40; ++i) text += "And God said, Let there be light: and there was light. ";
-  std::ofstream(dir / "data" / "train" / "a.txt") << text;
-  std::ofstream(dir / "data" / "val" / "b.txt") << text;
-  std::ofstream(dir / "config.json") << R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64,
-    "max_seq_len": 64, "attention": {"kind": "moba", "block_size": 16, "top_k": 2}, "full_attention_last_n": 1},
-    "train": {"seq_len": 64, "batch_tokens": 256, "steps": 3, "warmup": 1, "eval_every": 2, "ckpt_every": 2,
-    "eval_tokens": 256}})";
-  return dir;
-}
-
 size_t lines_of(const fs::path& p) {
   std::ifstream f(p);
   size_t n = 0;
@@ -140,7 +115,7 @@ TEST(Cli, TrainResumeEvalGenerate) {
 }
 
 TEST(Cli, TrainRejectsBadConfigAndMissingData) {
-  const fs::path dir = tiny_run_dir();
+  const fs::path dir = tiny_run_dir("longctx_cli_badconfig");
   std::ofstream(dir / "bad.json") << R"({"model": {"n_heads": 3, "d_model": 32}})";
   CliRun r = run_cli("train --config " + (dir / "bad.json").string() + " --data " + (dir / "data").string());
   EXPECT_NE(r.status, 0);

@@ -187,5 +187,52 @@ TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
   expect_error([&] { other.resume(good); }, "was trained with another model config");
 }
 
+TEST(Checkpoint, InitFromLoadsWeightsOnlyAndStartsAtStepZero) {
+  const fs::path dir = make_corpus("initfrom", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer source(small_model(256, "moba"), small_train(), corpus, 5);
+  source.step();
+  source.step();
+  const std::string path = (dir / "src.safetensors").string();
+  source.save(path);
+  // another init seed and a longer max_seq_len (a fine-tune at longer lengths is allowed)
+  ModelConfig longer = small_model(256, "moba");
+  longer.max_seq_len = 1024;
+  Trainer tuned(longer, small_train(), corpus, 999);
+  tuned.init_from(path);
+  EXPECT_EQ(tuned.steps_done(), 0);
+  for (size_t i = 0; i < source.model().params().size(); ++i)
+    ASSERT_EQ(std::memcmp(tuned.model().params()[i].value.raw(), source.model().params()[i].value.raw(),
+                          source.model().params()[i].value.nbytes()), 0) << source.model().params()[i].name;
+  // the first fine-tune step sees training batch 0 at the source's weights: same loss as the source there
+  const Batch b0 = sample_batch(corpus.train, small_train().seq_len, small_train().batch_tokens, small_train().seed, 0);
+  const double source_loss = source.model().forward(b0, false);
+  const StepStats first = tuned.step();
+  EXPECT_EQ(first.step, 1);
+  EXPECT_DOUBLE_EQ(first.loss, source_loss);
+  EXPECT_NEAR(first.lr, lr_at(0, small_train().warmup, small_train().steps, small_train().lr, small_train().min_lr), 1e-15)
+      << "a fresh schedule, not the source's step";
+  testing::expect_error([&] { tuned.init_from(path); }, "already run 1 steps");
+}
+
+TEST(Checkpoint, InitFromRejectsAnotherModelNamingTheFirstDifference) {
+  const fs::path dir = make_corpus("initfrom_bad", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer source(small_model(256, "moba"), small_train(), corpus, 5);
+  const std::string path = (dir / "src.safetensors").string();
+  source.save(path);
+  Trainer full(small_model(256, "full"), small_train(), corpus, 5);
+  testing::expect_error([&] { full.init_from(path); }, "layers[0].attention.kind: \"moba\" vs \"full\"");
+  ModelConfig wider = small_model(256, "moba");
+  wider.d_ff = 96;
+  Trainer w(wider, small_train(), corpus, 5);
+  testing::expect_error([&] { w.init_from(path); }, "another model config (checkpoint vs config): d_ff: 64 vs 96");
+  EXPECT_EQ(first_difference({{"a", {1, 2}}}, {{"a", {1, 3}}}), "a[1]: 2 vs 3");
+  EXPECT_EQ(first_difference({{"a", 1}}, {{"a", 1}, {"b", true}}), "b: (absent) vs true");
+  EXPECT_EQ(first_difference({{"a", 1.0}}, {{"a", 1.0}}), "");
+}
+
 }  // namespace
 }  // namespace longctx

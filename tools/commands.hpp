@@ -18,6 +18,8 @@ void add_bench_moe(CLI::App& bench);
 void add_train(CLI::App& app);
 // `longctx eval`
 void add_eval(CLI::App& app);
+// `longctx passkey-corpus`
+void add_passkey_corpus(CLI::App& app);
 // `longctx generate`
 void add_generate(CLI::App& app);
 

@@ -1,10 +1,16 @@
-// `longctx eval`: validation loss, perplexity and position-wise loss of a checkpoint.
+// `longctx eval`: validation loss, perplexity, position-wise loss and passkey retrieval of a
+// checkpoint, at the training length or beyond it (RoPE extends), with time and peak memory.
 #include <fmt/core.h>
+#include <longctx/error.hpp>
 #include <longctx/eval/eval.hpp>
+#include <longctx/eval/passkey.hpp>
 #include <longctx/train/corpus.hpp>
 #include <longctx/train/trainer.hpp>
+#include <unistd.h>
 
+#include <chrono>
 #include <cmath>
+#include <filesystem>
 
 #include "commands.hpp"
 #include "common.hpp"
@@ -14,45 +20,142 @@ namespace longctx::cli {
 
 namespace {
 
+namespace fs = std::filesystem;
+
 struct Options {
-  std::string checkpoint, data, json;
+  std::string checkpoint, data, json, plot;
   int64_t seq_len = 0, bucket = 512, max_tokens = 1 << 18, max_seq_len = 0;
+  bool no_loss = false, passkey = false;
+  std::vector<int64_t> passkey_lengths;
+  std::vector<double> passkey_depths{0.0, 0.25, 0.5, 0.75, 1.0};
+  int64_t passkey_trials = 5, prefill_chunk = 2048;
+  uint64_t passkey_seed = 1;
   int threads = 0;
 };
 
-void run(const Options& o) {
-  if (o.threads > 0) parallel::set_threads(o.threads);
-  std::string tok_spec;
-  Transformer model = load_model(o.checkpoint, &tok_spec, std::max(o.max_seq_len, o.seq_len));
-  const int64_t seq_len = o.seq_len > 0 ? o.seq_len : model.config().max_seq_len;
-  const Corpus corpus = load_corpus(o.data, *make_tokenizer(tok_spec));
+// What the checkpoint is: enough to tell runs apart in a table of eval JSONs.
+nlohmann::json model_summary(const Transformer& m, const CheckpointInfo& info) {
+  nlohmann::json kinds = nlohmann::json::array();
+  for (int64_t l = 0; l < m.config().n_layers; ++l) kinds.push_back(m.attention_kind(l));
+  return {{"parameters", m.num_params()}, {"trained_max_seq_len", info.model.max_seq_len},
+          {"eval_max_seq_len", m.config().max_seq_len}, {"attention", kinds}, {"tokenizer", info.tokenizer},
+          {"config", info.model.to_json()}};
+}
+
+nlohmann::json run_loss(const Options& o, Transformer& model, const Tokenizer& tok, int64_t seq_len,
+                        std::vector<nlohmann::json>& rows) {
+  const Corpus corpus = load_corpus(o.data, tok);
   const EvalResult r = evaluate_positions(model, corpus.val, seq_len, o.bucket, o.max_tokens);
   fmt::print("val loss {:.4f} nats/token (perplexity {:.3f}) over {} tokens in {} windows of {}; {:.0f} tokens/s\n",
              r.loss, std::exp(r.loss), r.tokens, r.windows, seq_len, double(r.tokens) / r.seconds);
-  std::vector<nlohmann::json> rows;
   for (const PositionBucket& b : r.buckets)
     rows.push_back({{"begin", b.begin}, {"end", b.end}, {"loss", b.loss}, {"tokens", b.tokens}});
   bench::print_table(rows, {{"begin", "from", ""}, {"end", "to", ""}, {"loss", "loss", "{:.4f}"}, {"tokens", "tokens", ""}});
-  if (!o.json.empty())
-    bench::write_json(o.json,
-                      {{"checkpoint", o.checkpoint}, {"val_loss", r.loss}, {"perplexity", std::exp(r.loss)},
-                       {"seq_len", seq_len}, {"tokens", r.tokens}, {"tokens_per_s", double(r.tokens) / r.seconds}},
-                      rows);
+  return {{"val_loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"seq_len", seq_len}, {"tokens", r.tokens},
+          {"windows", r.windows}, {"tokens_per_s", double(r.tokens) / r.seconds}, {"loss_seconds", r.seconds}};
+}
+
+nlohmann::json run_passkey(const Options& o, Transformer& model, const Tokenizer& tok, PasskeyOptions po) {
+  const std::string filler = passkey_filler(load_split_texts((fs::path(o.data) / "val").string()));
+  double work = 0, done = 0;  // in prompt tokens, for the ETA
+  for (int64_t l : po.lengths) work += double(l) * double(po.depths.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  po.progress = [&](int64_t cells_done, int64_t cells, const PasskeyCell& c) {
+    done += double(c.length);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    fmt::print(stderr, "passkey: {}/{} cells (length {}, depth {:.2f}: {}/{} correct) elapsed {} ETA {}\n", cells_done,
+               cells, c.length, c.depth, c.correct, c.trials, bench::format_duration(elapsed),
+               bench::format_duration(elapsed / done * (work - done)));
+  };
+  const PasskeyGrid g = evaluate_passkey(model, tok, filler, po);
+  std::vector<nlohmann::json> cells;
+  for (const PasskeyCell& c : g.cells)
+    cells.push_back({{"length", c.length}, {"depth", c.depth}, {"trials", c.trials}, {"correct", c.correct},
+                     {"accuracy", c.accuracy}, {"seconds", c.seconds}, {"sample", c.sample},
+                     {"sample_shown", nlohmann::json(c.sample).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace)}});
+  bench::print_table(cells, {{"length", "length", ""}, {"depth", "depth", "{:.2f}"}, {"correct", "correct", ""},
+                             {"trials", "trials", ""}, {"accuracy", "accuracy", "{:.2f}"},
+                             {"seconds", "seconds", "{:.1f}"}, {"sample_shown", "first answer", ""}});
+  for (auto& c : cells) c.erase("sample_shown");
+  fmt::print("passkey accuracy {:.3f} over {} cells x {} trials in {:.1f} s\n", g.accuracy, g.cells.size(), po.trials,
+             g.seconds);
+  return {{"lengths", po.lengths}, {"depths", po.depths}, {"trials", po.trials}, {"seed", po.seed},
+          {"accuracy", g.accuracy}, {"seconds", g.seconds}, {"cells", cells}};
+}
+
+// scripts/plot_eval.sh next to the binary's build folder (build/longctx -> scripts/) or beside it.
+std::string plot_script() {
+  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path();
+  for (const fs::path& p : {exe.parent_path() / "scripts" / "plot_eval.sh", exe / "scripts" / "plot_eval.sh"})
+    if (fs::exists(p)) return p.string();
+  throw std::runtime_error("eval: --plot needs scripts/plot_eval.sh (looked next to " + exe.string() + ")");
+}
+
+void run(const Options& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (o.threads > 0) parallel::set_threads(o.threads);
+  LONGCTX_CHECK(!o.no_loss || o.passkey || !o.passkey_lengths.empty(),
+                "eval: --no-loss without --passkey or --passkey-lengths leaves nothing to evaluate");
+  const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  const int64_t seq_len = o.seq_len > 0 ? o.seq_len : o.max_seq_len > 0 ? o.max_seq_len : info.model.max_seq_len;
+  PasskeyOptions po;
+  po.lengths = o.passkey_lengths.empty() && o.passkey ? std::vector<int64_t>{seq_len} : o.passkey_lengths;
+  po.depths = o.passkey_depths;
+  po.trials = o.passkey_trials;
+  po.seed = o.passkey_seed;
+  po.prefill_chunk = o.prefill_chunk;
+  const int64_t rope_len = std::max({o.max_seq_len, o.no_loss ? 0 : seq_len, passkey_capacity(po)});
+  std::string tok_spec;
+  Transformer model = load_model(o.checkpoint, &tok_spec, std::max(rope_len, info.model.max_seq_len));
+  const auto tok = make_tokenizer(tok_spec);
+
+  nlohmann::json summary{{"checkpoint", o.checkpoint}, {"data", o.data}, {"threads", parallel::max_threads()},
+                         {"model", model_summary(model, info)}};
+  std::vector<nlohmann::json> rows;
+  if (!o.no_loss) summary.update(run_loss(o, model, *tok, seq_len, rows));
+  nlohmann::json passkey;
+  if (!po.lengths.empty()) passkey = run_passkey(o, model, *tok, po);
+  summary["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  summary["peak_rss_mb"] = bench::peak_rss_mb();
+  fmt::print("eval took {:.1f} s, peak RSS {:.0f} MiB\n", summary["seconds"].get<double>(),
+             summary["peak_rss_mb"].get<double>());
+  // "machine" and "rows" as in every longctx JSON (the summary, the position-wise buckets)
+  const nlohmann::json doc{{"machine", summary}, {"rows", rows}, {"passkey", passkey}};
+  const std::string json = !o.json.empty() ? o.json
+                                           : o.plot.empty() ? ""
+                                                            : (fs::temp_directory_path() /
+                                                               fmt::format("longctx_eval_{}.json", getpid())).string();
+  if (!json.empty()) bench::write_json_file(json, doc);
+  if (!o.plot.empty()) {
+    bench::run_program({"/bin/bash", plot_script(), o.plot, json});
+    if (o.json.empty()) fs::remove(json);
+    fmt::print("plot written to {}\n", o.plot);
+  }
 }
 
 }  // namespace
 
 void add_eval(CLI::App& app) {
   auto o = std::make_shared<Options>();
-  CLI::App* c = app.add_subcommand("eval", "Validation loss, perplexity and position-wise loss of a checkpoint");
+  CLI::App* c = app.add_subcommand("eval", "Validation loss, position-wise loss and passkey retrieval of a checkpoint");
   c->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by `longctx train`")->required();
-  c->add_option("--data", o->data, "Corpus folder (its val/ split is scored)")->required();
-  c->add_option("--seq-len", o->seq_len, "Window length (default: the model's max_seq_len)");
+  c->add_option("--data", o->data, "Corpus folder (its val/ split is scored and gives the passkey filler)")->required();
+  c->add_option("--seq-len", o->seq_len, "Window length of the loss (default: --max-seq-len, else the training max_seq_len)");
   c->add_option("--bucket", o->bucket, "Positions per bucket of the position-wise loss")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--max-tokens", o->max_tokens, "Most tokens scored")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--max-seq-len", o->max_seq_len, "Extend the RoPE table (evaluate beyond the training length)");
+  c->add_flag("--no-loss", o->no_loss, "Skip the validation loss (passkey only)");
+  c->add_flag("--passkey", o->passkey, "Run passkey retrieval (at --seq-len unless --passkey-lengths)");
+  c->add_option("--passkey-lengths", o->passkey_lengths, "Passkey context lengths in tokens, e.g. 8192,32768 (implies --passkey)")
+      ->delimiter(',')->check(CLI::PositiveNumber);
+  c->add_option("--passkey-depths", o->passkey_depths, "Needle depths in [0, 1]")->delimiter(',')
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  c->add_option("--passkey-trials", o->passkey_trials, "Examples per (length, depth) cell")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--passkey-seed", o->passkey_seed, "Seed of keys and filler offsets")->capture_default_str();
+  c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call of the passkey decode")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
-  c->add_option("--json", o->json, "Also write the result to this JSON file");
+  c->add_option("--json", o->json, "Write everything to this JSON file");
+  c->add_option("--plot", o->plot, "Write a PNG (position-wise loss, passkey grid) with scripts/plot_eval.sh (gnuplot)");
   c->callback([o] { run(*o); });
 }
 

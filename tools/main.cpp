@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   longctx::cli::add_bench_moe(*bench);
   longctx::cli::add_train(app);
   longctx::cli::add_eval(app);
+  longctx::cli::add_passkey_corpus(app);
   longctx::cli::add_generate(app);
   try {
     app.parse(argc, argv);

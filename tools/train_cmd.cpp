@@ -10,8 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include "commands.hpp"
+#include "common.hpp"
 #include "core/parallel.hpp"
 
 namespace longctx::cli {
@@ -32,13 +34,8 @@ double unigram_entropy(const Corpus& c) {
   return h;
 }
 
-std::string eta(double seconds) {
-  const int s = int(seconds);
-  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
-}
-
 struct Options {
-  std::string config, data, out = "runs/latest";
+  std::string config, data, out = "runs/latest", init_from;
   int64_t steps = 0;
   bool resume = false;
   int threads = 0;
@@ -55,10 +52,22 @@ void run(const Options& o) {
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(concat("longctx: train: config '", o.config, "' is not valid JSON: ", e.what()));
   }
-  TrainConfig tc = TrainConfig::from_json(j.value("train", nlohmann::json::object()));
+  nlohmann::json tj = j.value("train", nlohmann::json::object());
+  nlohmann::json mj = j.value("model", nlohmann::json::object());
+  std::optional<CheckpointInfo> src;  // a fine-tune: the checkpoint fills in the model and the tokenizer
+  if (!o.init_from.empty()) {
+    src = read_checkpoint_info(o.init_from);
+    if (!tj.contains("tokenizer")) tj["tokenizer"] = src->tokenizer;
+    LONGCTX_CHECK(tj["tokenizer"] == src->tokenizer, "train: --init-from ", o.init_from, " was trained with tokenizer '",
+                  src->tokenizer, "', the config asks for ", tj["tokenizer"].dump());
+  }
+  TrainConfig tc = TrainConfig::from_json(tj);
+  if (src && !j.contains("model")) {
+    mj = src->model.to_json();
+    mj["max_seq_len"] = std::max(src->model.max_seq_len, tc.seq_len);
+  }
   if (o.steps > 0) tc.steps = o.steps;
   const auto tok = make_tokenizer(tc.tokenizer);
-  nlohmann::json mj = j.value("model", nlohmann::json::object());
   if (!mj.contains("vocab_size")) mj["vocab_size"] = tok->vocab_size();
   const ModelConfig mc = ModelConfig::from_json(mj);
   LONGCTX_CHECK(mc.vocab_size >= tok->vocab_size(), "train: model vocab_size (", mc.vocab_size,
@@ -73,6 +82,9 @@ void run(const Options& o) {
     LONGCTX_CHECK(std::filesystem::exists(ckpt), "train: --resume but no checkpoint at ", ckpt);
     trainer.resume(ckpt);
     fmt::print(stderr, "resumed from {} at step {}\n", ckpt, trainer.steps_done());
+  } else if (!o.init_from.empty()) {
+    trainer.init_from(o.init_from);
+    fmt::print(stderr, "initialised from the weights of {} (fresh optimizer, step 0)\n", o.init_from);
   }
   fmt::print(stderr, "model: {} parameters, {} layers, d={}, {} threads; unigram entropy of the training tokens: {:.4f} nats\n",
              trainer.model().num_params(), mc.n_layers, mc.d_model, parallel::max_threads(), h1);
@@ -96,7 +108,7 @@ void run(const Options& o) {
     const int width = 24, done = int(width * s.step / tc.steps);
     const std::string line = fmt::format("step {}/{} [{}{}] loss {:.4f} lr {:.2e} {:.0f} tok/s ETA {}{}", s.step,
                                          tc.steps, std::string(size_t(done), '#'), std::string(size_t(width - done), '.'),
-                                         s.loss, s.lr, smooth_tps, eta(remaining),
+                                         s.loss, s.lr, smooth_tps, bench::format_duration(remaining),
                                          eval_now ? fmt::format(" | val_loss {:.4f}", rec["val_loss"].get<double>()) : "");
     if (tty)
       fmt::print(stderr, "\r{}{}", line, eval_now ? "\n" : "\033[K");
@@ -123,6 +135,9 @@ void add_train(CLI::App& app) {
   c->add_option("--out", o->out, "Run folder: checkpoint.safetensors and log.jsonl")->capture_default_str();
   c->add_option("--steps", o->steps, "Override the config's step count");
   c->add_flag("--resume", o->resume, "Continue from <out>/checkpoint.safetensors");
+  c->add_option("--init-from", o->init_from,
+                 "Start from this checkpoint's weights (fresh optimizer, step 0): a fine-tune. A config without "
+                 "\"model\" reuses the checkpoint's; with one, it must match but for max_seq_len");
   c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   c->add_option("--init-seed", o->init_seed, "Seed of the weight initialisation")->capture_default_str();
   c->callback([o] { run(*o); });

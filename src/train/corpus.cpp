@@ -14,19 +14,9 @@ namespace fs = std::filesystem;
 namespace {
 
 std::vector<std::vector<int32_t>> load_split(const fs::path& dir, const Tokenizer& tok) {
-  LONGCTX_CHECK(fs::is_directory(dir), "corpus: missing folder ", dir.string(),
-                " (make it with scripts/prepare_data.sh)");
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  LONGCTX_CHECK(!files.empty(), "corpus: no .txt documents in ", dir.string());
   std::vector<std::vector<int32_t>> docs;
-  for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::vector<int32_t> ids = tok.encode(ss.str());
+  for (const std::string& text : load_split_texts(dir.string())) {
+    std::vector<int32_t> ids = tok.encode(text);
     if (ids.size() >= 2) docs.push_back(std::move(ids));  // a document needs a token and its successor
   }
   LONGCTX_CHECK(!docs.empty(), "corpus: every document in ", dir.string(), " is shorter than 2 tokens");
@@ -48,6 +38,26 @@ void append_sequence(Batch& b, const std::vector<int32_t>& doc, int64_t start, i
 }
 
 }  // namespace
+
+std::vector<std::string> load_split_texts(const std::string& split_dir) {
+  const fs::path dir(split_dir);
+  LONGCTX_CHECK(fs::is_directory(dir), "corpus: missing folder ", dir.string(),
+                " (make it with scripts/prepare_data.sh)");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  LONGCTX_CHECK(!files.empty(), "corpus: no .txt documents in ", dir.string());
+  std::vector<std::string> texts;
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    LONGCTX_CHECK(in.good(), "corpus: cannot read ", f.string());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    texts.push_back(ss.str());
+  }
+  return texts;
+}
 
 int64_t Corpus::train_tokens() const { return total(train); }
 int64_t Corpus::val_tokens() const { return total(val); }

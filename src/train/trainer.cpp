@@ -2,6 +2,7 @@
 #include <longctx/train/checkpoint.hpp>
 #include <longctx/train/trainer.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -134,7 +135,51 @@ ModelConfig config_of(const SafetensorsFile& f, const std::string& path) {
   return ModelConfig::from_json(nlohmann::json::parse(it->second));
 }
 
+std::string tokenizer_of(const SafetensorsFile& f) {
+  const auto it = f.metadata.find("longctx.tokenizer");
+  return it == f.metadata.end() ? "bytes" : it->second;
+}
+
 }  // namespace
+
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path) {
+  const std::string here = path.empty() ? "(top level)" : path;
+  if (a.type() != b.type() && !(a.is_number() && b.is_number())) return here + ": " + a.dump() + " vs " + b.dump();
+  if (a.is_object()) {
+    for (const auto& [key, value] : a.items())  // shared fields first: "kind" before its options
+      if (b.contains(key))
+        if (std::string d = first_difference(value, b.at(key), path.empty() ? key : path + "." + key); !d.empty())
+          return d;
+    for (const auto& [key, value] : a.items())
+      if (!b.contains(key)) return (path.empty() ? key : path + "." + key) + ": " + value.dump() + " vs (absent)";
+    for (const auto& [key, value] : b.items())
+      if (!a.contains(key)) return (path.empty() ? key : path + "." + key) + ": (absent) vs " + value.dump();
+    return "";
+  }
+  if (a.is_array()) {
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+      if (std::string d = first_difference(a[i], b[i], concat(path, "[", i, "]")); !d.empty()) return d;
+    return a.size() == b.size() ? "" : concat(here, ": ", a.size(), " entries vs ", b.size());
+  }
+  return a == b ? "" : here + ": " + a.dump() + " vs " + b.dump();
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  const SafetensorsFile f = load_safetensors(path);
+  return {config_of(f, path), tokenizer_of(f)};
+}
+
+void Trainer::init_from(const std::string& path) {
+  LONGCTX_CHECK(step_ == 0, "init-from: the trainer has already run ", step_, " steps");
+  const SafetensorsFile f = load_safetensors(path);
+  nlohmann::json saved = config_of(f, path).to_json(), ours = model_.config().to_json();
+  saved.erase("max_seq_len");
+  ours.erase("max_seq_len");
+  const std::string diff = first_difference(saved, ours);
+  LONGCTX_CHECK(diff.empty(), "init-from: checkpoint ", path, " has another model config (checkpoint vs config): ",
+                diff);
+  load_weights(model_, f, path);
+}
 
 void Trainer::resume(const std::string& path) {
   const SafetensorsFile f = load_safetensors(path);
@@ -165,10 +210,7 @@ Transformer load_model(const std::string& path, std::string* tokenizer, int64_t 
   if (max_seq_len > 0) cfg.max_seq_len = max_seq_len;
   Transformer m(cfg, 0);
   load_weights(m, f, path);
-  if (tokenizer) {
-    const auto it = f.metadata.find("longctx.tokenizer");
-    *tokenizer = it == f.metadata.end() ? "bytes" : it->second;
-  }
+  if (tokenizer) *tokenizer = tokenizer_of(f);
   return m;
 }
 

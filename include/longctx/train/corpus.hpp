@@ -16,6 +16,10 @@ struct Corpus {
   int64_t val_tokens() const;
 };
 
+// The raw texts of one split folder (e.g. "data/kjv/val"): its .txt files sorted by name; throws
+// naming the folder when it is missing or holds no .txt file.
+std::vector<std::string> load_split_texts(const std::string& split_dir);
+
 // Reads dir/train/*.txt and dir/val/*.txt (sorted by name); throws naming what is missing.
 Corpus load_corpus(const std::string& dir, const Tokenizer& tok);
 

@@ -44,6 +44,10 @@ class Trainer {
   // training configs must match the checkpoint's (throws naming the first difference).
   void resume(const std::string& checkpoint);
   void save(const std::string& checkpoint) const;
+  // Starts from a checkpoint's weights only (a fine-tune): fresh optimizer, step 0. The model
+  // config must equal the checkpoint's except max_seq_len (RoPE is computed, so a fine-tune may
+  // run longer sequences); throws naming the first difference. Call before the first step.
+  void init_from(const std::string& checkpoint);
 
   StepStats step();    // one optimizer step
   double evaluate();   // mean validation loss over the fixed eval batches
@@ -60,6 +64,17 @@ class Trainer {
   int64_t step_ = 0;
   double tokens_seen_ = 0;
 };
+
+// The model config and tokenizer spec a checkpoint was trained with.
+struct CheckpointInfo {
+  ModelConfig model;
+  std::string tokenizer;
+};
+CheckpointInfo read_checkpoint_info(const std::string& checkpoint);
+
+// The first place two JSON values differ, as "path: a vs b" (e.g. "d_ff: 64 vs 128",
+// "layers[1].attention.kind: \"moba\" vs \"full\""); empty when they are equal.
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "");
 
 // Loads a model (config + weights) from a checkpoint; returns the tokenizer spec via `tokenizer`.
 // max_seq_len > 0 replaces the config's (RoPE is computed, so any length works; for evaluating

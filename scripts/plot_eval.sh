@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Plots of `longctx eval --json` results (gnuplot, installed on demand).
+#   scripts/plot_eval.sh OUT.png EVAL.json
+#       position-wise loss curve and the passkey accuracy grid (length x depth) of one eval
+#   scripts/plot_eval.sh --positions OUT.png A.json B.json ...
+#       the position-wise loss curves of several evals in one plot, labelled by file name
+set -euo pipefail
+source "$(dirname "$0")/apt_need.sh"
+
+usage() { echo "usage: $0 OUT.png EVAL.json | $0 --positions OUT.png A.json [B.json ...]" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+mode=single
+if [ "$1" = "--positions" ]; then mode=positions; shift; [ $# -ge 2 ] || usage; fi
+out=$1; shift
+for f in "$@"; do [ -r "$f" ] || { echo "plot_eval: cannot read $f" >&2; exit 1; }; done
+need gnuplot-nox jq
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# position-wise loss of one eval JSON as "mid_position loss" lines
+positions() { jq -r '.rows[] | "\((.begin + .end) / 2) \(.loss)"' "$1"; }
+
+loss_plot() {  # gnuplot commands plotting the curves of the given files
+  local cmds="" i=0
+  for f in "$@"; do
+    positions "$f" > "$tmp/pos$i.dat"
+    local label; label=$(basename "$f" .json)
+    cmds+="${cmds:+, }'$tmp/pos$i.dat' using 1:2 with linespoints title '$label'"
+    i=$((i + 1))
+  done
+  cat <<EOF
+set title 'Position-wise validation loss'
+set xlabel 'position in the window (bucket middle)'
+set ylabel 'loss (nats/token)'
+set key top right
+set grid
+plot $cmds
+EOF
+}
+
+passkey_plot() {  # gnuplot commands drawing the accuracy grid of one file
+  local f=$1
+  jq -r '.passkey as $p | .passkey.cells[] | . as $c |
+         "\([$p.depths[] ] | map(. == $c.depth) | index(true)) \([$p.lengths[]] | map(. == $c.length) | index(true)) \(.accuracy)"' \
+     "$f" > "$tmp/grid.dat"
+  local xt yt nx ny
+  xt=$(jq -r '[.passkey.depths | to_entries[] | "\"\(.value)\" \(.key)"] | join(", ")' "$f")
+  yt=$(jq -r '[.passkey.lengths | to_entries[] | "\"\(.value)\" \(.key)"] | join(", ")' "$f")
+  nx=$(jq '.passkey.depths | length' "$f")
+  ny=$(jq '.passkey.lengths | length' "$f")
+  cat <<EOF
+set title sprintf('Passkey accuracy (%d trials per cell)', $(jq '.passkey.trials' "$f"))
+set xlabel 'needle depth'
+set ylabel 'context length (tokens)'
+set xtics ($xt)
+set ytics ($yt)
+set xrange [-0.5:$nx - 0.5]
+set yrange [-0.5:$ny - 0.5]
+set cbrange [0:1]
+set palette defined (0 '#b2182b', 0.5 '#f7f7f7', 1 '#2166ac')
+unset grid
+unset key
+plot '$tmp/grid.dat' using 1:2:3 with image, '' using 1:2:(sprintf('%.2f', \$3)) with labels
+EOF
+}
+
+if [ "$mode" = positions ]; then
+  for f in "$@"; do
+    [ "$(jq '.rows | length' "$f")" -gt 0 ] || { echo "plot_eval: $f has no position-wise loss (eval ran with --no-loss)" >&2; exit 1; }
+  done
+  { echo "set terminal pngcairo size 900,600 noenhanced"; echo "set output '$out'"; loss_plot "$@"; } > "$tmp/plot.gp"
+else
+  [ $# -eq 1 ] || usage
+  f=$1
+  has_loss=$(jq '.rows | length > 0' "$f")
+  has_passkey=$(jq '.passkey != null and (.passkey.cells | length) > 0' "$f")
+  {
+    n=0; [ "$has_loss" = true ] && n=$((n + 1)); [ "$has_passkey" = true ] && n=$((n + 1))
+    [ $n -gt 0 ] || { echo "plot_eval: $f holds neither a position-wise loss nor a passkey grid" >&2; exit 1; }
+    echo "set terminal pngcairo size $((700 * n)),560 noenhanced"
+    echo "set output '$out'"
+    echo "set multiplot layout 1,$n title '$(basename "$f")'"
+    if [ "$has_loss" = true ]; then
+      trained=$(jq '.machine.model.trained_max_seq_len // 0' "$f")
+      last=$(jq '.rows[-1].end' "$f")
+      if [ "$trained" -gt 0 ] && [ "$trained" -lt "$last" ]; then  # mark where extrapolation begins
+        echo "set arrow 1 from $trained, graph 0 to $trained, graph 1 nohead dashtype 2 lc rgb 'gray40'"
+        echo "set label 1 'training length' at $trained, graph 0.95 offset 0.5,0 tc rgb 'gray40'"
+      fi
+      loss_plot "$f"
+      echo "unset arrow 1; unset label 1"
+    fi
+    [ "$has_passkey" = true ] && passkey_plot "$f"
+    echo "unset multiplot"
+  } > "$tmp/plot.gp"
+fi
+gnuplot "$tmp/plot.gp"
+echo "plot_eval: wrote $out" >&2

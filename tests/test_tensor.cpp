@@ -33,5 +33,16 @@ TEST(Tensor, Bf16RoundsToNearestEven) {
   EXPECT_EQ(b.to(DType::f32).at(1), b.at(1));
 }
 
+TEST(Tensor, AliasRowsViewsThePrefixWithoutCopy) {
+  Tensor t({5, 2, 3}, DType::bf16);
+  const Tensor a = t.alias_rows(2);
+  EXPECT_EQ(a.shape(), (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(a.numel(), 12);
+  EXPECT_EQ(a.raw(), t.raw());
+  EXPECT_EQ(a.dtype(), DType::bf16);
+  EXPECT_EQ(t.alias_rows(0).numel(), 0);
+  EXPECT_THROW(t.alias_rows(6), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace longctx

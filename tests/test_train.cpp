@@ -125,6 +125,70 @@ TEST(Training, TinyModelMemorisesAShortText) {
   EXPECT_LT(model.forward(b, false), 0.05) << "loss after 300 steps (last train step: " << loss << ")";
 }
 
+// One layer of each kind with its own parameters or stop rule, small enough for seq_len 64.
+ModelConfig small_kinds_model(const nlohmann::json& layer0, const nlohmann::json& layer1) {
+  nlohmann::json j = small_model(256).to_json();
+  j["layers"][0]["attention"] = layer0;
+  j["layers"][1]["attention"] = layer1;
+  return ModelConfig::from_json(j);
+}
+const nlohmann::json kNsa{{"kind", "nsa"}, {"block_len", 8}, {"stride", 4}, {"select_len", 8}, {"top_n", 3},
+                          {"local_blocks", 1}, {"window", 16}, {"hidden", 16}};
+const nlohmann::json kInfini{{"kind", "infini"}, {"segment_len", 16}, {"update", "delta"}};
+const nlohmann::json kThreshold{{"kind", "threshold"}, {"block_size", 8}, {"tau", 0.9}};
+
+TEST(Training, NsaInfiniThresholdModelsLearn) {
+  // 30 steps on the repeated text: the loss must fall well below its start (~ln 256 = 5.5)
+  const fs::path dir = make_corpus("kinds_learn", 8);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  for (const auto& [a, b] : {std::pair{kNsa, kInfini}, std::pair{kThreshold, kThreshold}}) {
+    Trainer t(small_kinds_model(a, b), small_train(), corpus, 1);
+    std::vector<std::pair<Param*, Tensor>> own;  // the kinds' own parameters, as initialised
+    for (Param& p : t.model().params())
+      if (p.name.find(".attention.nsa.") != std::string::npos || p.name.find(".attention.infini.") != std::string::npos)
+        own.emplace_back(&p, p.value.clone());
+    const double first = t.step().loss;
+    double last = first;
+    for (int i = 0; i < 29; ++i) last = t.step().loss;
+    EXPECT_GT(first, 5.0) << a.dump();
+    EXPECT_LT(last, 3.2) << a.dump() << " then " << b.dump();
+    for (const auto& [p, init] : own)  // they get gradients and train
+      EXPECT_NE(std::memcmp(p->value.raw(), init.raw(), init.nbytes()), 0) << p->name;
+  }
+}
+
+TEST(Checkpoint, NsaInfiniModelRoundTrips) {
+  const fs::path dir = make_corpus("ckpt_kinds", 4);
+  const auto tok = make_tokenizer("bytes");
+  Trainer t(small_kinds_model(kNsa, kInfini), small_train(), load_corpus(dir.string(), *tok), 3);
+  t.step();
+  const std::string path = (dir / "k.safetensors").string();
+  t.save(path);
+  Transformer m = load_model(path);
+  Transformer& orig = t.model();
+  ASSERT_EQ(m.params().size(), orig.params().size());
+  for (size_t i = 0; i < m.params().size(); ++i) {
+    EXPECT_EQ(m.params()[i].name, orig.params()[i].name);
+    EXPECT_EQ(std::memcmp(m.params()[i].value.raw(), orig.params()[i].value.raw(), m.params()[i].value.nbytes()), 0)
+        << m.params()[i].name;
+  }
+  EXPECT_NO_THROW(m.param("layers.0.attention.nsa.compress_k.w1"));
+  EXPECT_NE(m.param("layers.1.attention.infini.beta").value.at(0), 0.0f);  // trained one step away from 0
+  EXPECT_EQ(m.config().to_json(), orig.config().to_json());
+  // the reloaded model computes what the trained one does, and resuming restores it too
+  Batch b;
+  b.tokens = tok->encode("And God said, Let there be light");
+  b.cu_seqlens = {0, b.size()};
+  const Tensor want = orig.logits(b), got = m.logits(b);
+  EXPECT_EQ(std::memcmp(want.raw(), got.raw(), want.nbytes()), 0);
+  Trainer resumed(small_kinds_model(kNsa, kInfini), small_train(), load_corpus(dir.string(), *tok), 99);
+  resumed.resume(path);
+  for (size_t i = 0; i < orig.params().size(); ++i)
+    EXPECT_EQ(std::memcmp(resumed.model().params()[i].value.raw(), orig.params()[i].value.raw(),
+                          orig.params()[i].value.nbytes()), 0) << orig.params()[i].name;
+}
+
 TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
   const fs::path dir = make_corpus("ckpt", 4);
   const auto tok = make_tokenizer("bytes");

@@ -47,7 +47,7 @@ void run(const Options& o) {
     std::fflush(stdout);
     shown = text;
     if (i + 1 < o.tokens) {
-      logits = model.extend(state, {ids.back()});  // one decode step over the KV caches
+      logits = model.extend(state, {ids.back()});  // one decode step over the decode state
       last = logits.f32();
     }
   }

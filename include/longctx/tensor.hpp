@@ -53,6 +53,8 @@ class Tensor {
   // A tensor over the same buffer that does not own it (it must not outlive this one): for
   // handing weights held elsewhere to an API that takes Tensors, without a copy.
   Tensor alias() const;
+  // A non-owning alias of the first n rows (dim 0), e.g. the filled prefix of a KV cache.
+  Tensor alias_rows(int64_t n) const;
   Tensor to(DType dtype) const;  // converted copy
 
   DType dtype() const { return dtype_; }

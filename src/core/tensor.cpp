@@ -43,6 +43,15 @@ Tensor Tensor::alias() const {
   return t;
 }
 
+Tensor Tensor::alias_rows(int64_t n) const {
+  LONGCTX_CHECK(ndim() >= 1 && n >= 0 && n <= shape_[0], "Tensor::alias_rows: ", n, " rows of a ", shape_str(),
+                " tensor");
+  Tensor t = alias();
+  t.shape_[0] = n;
+  t.numel_ = shape_[0] == 0 ? 0 : numel_ / shape_[0] * n;
+  return t;
+}
+
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   Tensor t(shape_, dtype);

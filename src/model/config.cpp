@@ -8,10 +8,69 @@ namespace longctx {
 namespace {
 
 AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec a) {
-  if (j.contains("kind")) a.kind = j.at("kind").get<std::string>();
-  if (j.contains("block_size")) a.block_size = j.at("block_size").get<int64_t>();
-  if (j.contains("top_k")) a.top_k = j.at("top_k").get<int64_t>();
+  // Fields of every kind are accepted anywhere (a layer may override a field of the default
+  // spec's kind); to_json writes only those of the layer's kind.
+  check_known_fields(j, {"kind", "block_size", "top_k", "tau", "stop_rule", "block_len", "stride", "select_len",
+                         "top_n", "local_blocks", "window", "compress", "hidden", "segment_len", "update"},
+                     "model config: attention");
+  a.kind = j.value("kind", a.kind);
+  a.block_size = j.value("block_size", a.block_size);
+  a.top_k = j.value("top_k", a.top_k);
+  a.tau = j.value("tau", a.tau);
+  a.stop_rule = j.value("stop_rule", a.stop_rule);
+  a.block_len = j.value("block_len", a.block_len);
+  a.stride = j.value("stride", a.stride);
+  a.select_len = j.value("select_len", a.select_len);
+  a.top_n = j.value("top_n", a.top_n);
+  a.local_blocks = j.value("local_blocks", a.local_blocks);
+  a.window = j.value("window", a.window);
+  a.compress = j.value("compress", a.compress);
+  a.hidden = j.value("hidden", a.hidden);
+  a.segment_len = j.value("segment_len", a.segment_len);
+  a.update = j.value("update", a.update);
   return a;
+}
+
+nlohmann::json attention_to_json(const AttentionSpec& a) {
+  nlohmann::json j{{"kind", a.kind}};
+  if (a.kind == "moba" || a.kind == "topk") j.update({{"block_size", a.block_size}, {"top_k", a.top_k}});
+  if (a.kind == "threshold") j.update({{"block_size", a.block_size}, {"tau", a.tau}, {"stop_rule", a.stop_rule}});
+  if (a.kind == "nsa")
+    j.update({{"block_len", a.block_len}, {"stride", a.stride}, {"select_len", a.select_len}, {"top_n", a.top_n},
+              {"local_blocks", a.local_blocks}, {"window", a.window}, {"compress", a.compress}, {"hidden", a.hidden}});
+  if (a.kind == "infini") j.update({{"segment_len", a.segment_len}, {"update", a.update}});
+  return j;
+}
+
+// Throws naming the layer, the kind, the field and its value.
+void validate_attention(const AttentionSpec& a, size_t layer) {
+  auto need = [&](bool ok, const char* field, const auto& value, const std::string& rule) {
+    LONGCTX_CHECK(ok, "model config: layer ", layer, ": ", a.kind, " ", field, " must be ", rule, ", got ", value);
+  };
+  if (a.kind == "moba" || a.kind == "topk" || a.kind == "threshold")
+    need(a.block_size > 0, "block_size", a.block_size, "> 0");
+  if (a.kind == "moba" || a.kind == "topk") need(a.top_k > 0, "top_k", a.top_k, "> 0");
+  if (a.kind == "threshold") {
+    need(a.tau > 0 && a.tau <= 1, "tau", a.tau, "in (0, 1]");
+    need(a.stop_rule == "bound" || a.stop_rule == "heuristic", "stop_rule", "'" + a.stop_rule + "'",
+         "'bound' or 'heuristic'");
+  }
+  if (a.kind == "nsa") {
+    need(a.stride > 0, "stride", a.stride, "> 0");
+    need(a.block_len > 0 && a.block_len % a.stride == 0, "block_len", a.block_len,
+         concat("a positive multiple of stride (", a.stride, ")"));
+    need(a.select_len > 0, "select_len", a.select_len, "> 0");
+    need(a.local_blocks >= 0, "local_blocks", a.local_blocks, ">= 0");
+    need(a.top_n >= 1 + a.local_blocks, "top_n", a.top_n,
+         concat(">= 1 + local_blocks (", 1 + a.local_blocks, "): block 0 and the local blocks are always selected"));
+    need(a.window > 0, "window", a.window, "> 0");
+    need(a.compress == "mlp" || a.compress == "mean", "compress", "'" + a.compress + "'", "'mlp' or 'mean'");
+    if (a.compress == "mlp") need(a.hidden > 0, "hidden", a.hidden, "> 0");
+  }
+  if (a.kind == "infini") {
+    need(a.segment_len > 0, "segment_len", a.segment_len, "> 0");
+    need(a.update == "linear" || a.update == "delta", "update", "'" + a.update + "'", "'linear' or 'delta'");
+  }
 }
 
 FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
@@ -92,9 +151,7 @@ moe::Config moe_config(const ModelConfig& c, int64_t layer) {
 nlohmann::json ModelConfig::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
   for (int64_t i = 0; i < n_layers; ++i) {
-    const AttentionSpec& a = attention[size_t(i)];
-    nlohmann::json aj{{"kind", a.kind}};
-    if (a.kind != "full") aj["block_size"] = a.block_size, aj["top_k"] = a.top_k;
+    const nlohmann::json aj = attention_to_json(attention[size_t(i)]);
     const FfnSpec& f = ffn[size_t(i)];
     nlohmann::json fj{{"kind", f.kind}};
     if (f.kind == "moe")
@@ -125,13 +182,12 @@ void ModelConfig::validate() const {
   LONGCTX_CHECK(int64_t(attention.size()) == n_layers && int64_t(ffn.size()) == n_layers,
                 "model config: need one attention and ffn spec per layer");
   for (size_t i = 0; i < attention.size(); ++i) {
-    const AttentionSpec& a = attention[i];
-    LONGCTX_CHECK(a.kind == "full" || a.kind == "moba" || a.kind == "topk", "model config: layer ", i,
-                  ": unknown attention kind '", a.kind, "' (available: full, moba, topk)");
-    if (a.kind != "full") {
-      LONGCTX_CHECK(a.block_size > 0, "model config: layer ", i, ": ", a.kind, " block_size must be > 0, got ", a.block_size);
-      LONGCTX_CHECK(a.top_k > 0, "model config: layer ", i, ": ", a.kind, " top_k must be > 0, got ", a.top_k);
-    }
+    const std::string& kind = attention[i].kind;
+    LONGCTX_CHECK(kind == "full" || kind == "moba" || kind == "topk" || kind == "threshold" || kind == "nsa" ||
+                      kind == "infini",
+                  "model config: layer ", i, ": unknown attention kind '", kind,
+                  "' (available: full, moba, topk, threshold, nsa, infini)");
+    validate_attention(attention[i], i);
     LONGCTX_CHECK(ffn[i].kind == "dense" || ffn[i].kind == "moe", "model config: layer ", i, ": unknown ffn kind '",
                   ffn[i].kind, "' (available: dense, moe)");
     if (ffn[i].kind == "moe") moe::validate(moe_config(*this, int64_t(i)));

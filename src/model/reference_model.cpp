@@ -1,9 +1,13 @@
+#include <longctx/attention/infini_reference.hpp>
+#include <longctx/attention/nsa.hpp>
 #include <longctx/attention/reference.hpp>
 #include <longctx/attention/reference_sparse.hpp>
 #include <longctx/model/reference_model.hpp>
 #include <longctx/moe_reference.hpp>
 
 #include <cmath>
+
+#include "model/attention_layer.hpp"
 
 namespace longctx::reference {
 
@@ -47,7 +51,7 @@ void rope(Vec& x, int64_t T, int64_t H, int64_t dh, const std::vector<int64_t>& 
 }  // namespace
 
 double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>& params, const Batch& batch,
-                  bool force_full) {
+                  bool force_full, SelectionTape* tape) {
   const int64_t T = batch.size(), D = cfg.d_model, dh = cfg.head_dim(), Hq = cfg.n_heads, Hkv = cfg.n_kv_heads;
   const int64_t F = cfg.d_ff, V = cfg.vocab_size;
   std::vector<int64_t> pos = batch.positions;
@@ -64,8 +68,15 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     for (int64_t i = 0; i < D; ++i) x[size_t(t * D + i)] = E[size_t(batch.tokens[size_t(t)] * D + i)];
   const Shape shape{T, T, int(Hq), int(Hkv), int(dh)};
   double aux = 0;  // MoE balancing losses
+  const bool replay = tape && tape->recorded;
+  if (tape && !replay) tape->masks.assign(size_t(cfg.n_layers), {}), tape->nsa.assign(size_t(cfg.n_layers), {});
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const Vec &attn_norm = take(), &wq = take(), &wk = take(), &wv = take(), &wo = take();
+    const AttentionSpec& spec = cfg.attention[size_t(l)];
+    NsaWeights<double> nsa_w;  // nsa: the layer's weights, in Param order
+    if (spec.kind == "nsa")
+      attention_layer::for_each_nsa_weight(nsa_w, spec, Hq, dh, D, [&](const std::string&, Vec& w, const auto&) { w = take(); });
+    const Vec* beta = spec.kind == "infini" ? &take() : nullptr;
     const Vec& ffn_norm = take();
     const bool moe_layer = cfg.ffn[size_t(l)].kind == "moe";
     moe::reference::Params<double> mp;
@@ -74,15 +85,36 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     const Vec h = rmsnorm(x, T, D, attn_norm, cfg.norm_eps);
     Vec q = matmul(h, T, D, wq, Hq * dh), k = matmul(h, T, D, wk, Hkv * dh);
     const Vec v = matmul(h, T, D, wv, Hkv * dh);
+    const Vec q_mem = q, k_mem = k;  // infini's memory uses q/k before RoPE
     rope(q, T, Hq, dh, pos, cfg.rope_theta);
     rope(k, T, Hkv, dh, pos, cfg.rope_theta);
-    const AttentionSpec& spec = cfg.attention[size_t(l)];
-    const std::string kind = force_full ? "full" : spec.kind;
-    const Mask mask = kind == "moba"   ? moba_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k)
-                      : kind == "topk" ? topk_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k, false)
-                                       : dense_mask(shape, varlen, AttentionOptions{});
+    const bool approximates_full = spec.kind == "moba" || spec.kind == "topk" || spec.kind == "threshold";
+    const std::string kind = force_full && approximates_full ? "full" : spec.kind;
+    const double scale = 1.0 / std::sqrt(double(dh));
     Vec att, lse;
-    attention_forward<double>(shape, q, k, v, 1.0 / std::sqrt(double(dh)), mask, att, lse);
+    if (kind == "nsa") {
+      const std::vector<int32_t>* fixed = replay ? &tape->nsa[size_t(l)] : nullptr;
+      auto f = nsa_forward<double>(shape, q, k, v, h, int(D), nsa_w, attention_layer::nsa_config(spec), varlen, fixed);
+      if (tape && !replay) tape->nsa[size_t(l)] = f.selected;
+      att = std::move(f.out);
+    } else if (kind == "infini") {
+      const InfiniOptions o = attention_layer::infini_options(spec);
+      infini_forward<double>({T, int(Hq), int(Hkv), int(dh)}, {q_mem, k_mem, v, q, k}, *beta,
+                             {batch.cu_seqlens, o.segment_len, o.update, scale}, att);
+    } else {
+      Mask mask;
+      if (replay) {
+        mask = tape->masks[size_t(l)];
+      } else {
+        mask = kind == "moba"        ? moba_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k)
+               : kind == "topk"      ? topk_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k, false)
+               : kind == "threshold" ? threshold_mask<double>(shape, q, k, varlen, spec.block_size, scale, spec.tau,
+                                                              spec.stop_rule == "heuristic")
+                                     : dense_mask(shape, varlen, AttentionOptions{});
+        if (tape) tape->masks[size_t(l)] = mask;
+      }
+      attention_forward<double>(shape, q, k, v, scale, mask, att, lse);
+    }
     const Vec o = matmul(att, T, Hq * dh, wo, D);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     const Vec h2 = rmsnorm(x, T, D, ffn_norm, cfg.norm_eps);
@@ -120,6 +152,7 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     total += m + std::log(s) - z[size_t(batch.targets[size_t(t)])];
     ++count;
   }
+  if (tape) tape->recorded = true;
   return (count ? total / double(count) : 0.0) + aux;
 }
 

@@ -1,7 +1,3 @@
-#include <longctx/attention/decode.hpp>
-#include <longctx/attention/flash.hpp>
-#include <longctx/attention/moba.hpp>
-#include <longctx/attention/topk.hpp>
 #include <longctx/error.hpp>
 #include <longctx/model/transformer.hpp>
 
@@ -12,6 +8,7 @@
 
 #include "core/gemm.hpp"
 #include "core/simd.hpp"
+#include "model/attention_layer.hpp"
 #include "model/layers.hpp"
 #include "model/swiglu.hpp"
 
@@ -23,15 +20,14 @@ struct LayerParams {
   Param *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w1, *w3, *w2;
   Param* router = nullptr;                                  // moe layers: [D, E]; w1/w3/w2 are then [E, ...]
   Param *shared_w1 = nullptr, *shared_w3 = nullptr, *shared_w2 = nullptr;  // moe shared experts
+  std::vector<Param*> attention;  // the attention kind's own (attention_layer::kind_params)
 };
 
 // What one layer's backward needs from its forward.
 struct LayerActs {
-  Tensor x_in, h1, q, k, v, x_mid, h2, a, b;
+  Tensor x_in, h1, x_mid, h2, a, b;
   std::vector<float> rstd1, rstd2;
-  MobaResult attn;      // dense and topk layers leave `selected` empty
-  SparseResult sparse;  // topk layers: the selection the backward reuses (attn aliases its out/lse)
-  std::string kind;     // attention kind this forward ran (force_full_attention applied)
+  attention_layer::Acts attn;
   moe::Forward moe;  // moe FFN layers
 };
 
@@ -102,6 +98,9 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
     add(p + "attention.wk", {D, cfg.n_kv_heads * dh}, 0.02f);
     add(p + "attention.wv", {D, cfg.n_kv_heads * dh}, 0.02f);
     add(p + "attention.wo", {cfg.n_heads * dh, D}, out_std);
+    // own seed per layer: the other parameters' init does not depend on the layers' kinds
+    for (Param& kp : attention_layer::kind_params(cfg, l, seed ^ (0x9e3779b97f4a7c15ull * uint64_t(l + 1))))
+      params_.push_back(std::move(kp));
     add(p + "ffn_norm.weight", {D}, 0.0f);
     if (cfg.ffn[size_t(l)].kind == "moe") {
       const moe::Config m = moe_config(cfg, l);
@@ -130,6 +129,9 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
                                    &param(p + "attention.wk"), &param(p + "attention.wv"), &param(p + "attention.wo"),
                                    &param(p + "ffn_norm.weight"), &param(p + "feed_forward.w1"),
                                    &param(p + "feed_forward.w3"), &param(p + "feed_forward.w2")});
+    const std::string kind_prefix = p + "attention." + cfg.attention[size_t(l)].kind + ".";
+    for (Param& q : params_)
+      if (q.name.rfind(kind_prefix, 0) == 0) acts_->layer_params.back().attention.push_back(&q);
     if (cfg.ffn[size_t(l)].kind == "moe") {
       LayerParams& lp = acts_->layer_params.back();
       lp.router = &param(p + "feed_forward.router");
@@ -158,7 +160,9 @@ int64_t Transformer::num_params() const {
 }
 
 std::string Transformer::attention_kind(int64_t layer) const {
-  return force_full_ ? "full" : cfg_.attention[size_t(layer)].kind;
+  const std::string& kind = cfg_.attention[size_t(layer)].kind;
+  const bool approximates_full = kind == "moba" || kind == "topk" || kind == "threshold";
+  return force_full_ && approximates_full ? "full" : kind;
 }
 
 bool Transformer::layer_uses_moba(int64_t layer) const { return attention_kind(layer) == "moba"; }
@@ -226,32 +230,17 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     L.h1 = Tensor({T, D});
     L.rstd1.resize(size_t(T));
     nn::rmsnorm_forward(x.f32(), P.attn_norm->value.f32(), T, D, eps, L.h1.f32(), L.rstd1.data());
-    L.q = Tensor({T, Hq, dh});
-    L.k = Tensor({T, Hkv, dh});
-    L.v = Tensor({T, Hkv, dh});
-    nn::linear_forward(L.h1.f32(), T, D, P.wq->value.f32(), Hq * dh, L.q.f32());
-    nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, L.k.f32());
-    nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, L.v.f32());
-    A.rope.apply(L.q.f32(), T, Hq, pos.data(), false);
-    A.rope.apply(L.k.f32(), T, Hkv, pos.data(), false);
-    L.kind = attention_kind(l);
+    Tensor q({T, Hq, dh}), k({T, Hkv, dh}), v({T, Hkv, dh});
+    nn::linear_forward(L.h1.f32(), T, D, P.wq->value.f32(), Hq * dh, q.f32());
+    nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32());
+    nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32());
     const AttentionSpec& spec = cfg_.attention[size_t(l)];
-    if (state) {  // inference: attend over the cache, which now also holds these tokens
-      KVCache& cache = state->caches[size_t(l)];
-      cache.append(L.k, L.v);
-      CacheAttentionOptions co;
-      co.method = L.kind == "moba" ? CacheMethod::moba : L.kind == "topk" ? CacheMethod::topk : CacheMethod::dense;
-      co.top_k = spec.top_k;
-      static_cast<AttentionResult&>(L.attn) = attention_over_cache(L.q, cache, co);
-    } else if (L.kind == "moba") {
-      L.attn = moba_attention_forward(L.q, L.k, L.v, varlen, {spec.block_size, spec.top_k, 0.0f});
-    } else if (L.kind == "topk") {
-      L.sparse = topk_attention_forward(L.q, L.k, L.v, varlen, {spec.block_size, spec.top_k, false, 0.0f});
-      L.attn.out = L.sparse.out.alias();
-      L.attn.lse = L.sparse.lse.alias();
-    } else {
-      static_cast<AttentionResult&>(L.attn) = flash_attention_forward(L.q, L.k, L.v, varlen);
-    }
+    if (state)  // inference: attend over the layer's decode state, which takes these tokens in
+      attention_layer::decode(attention_kind(l), spec, A.rope, pos, state->layers[size_t(l)], std::move(q),
+                              std::move(k), std::move(v), L.h1, L.attn);
+    else
+      attention_layer::forward(attention_kind(l), spec, cfg_, P.attention, A.rope, pos, varlen, std::move(q),
+                               std::move(k), std::move(v), L.h1, L.attn);
     L.x_in = std::move(x);
     L.x_mid = Tensor({T, D});
     nn::linear_forward(L.attn.out.f32(), T, Hq * dh, P.wo->value.f32(), D, L.x_mid.f32());
@@ -321,27 +310,26 @@ DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) c
   LONGCTX_CHECK(capacity > 0 && capacity <= cfg_.max_seq_len, "decode: capacity must be in [1, max_seq_len = ",
                 cfg_.max_seq_len, "], got ", capacity);
   DecodeState st;
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    KVCacheOptions o;
-    o.capacity = capacity;
-    o.kv_heads = int(cfg_.n_kv_heads);
-    o.head_dim = int(cfg_.head_dim());
-    o.block_size = cfg_.attention[size_t(l)].kind == "full" ? 64 : cfg_.attention[size_t(l)].block_size;
-    o.dtype = cache_dtype;
-    st.caches.emplace_back(o);
-  }
+  st.capacity = capacity;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    st.layers.push_back(attention_layer::new_state(cfg_.attention[size_t(l)], cfg_,
+                                                   acts_->layer_params[size_t(l)].attention, capacity, cache_dtype));
   return st;
 }
 
 Tensor Transformer::extend(DecodeState& state, const std::vector<int32_t>& tokens) {
-  LONGCTX_CHECK(int64_t(state.caches.size()) == cfg_.n_layers, "extend: the decode state has ", state.caches.size(),
-                " caches for ", cfg_.n_layers, " layers (make it with new_decode_state)");
+  LONGCTX_CHECK(int64_t(state.layers.size()) == cfg_.n_layers, "extend: the decode state has ", state.layers.size(),
+                " layers for ", cfg_.n_layers, " (make it with new_decode_state)");
+  const int64_t n = int64_t(tokens.size());
+  LONGCTX_CHECK(state.tokens + n <= state.capacity, "extend: ", n, " more tokens would exceed the decode state's capacity (",
+                state.tokens, " of ", state.capacity, " used)");
   Batch b;
   b.tokens = tokens;
-  b.cu_seqlens = {0, int64_t(tokens.size())};
-  for (size_t i = 0; i < tokens.size(); ++i) b.positions.push_back(state.size() + int64_t(i));
+  b.cu_seqlens = {0, n};
+  for (int64_t i = 0; i < n; ++i) b.positions.push_back(state.tokens + i);
   Tensor out;
   run(b, false, out, &state);
+  state.tokens += n;
   return out;
 }
 
@@ -392,19 +380,11 @@ void Transformer::backward() {
     Tensor dout({T, Hq, dh});
     nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
                         P.wo->grad.f32());
-    AttentionGrads g;
-    const AttentionSpec& s = cfg_.attention[size_t(l)];
-    if (L.kind == "moba") {
-      g = moba_attention_backward(L.q, L.k, L.v, L.attn, dout, A.varlen, {s.block_size, s.top_k, 0.0f});
-    } else if (L.kind == "topk") {
-      g = sparse_attention_backward(L.q, L.k, L.v, L.sparse, dout, A.varlen);
-    } else {
-      g = flash_attention_backward(L.q, L.k, L.v, L.attn, dout, A.varlen);
-    }
-    A.rope.apply(g.dq.f32(), T, Hq, pos.data(), true);
-    A.rope.apply(g.dk.f32(), T, Hkv, pos.data(), true);
-    Tensor dh1({T, D});
-    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), false, P.wq->grad.f32());
+    attention_layer::Grads g = attention_layer::backward(cfg_.attention[size_t(l)], cfg_, P.attention, A.rope, pos,
+                                                         A.varlen, L.attn, dout, L.h1);
+    const bool gate_grad = !g.dh1.empty();  // nsa: its gate's input is h1 too
+    Tensor dh1 = gate_grad ? std::move(g.dh1) : Tensor({T, D});
+    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad, P.wq->grad.f32());
     nn::linear_backward(L.h1.f32(), g.dk.f32(), T, D, P.wk->value.f32(), Hkv * dh, dh1.f32(), true, P.wk->grad.f32());
     nn::linear_backward(L.h1.f32(), g.dv.f32(), T, D, P.wv->value.f32(), Hkv * dh, dh1.f32(), true, P.wv->grad.f32());
     nn::rmsnorm_backward(L.x_in.f32(), P.attn_norm->value.f32(), L.rstd1.data(), dh1.f32(), T, D, dx.f32(), true,

@@ -11,9 +11,22 @@
 namespace longctx {
 
 struct AttentionSpec {
-  std::string kind = "full";  // full | moba | topk (Quest-bound block top-k)
-  int64_t block_size = 512;   // moba, topk
-  int64_t top_k = 3;          // moba, topk: blocks per query, own block included
+  // full | moba | topk (Quest-bound block top-k) | threshold (mass threshold) | nsa | infini
+  std::string kind = "full";
+  int64_t block_size = 512;  // moba, topk, threshold
+  int64_t top_k = 3;         // moba, topk: blocks per query, own block included
+  double tau = 0.95;               // threshold: kept attention mass, in (0, 1]
+  std::string stop_rule = "bound";  // threshold: bound (Quest proof) | heuristic (the paper's)
+  int64_t block_len = 32;    // nsa: compression block length l
+  int64_t stride = 16;       // nsa: compression stride d (divides block_len)
+  int64_t select_len = 64;   // nsa: selection block length l'
+  int64_t top_n = 16;        // nsa: selected blocks per query (block 0 and local blocks included)
+  int64_t local_blocks = 2;  // nsa: latest selection blocks always selected
+  int64_t window = 512;      // nsa: sliding window w
+  std::string compress = "mlp";  // nsa: mlp (learned compressor) | mean (parameter-free)
+  int64_t hidden = 64;       // nsa: compressor MLP width
+  int64_t segment_len = 2048;      // infini: tokens per segment N
+  std::string update = "linear";   // infini: linear | delta memory update
 };
 
 struct FfnSpec {

@@ -1,12 +1,15 @@
-// A Llama-style decoder: token embedding -> N x [RMSNorm -> attention (full or MoBA, per layer)
-// -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> LM head (tied or untied).
+// A Llama-style decoder: token embedding -> N x [RMSNorm -> attention (per layer: full, moba,
+// topk, threshold, nsa or infini; model/attention_layer.hpp) -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> LM head (tied or untied).
 // Forward keeps the activations its hand-written backward needs; batches are packed varlen.
 #pragma once
+#include <longctx/attention/infini.hpp>
+#include <longctx/attention/nsa.hpp>
 #include <longctx/kv_cache.hpp>
 #include <longctx/model/config.hpp>
 #include <longctx/tensor.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,10 +29,24 @@ struct Batch {
   int64_t size() const { return int64_t(tokens.size()); }
 };
 
-// Incremental inference state: one KV cache per layer (its block statistics serve MoBA layers).
+// One layer's inference state, by its attention kind: full, moba, topk and threshold layers keep a
+// KV cache (its block statistics serve the sparse kinds); nsa layers a KV cache plus NSA's cache
+// of compressed blocks and a snapshot of the layer's NSA weights; infini layers only their
+// constant-size memory stream (M, z and the current segment; its beta is a snapshot too).
+struct LayerDecodeState {
+  std::optional<KVCache> cache;
+  std::optional<NsaDecodeCache> nsa;
+  NsaWeights<float> nsa_weights;
+  std::optional<InfiniStream> infini;
+};
+
+// Incremental inference state of one sequence. It belongs to the weights it was made with (its
+// caches hold their keys and values): after changing the weights, make a new one.
 struct DecodeState {
-  std::vector<KVCache> caches;
-  int64_t size() const { return caches.empty() ? 0 : caches.front().size(); }  // tokens so far
+  std::vector<LayerDecodeState> layers;
+  int64_t tokens = 0;    // tokens so far
+  int64_t capacity = 0;  // most tokens it can hold
+  int64_t size() const { return tokens; }
 };
 
 class Transformer {
@@ -55,21 +72,24 @@ class Transformer {
   // Next-token loss of every position (0 where the target is -1).
   std::vector<double> token_losses(const Batch& batch);
 
-  // Inference over KV caches holding up to `capacity` tokens (<= max_seq_len).
+  // Inference state for up to `capacity` tokens (<= max_seq_len); KV caches in `cache_dtype`.
   DecodeState new_decode_state(int64_t capacity, DType cache_dtype = DType::f32) const;
   // Appends tokens to the sequence (a prompt prefill, or one token per decode step) and returns
-  // their logits [n, V]. Full layers attend densely over the cache, MoBA layers sparsely (own
-  // block plus the top-(k-1) past blocks by their cached mean keys); each row equals the
-  // corresponding row of logits() over the whole sequence.
+  // their logits [n, V]; each row equals the corresponding row of logits() over the whole
+  // sequence. Full layers attend densely over the cache, moba/topk/threshold layers sparsely by
+  // the cache's block statistics, nsa layers by nsa_forward (n > 1) or nsa_decode_step (n = 1)
+  // over the cache and its compressed blocks, infini layers through their memory stream.
   Tensor extend(DecodeState& state, const std::vector<int32_t>& tokens);
   // Adds the gradient of the last train forward's mean loss + aux_loss() to every Param::grad.
   void backward();
   void zero_grad();
 
-  // Training-time switch (DESIGN.md "Hybrid"): run the sparse (MoBA, top-k) layers as full attention.
+  // Training-time switch (DESIGN.md "Hybrid", train.moba_to_full_step): run the layers whose
+  // kind is a sparse approximation of full attention (moba, topk, threshold) as full attention.
+  // nsa and infini layers keep their own architecture (they have their own parameters).
   void force_full_attention(bool on) { force_full_ = on; }
   bool layer_uses_moba(int64_t layer) const;
-  std::string attention_kind(int64_t layer) const;  // the kind a forward runs now: full, moba or topk
+  std::string attention_kind(int64_t layer) const;  // the kind a forward runs now
 
  private:
   struct Acts;

@@ -114,6 +114,61 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{CacheMethod::threshold, false, StopRule::bound, DType::f32},
                       DecodeCase{CacheMethod::threshold, false, StopRule::heuristic, DType::bf16}));
 
+// Softmax of query row t (position pos) of head h over the cached keys `sees(key)` accepts, in
+// double from the stored (possibly bf16) rows: out [d] and lse.
+template <class Sees>
+std::pair<std::vector<double>, double> naive_row(const Tensor& q, int64_t t, int h, const KVCache& cache, Sees sees) {
+  const int d = cache.head_dim(), hkv = cache.kv_heads(), g = h / (int(q.dim(1)) / hkv);
+  const Tensor k = cache.keys().to(DType::f32), v = cache.values().to(DType::f32), qf = q.to(DType::f32);
+  const float* qr = qf.f32() + (t * q.dim(1) + h) * d;
+  std::vector<double> score;
+  std::vector<int64_t> keys;
+  double mx = -INFINITY;
+  for (int64_t j = 0; j < cache.size(); ++j) {
+    if (!sees(j)) continue;
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += double(qr[c]) * k.f32()[(j * hkv + g) * d + c];
+    score.push_back(dot / std::sqrt(double(d)));
+    keys.push_back(j);
+    mx = std::max(mx, score.back());
+  }
+  std::vector<double> out(size_t(d), 0.0);
+  double sum = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const double p = std::exp(score[i] - mx);
+    sum += p;
+    for (int c = 0; c < d; ++c) out[size_t(c)] += p * v.f32()[(keys[i] * hkv + g) * d + c];
+  }
+  for (double& o : out) o /= sum;
+  return {out, mx + std::log(sum)};
+}
+
+// Dense decode over a cache long enough to be split across threads (LSE merge of the parts),
+// with head dims on the AVX-512 path (16 | d) and off it, GQA ratios 4, 3 and 1, q_len 1 and 5.
+TEST(Decode, DenseOverALongCacheMatchesTheNaiveSoftmax) {
+  struct Shape {
+    int hq, hkv, d;
+    DType dtype;
+  };
+  for (const Shape& sh : {Shape{8, 2, 128, DType::bf16}, Shape{3, 1, 24, DType::f32}, Shape{4, 4, 16, DType::bf16}}) {
+    const int64_t n = 9001;
+    KVCache cache({n, sh.hkv, sh.d, 64, sh.dtype});
+    cache.append(random_tensor({n, sh.hkv, sh.d}, 11), random_tensor({n, sh.hkv, sh.d}, 12));
+    for (const int64_t q_len : {1, 5}) {
+      const Tensor q = random_tensor({q_len, sh.hq, sh.d}, 13, 2.0f);
+      const SparseResult r = attention_over_cache(q, cache, {});
+      for (int64_t t = 0; t < q_len; ++t)
+        for (int h = 0; h < sh.hq; ++h) {
+          const int64_t pos = n - q_len + t;
+          const auto [out, lse] = naive_row(q, t, h, cache, [&](int64_t j) { return j <= pos; });
+          for (int c = 0; c < sh.d; ++c)
+            ASSERT_NEAR(r.out.f32()[(t * sh.hq + h) * sh.d + c], out[size_t(c)], 2e-5) << "d " << sh.d << " head " << h;
+          ASSERT_NEAR(r.lse.f32()[h * q_len + t], lse, 2e-5) << "d " << sh.d << " head " << h;
+        }
+    }
+  }
+}
+
 TEST(Decode, BadInputThrowsClearly) {
   KVCache cache({16, 2, 8, 4, DType::f32});
   cache.append(random_tensor({4, 2, 8}, 1), random_tensor({4, 2, 8}, 2));

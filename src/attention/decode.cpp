@@ -63,19 +63,14 @@ void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, Spars
                                 SoftmaxState{all.m + h0, all.l + h0, all.acc + h0 * size_t(p.d), p.d}, ws);
           }
       });
-  for (int h = 0; h < p.hq; ++h) {  // merge: out = sum_p acc_p e^(m_p - M) / sum_p l_p e^(m_p - M)
-    float mx = -std::numeric_limits<float>::infinity(), sum = 0.0f;
-    for (int64_t part = 0; part < parts; ++part) mx = std::max(mx, m[size_t(part * p.hq + h)]);
-    float* out = r.out.f32() + int64_t(h) * p.d;
-    for (int64_t part = 0; part < parts; ++part) {
-      const size_t i = size_t(part * p.hq + h);
-      const float w = std::exp(m[i] - mx);
-      sum += l[i] * w;
-      simd::axpy(out, &acc[i * size_t(p.d)], p.d, w);
-    }
-    simd::scale_inplace(out, p.d, 1.0f / sum);
-    r.lse.f32()[h] = mx + std::log(sum);
+  // Flash-decoding reduction: parts 1.. merged into part 0 in range order, then normalised.
+  const SoftmaxState first{m.data(), l.data(), acc.data(), p.d};
+  for (int64_t part = 1; part < parts; ++part) {
+    const size_t base = size_t(part) * size_t(p.hq);
+    const SoftmaxState other{&m[base], &l[base], &acc[base * size_t(p.d)], p.d};
+    for (int h = 0; h < p.hq; ++h) merge_state(first, h, other, h, p.d);
   }
+  tile_finalize(first, p.hq, p.d, r.out.f32(), p.d, r.lse.f32());
 }
 
 // Dense attention of the q rows over the cache: decode as above; chunked prefill runs each

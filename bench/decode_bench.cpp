@@ -76,9 +76,12 @@ struct Source {
   }
 };
 
+// "moba/group" and "topk/group": the method with group-shared selection.
 CacheAttentionOptions options_of(const std::string& method, const DecodeBenchConfig& cfg) {
   CacheAttentionOptions o;
-  o.method = parse_cache_method(method);
+  const size_t slash = method.find("/group");
+  o.group_select = slash != std::string::npos;
+  o.method = parse_cache_method(method.substr(0, slash));
   o.top_k = cfg.top_k;
   o.tau = cfg.tau;
   return o;

@@ -8,7 +8,7 @@ namespace longctx::cli {
 void add_bench_decode(CLI::App& bench) {
   auto cfg = std::make_shared<bench::DecodeBenchConfig>();
   CLI::App* c = bench.add_subcommand("decode", "Decode tokens/s over a KV cache by length and method; dense vs memory bandwidth");
-  c->add_option("--methods", cfg->methods, "dense, moba, topk, threshold")->delimiter(',')->capture_default_str();
+  c->add_option("--methods", cfg->methods, "dense, moba, topk, threshold; moba/group, topk/group: one selection per GQA group")->delimiter(',')->capture_default_str();
   c->add_option("--lengths", cfg->lengths, "Cache lengths")->delimiter(',')->capture_default_str();
   c->add_option("--heads", cfg->heads, "Query heads")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--kv-heads", cfg->kv_heads, "KV heads")->check(CLI::PositiveNumber)->capture_default_str();

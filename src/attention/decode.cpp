@@ -63,19 +63,14 @@ void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, Spars
                                 SoftmaxState{all.m + h0, all.l + h0, all.acc + h0 * size_t(p.d), p.d}, ws);
           }
       });
-  for (int h = 0; h < p.hq; ++h) {  // merge: out = sum_p acc_p e^(m_p - M) / sum_p l_p e^(m_p - M)
-    float mx = -std::numeric_limits<float>::infinity(), sum = 0.0f;
-    for (int64_t part = 0; part < parts; ++part) mx = std::max(mx, m[size_t(part * p.hq + h)]);
-    float* out = r.out.f32() + int64_t(h) * p.d;
-    for (int64_t part = 0; part < parts; ++part) {
-      const size_t i = size_t(part * p.hq + h);
-      const float w = std::exp(m[i] - mx);
-      sum += l[i] * w;
-      simd::axpy(out, &acc[i * size_t(p.d)], p.d, w);
-    }
-    simd::scale_inplace(out, p.d, 1.0f / sum);
-    r.lse.f32()[h] = mx + std::log(sum);
+  // Flash-decoding reduction: parts 1.. merged into part 0 in range order, then normalised.
+  const SoftmaxState first{m.data(), l.data(), acc.data(), p.d};
+  for (int64_t part = 1; part < parts; ++part) {
+    const size_t base = size_t(part) * size_t(p.hq);
+    const SoftmaxState other{&m[base], &l[base], &acc[base * size_t(p.d)], p.d};
+    for (int h = 0; h < p.hq; ++h) merge_state(first, h, other, h, p.d);
   }
+  tile_finalize(first, p.hq, p.d, r.out.f32(), p.d, r.lse.f32());
 }
 
 // Dense attention of the q rows over the cache: decode as above; chunked prefill runs each
@@ -114,75 +109,115 @@ SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& 
   return r;
 }
 
-// Decode (one query) of the selecting methods, MoBA and block top-k: per KV head, the group's
-// query heads attend their shared own block as one tile, then each block any of them selected is
-// loaded (bf16 -> fp32) once and folded into the state of every head that chose it. Per head the
-// order of the online softmax is the row path's (own block, then its blocks ascending).
-SparseResult grouped_decode(const Problem& p, const Tensor& q, const KVCache& cache, int64_t top_k,
-                            BlockSelector select) {
+// The selecting methods (MoBA, block top-k) one (query, KV head) item at a time: the group's query
+// heads attend their shared own block as one tile; then each selected block is read once, in
+// place, and folded into the states of all the heads that chose it in one kernel call. Per head the
+// online-softmax order is the row path's (own block, then its blocks ascending). Selection is per
+// query head, or with `group_select` one per group from the scores summed over its heads.
+struct GroupedScratch {
+  RowScratch rs;
+  TileScratch tile;
+  std::vector<float> score, sub_q, sub_m, sub_l, sub_acc;
+  std::vector<std::pair<int32_t, int>> chosen;  // (block, head in group)
+  GroupedScratch(const Problem& p) : rs(p.d), tile(p.group, kKeyTile, p.d, false) {
+    sub_q.resize(size_t(p.group) * p.d), sub_m.resize(size_t(p.group)), sub_l.resize(size_t(p.group));
+    sub_acc.resize(size_t(p.group) * p.d);
+  }
+};
+
+// Block j of KV head g for the heads `chosen[c0, c1)` of the group whose states are `st`: all of
+// them in place, or a subset gathered into compact rows and scattered back.
+void attend_block_for(const Problem& p, const KVCache& cache, int g, int64_t j, const float* qg, SoftmaxState st,
+                      size_t c0, size_t c1, GroupedScratch& ws) {
+  const int64_t B = cache.block_size(), cnt = int64_t(c1 - c0);
+  if (cnt == p.group) {
+    decode_attend_range(cache.keys(), cache.values(), g, j * B, (j + 1) * B, Rows{qg, p.d}, cnt, p.d, p.scale, st,
+                        ws.tile);
+    return;
+  }
+  const SoftmaxState sub{ws.sub_m.data(), ws.sub_l.data(), ws.sub_acc.data(), p.d};
+  for (int64_t i = 0; i < cnt; ++i) {
+    const int e = ws.chosen[c0 + size_t(i)].second;
+    std::copy_n(qg + e * p.d, p.d, &ws.sub_q[size_t(i * p.d)]);
+    std::copy_n(st.acc + e * st.ld_acc, p.d, sub.acc + i * p.d);
+    sub.m[i] = st.m[e], sub.l[i] = st.l[e];
+  }
+  decode_attend_range(cache.keys(), cache.values(), g, j * B, (j + 1) * B, Rows{ws.sub_q.data(), p.d}, cnt, p.d,
+                      p.scale, sub, ws.tile);
+  for (int64_t i = 0; i < cnt; ++i) {
+    const int e = ws.chosen[c0 + size_t(i)].second;
+    std::copy_n(sub.acc + i * p.d, p.d, st.acc + e * st.ld_acc);
+    st.m[e] = sub.m[i], st.l[e] = sub.l[i];
+  }
+}
+
+SparseResult grouped_selected(const Problem& p, const Tensor& q, const KVCache& cache, int64_t top_k,
+                              BlockScorer scorer, bool group_select) {
   const Seq& s = p.seqs[0];
-  const int64_t B = cache.block_size(), pos = s.lk - 1, own = pos / B;
+  const int64_t B = cache.block_size();
   SparseResult r;
-  r.out = Tensor({1, p.hq, p.d});
-  r.lse = Tensor({p.hq, 1});
+  r.out = Tensor({p.tq, p.hq, p.d});
+  r.lse = Tensor({p.hq, p.tq});
   r.block_size = B;
-  std::vector<std::vector<int32_t>> sel(size_t(p.hq));
-  std::vector<int64_t> keys(size_t(p.hq), 0);
-  struct State {
-    RowScratch rs;
-    TileScratch tile;
-  };
+  const size_t rows = size_t(p.hq) * size_t(p.tq);  // row i = h * tq + t
+  std::vector<std::vector<int32_t>> sel(rows);
+  std::vector<int64_t> keys(rows, 0);
   run_items(
-      p.hkv, int64_t(p.hq) * (own + top_k * B) * p.d,
-      [&](int) { return State{RowScratch(p.d), TileScratch(p.group, kKeyTile, p.d, false)}; },
-      [&](int64_t item, State& ws) {
-        const int g = int(item), h0 = g * p.group;
+      p.tq * p.hkv, p.tq * p.hq * (top_k + 1) * B * p.d, [&](int) { return GroupedScratch(p); },
+      [&](int64_t item, GroupedScratch& ws) {
+        const int64_t t = item / p.hkv, pos = s.offset() + t, own = pos / B;
+        const int g = int(item % p.hkv), h0 = g * p.group;
+        auto row = [&](int e) { return size_t(h0 + e) * size_t(p.tq) + size_t(t); };
         const SparseSource src{p, s, cache.keys(), cache.values(), cache.stats()};
         float* qg = ws.tile.q.data();
         for (int e = 0; e < p.group; ++e) {
-          const Rows one = load_rows(q, 0, 1, h0 + e, qg + e * p.d);
+          const Rows one = load_rows(q, t, 1, h0 + e, qg + e * p.d);
           if (one.p != qg + e * p.d) std::copy_n(one.p, p.d, qg + e * p.d);
         }
-        float* out = r.out.f32() + int64_t(h0) * p.d;
+        float* out = r.out.f32() + (t * p.hq + h0) * p.d;
         SoftmaxState st{ws.tile.m.data(), ws.tile.l.data(), out, p.d};
         st.reset(p.group, p.d);
         decode_attend_range(cache.keys(), cache.values(), g, own * B, pos + 1, Rows{qg, p.d}, p.group, p.d, p.scale, st,
                             ws.tile);
-        std::vector<std::pair<int32_t, int>> chosen;  // (block, head in group), ascending
-        for (int e = 0; e < p.group; ++e) {
-          keys[size_t(h0 + e)] = pos + 1 - own * B;
-          if (top_k <= 1 || own == 0) continue;
-          select(src, qg + e * p.d, g, own, top_k, ws.rs, sel[size_t(h0 + e)]);
-          for (int32_t j : sel[size_t(h0 + e)]) chosen.push_back({j, e});
-        }
-        std::sort(chosen.begin(), chosen.end());
-        for (size_t c0 = 0; c0 < chosen.size();) {
-          size_t c1 = c0;
-          while (c1 < chosen.size() && chosen[c1].first == chosen[c0].first) ++c1;
-          const int64_t j = chosen[c0].first;
-          for (int64_t kp = j * B; kp < (j + 1) * B; kp += kKeyTile) {
-            const int64_t n = std::min(kKeyTile, (j + 1) * B - kp);
-            const Rows kr = load_rows(cache.keys(), kp, n, g, ws.tile.k.data());
-            const Rows vr = load_rows(cache.values(), kp, n, g, ws.tile.v.data());
-            for (size_t c = c0; c < c1; ++c) {
-              const int e = chosen[c].second;
-              decode_tile_forward(Rows{qg + e * p.d, p.d}, 1, kr, vr, n, p.d, p.scale,
-                                  SoftmaxState{st.m + e, st.l + e, out + e * p.d, p.d}, ws.tile.s.data());
+        ws.chosen.clear();
+        if (top_k > 1 && own > 0) {
+          ws.score.resize(size_t(p.group * own));
+          scorer(src, Rows{qg, p.d}, p.group, g, own, ws.rs, ws.score.data());
+          ws.rs.score.assign(ws.score.begin(), ws.score.begin() + own);
+          for (int e = 0; e < p.group; ++e) {
+            if (group_select) {  // summed in head order; one selection for the whole group
+              if (e > 0) simd::add_inplace(ws.rs.score.data(), &ws.score[size_t(e * own)], own);
+              if (e + 1 < p.group) continue;
+              top_indices(ws.rs.score, own, top_k - 1, ws.rs.order, sel[row(0)]);
+              for (int f = 1; f < p.group; ++f) sel[row(f)] = sel[row(0)];
+            } else {
+              if (e > 0) std::copy_n(&ws.score[size_t(e * own)], own, ws.rs.score.data());
+              top_indices(ws.rs.score, own, top_k - 1, ws.rs.order, sel[row(e)]);
             }
           }
-          for (size_t c = c0; c < c1; ++c) keys[size_t(h0 + chosen[c].second)] += B;
+          for (int e = 0; e < p.group; ++e)
+            for (int32_t j : sel[row(e)]) ws.chosen.push_back({j, e});
+          std::sort(ws.chosen.begin(), ws.chosen.end());
+        }
+        for (size_t c0 = 0; c0 < ws.chosen.size();) {
+          size_t c1 = c0;
+          while (c1 < ws.chosen.size() && ws.chosen[c1].first == ws.chosen[c0].first) ++c1;
+          attend_block_for(p, cache, g, ws.chosen[c0].first, qg, st, c0, c1, ws);
           c0 = c1;
         }
         std::vector<float> lse(size_t(p.group));
         tile_finalize(st, p.group, p.d, out, p.d, lse.data());
-        for (int e = 0; e < p.group; ++e) r.lse.f32()[h0 + e] = lse[size_t(e)];
+        for (int e = 0; e < p.group; ++e) {
+          r.lse.f32()[row(e)] = lse[size_t(e)];
+          keys[row(e)] = pos + 1 - own * B + int64_t(sel[row(e)].size()) * B;
+        }
       });
-  r.row_offset.assign(size_t(p.hq) + 1, 0);
-  for (int h = 0; h < p.hq; ++h) {
-    r.row_offset[size_t(h) + 1] = r.row_offset[size_t(h)] + int64_t(sel[size_t(h)].size());
-    r.visited.insert(r.visited.end(), sel[size_t(h)].begin(), sel[size_t(h)].end());
-    r.mean_keys += double(keys[size_t(h)]) / p.hq;
-    r.max_keys = std::max(r.max_keys, keys[size_t(h)]);
+  r.row_offset.assign(rows + 1, 0);
+  for (size_t i = 0; i < rows; ++i) {
+    r.row_offset[i + 1] = r.row_offset[i] + int64_t(sel[i].size());
+    r.visited.insert(r.visited.end(), sel[i].begin(), sel[i].end());
+    r.mean_keys += double(keys[i]) / double(rows);
+    r.max_keys = std::max(r.max_keys, keys[i]);
   }
   return r;
 }
@@ -202,6 +237,10 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const C
   LONGCTX_CHECK(opts.tau > 0.0f && opts.tau <= 1.0f, who, ": tau must be in (0, 1], got ", opts.tau);
   LONGCTX_CHECK(opts.softmax_scale >= 0.0f && std::isfinite(opts.softmax_scale), who,
                 ": softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", opts.softmax_scale);
+  LONGCTX_CHECK(!opts.group_select || opts.method == CacheMethod::moba ||
+                    (opts.method == CacheMethod::topk && !opts.token_level),
+                who, ": group_select applies to moba and block topk only, got method ", cache_method_name(opts.method),
+                opts.token_level ? " (token_level)" : "");
   Problem p;
   p.tq = q.dim(0);
   p.tk = cache.size();
@@ -227,8 +266,9 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const C
                                 return topk_tokens_row(src, qr, h, pos, top_k, st, vis, ws);
                               },
                               true, 0);
+      const BlockScorer scorer = opts.method == CacheMethod::moba ? moba_block_scores : quest_block_scores;
+      if (p.tq == 1 || opts.group_select) return grouped_selected(p, q, cache, top_k, scorer, opts.group_select);
       const BlockSelector select = opts.method == CacheMethod::moba ? select_moba_blocks : select_quest_blocks;
-      if (p.tq == 1) return grouped_decode(p, q, cache, top_k, select);
       return sparse_forward(p, q, k, v, cache.stats(),
                             [top_k, select](const SparseSource& src, const float* qr, int h, int64_t pos,
                                             SoftmaxState st, std::vector<int32_t>& vis, RowScratch& ws) {

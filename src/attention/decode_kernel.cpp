@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "attention/decode_kernel_avx512.hpp"
 #include "core/simd.hpp"
 
 namespace longctx::attn {
@@ -78,16 +79,11 @@ LONGCTX_SIMD_CLONES void accumulate(const float* p, KvRows<uint16_t> v, int64_t 
 template <class E>
 void tile_forward_rows(Rows q, int64_t rows, KvRows<E> k, KvRows<E> v, int64_t n, int d, float scale, SoftmaxState st,
                        float* s) {
+  if (avx512::tile_forward(q, rows, k.p, k.ld, v.p, v.ld, n, d, scale, st, s)) return;
   scores(q, rows, k, n, d, s);
   for (int64_t i = 0; i < rows; ++i) {
-    float* si = s + i * n;
-    const float m_new = std::max(st.m[i], scale * simd::max_of(si, n));
-    const float alpha = simd::exp_approx(st.m[i] - m_new);
-    st.l[i] = st.l[i] * alpha + simd::exp_scaled_sum(si, n, scale, m_new);
-    st.m[i] = m_new;
-    float* acc = st.acc + i * st.ld_acc;
-    if (alpha != 1.0f) simd::scale_inplace(acc, d, alpha);
-    accumulate(si, v, n, d, acc);
+    fold_scores(st, i, s + i * n, n, scale, d);
+    accumulate(s + i * n, v, n, d, st.acc + i * st.ld_acc);
   }
 }
 

@@ -63,21 +63,31 @@ void top_indices(const std::vector<float>& score, int64_t count, int64_t n, std:
   out.insert(out.end(), order.begin(), order.end());
 }
 
+void quest_block_scores(const SparseSource& src, Rows q, int rows, int g, int64_t own, RowScratch& ws, float* score) {
+  for (int64_t j = 0; j < own; ++j) {
+    const float *mn = src.stats.key_min(j, g), *mx = src.stats.key_max(j, g);
+    for (int e = 0; e < rows; ++e) score[e * own + j] = quest_bound(q.row(e), mn, mx, src.p.d);
+  }
+}
+
+void moba_block_scores(const SparseSource& src, Rows q, int rows, int g, int64_t own, RowScratch& ws, float* score) {
+  for (int64_t j = 0; j < own; ++j) {
+    block_mean(src.stats, j, g, src.p.d, ws.mean.data());  // once per block for all rows
+    for (int e = 0; e < rows; ++e) score[e * own + j] = simd::dot(q.row(e), ws.mean.data(), src.p.d);
+  }
+}
+
 void select_quest_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
                          std::vector<int32_t>& out) {
   ws.score.resize(size_t(own));
-  for (int64_t j = 0; j < own; ++j)
-    ws.score[size_t(j)] = quest_bound(q, src.stats.key_min(j, g), src.stats.key_max(j, g), src.p.d);
+  quest_block_scores(src, Rows{q, src.p.d}, 1, g, own, ws, ws.score.data());
   top_indices(ws.score, own, top_k - 1, ws.order, out);
 }
 
 void select_moba_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
                         std::vector<int32_t>& out) {
   ws.score.resize(size_t(own));
-  for (int64_t j = 0; j < own; ++j) {
-    block_mean(src.stats, j, g, src.p.d, ws.mean.data());
-    ws.score[size_t(j)] = simd::dot(q, ws.mean.data(), src.p.d);
-  }
+  moba_block_scores(src, Rows{q, src.p.d}, 1, g, own, ws, ws.score.data());
   top_indices(ws.score, own, top_k - 1, ws.order, out);
 }
 

@@ -76,6 +76,11 @@ void select_quest_blocks(const SparseSource& src, const float* q, int g, int64_t
                          std::vector<int32_t>& out);
 void select_moba_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
                         std::vector<int32_t>& out);
+// The scores behind the selectors, for `rows` query rows of KV head g at once (a block's
+// statistics read once for all of them): score[e * own + j] for the full blocks j < own.
+using BlockScorer = void (*)(const SparseSource&, Rows q, int rows, int g, int64_t own, RowScratch& ws, float* score);
+void quest_block_scores(const SparseSource& src, Rows q, int rows, int g, int64_t own, RowScratch& ws, float* score);
+void moba_block_scores(const SparseSource& src, Rows q, int rows, int g, int64_t own, RowScratch& ws, float* score);
 // Row function of the selecting methods: own block causally, then the selected blocks ascending.
 int64_t selected_blocks_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k,
                             BlockSelector select, SoftmaxState st, std::vector<int32_t>& visited, RowScratch& ws);

@@ -34,6 +34,26 @@ void SoftmaxState::reset(int64_t rows, int d) {
   for (int64_t i = 0; i < rows; ++i) std::fill_n(acc + i * ld_acc, d, 0.0f);
 }
 
+void fold_scores(SoftmaxState st, int64_t i, float* s, int64_t n, float scale, int d) {
+  const float m_new = std::max(st.m[i], scale * simd::max_of(s, n));
+  const float alpha = simd::exp_approx(st.m[i] - m_new);  // 0 on the first visible tile
+  st.l[i] = st.l[i] * alpha + simd::exp_scaled_sum(s, n, scale, m_new);
+  st.m[i] = m_new;
+  if (alpha != 1.0f) simd::scale_inplace(st.acc + i * st.ld_acc, d, alpha);
+}
+
+void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int d) {
+  if (from.l[j] == 0.0f) return;  // no key on that side
+  float* a = into.acc + i * into.ld_acc;
+  const float* b = from.acc + j * from.ld_acc;
+  const float m = std::max(into.m[i], from.m[j]);
+  const float wa = into.l[i] > 0.0f ? simd::exp_approx(into.m[i] - m) : 0.0f, wb = simd::exp_approx(from.m[j] - m);
+  simd::scale_inplace(a, d, wa);
+  simd::axpy(a, b, d, wb);
+  into.l[i] = into.l[i] * wa + from.l[j] * wb;
+  into.m[i] = m;
+}
+
 void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale,
                   const TileMask& mask, SoftmaxState st, float* s) {
   gemm::sgemm(false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, s, n);
@@ -47,11 +67,7 @@ void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float 
     }
     std::fill(si, si + lo, 0.0f);
     std::fill(si + hi, si + n, 0.0f);
-    const float m_new = std::max(st.m[i], scale * simd::max_of(si + lo, hi - lo));
-    const float alpha = simd::exp_approx(st.m[i] - m_new);  // 0 on the first visible tile
-    st.l[i] = st.l[i] * alpha + simd::exp_scaled_sum(si + lo, hi - lo, scale, m_new);
-    st.m[i] = m_new;
-    if (alpha != 1.0f) simd::scale_inplace(st.acc + i * st.ld_acc, d, alpha);
+    fold_scores(st, i, si + lo, hi - lo, scale, d);
   }
   gemm::sgemm(false, false, rows, d, n, 1.0f, s, n, v.p, v.ld, 1.0f, st.acc, st.ld_acc);
 }

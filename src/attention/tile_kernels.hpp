@@ -35,6 +35,15 @@ struct SoftmaxState {
   void reset(int64_t rows, int d);  // m = -inf, l = 0, acc = 0
 };
 
+// The online-softmax step every forward kernel shares: folds raw scores s[0..n) (q . k, not yet
+// scaled) into row i of `st`: new max, rescaled sum and accumulator; s becomes the unnormalised
+// probabilities exp(scale * s - m_new) that the caller then multiplies into V.
+void fold_scores(SoftmaxState st, int64_t i, float* s, int64_t n, float scale, int d);
+
+// LSE merge of two partial states over disjoint key sets (flash-decoding's reduction): row i of
+// `into` becomes the state of the union with row j of `from`.
+void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int d);
+
 // Folds keys k[0..n) / values v[0..n) into the state of q[0..rows). `s` is scratch of rows * n.
 void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale,
                   const TileMask& mask, SoftmaxState st, float* s);

@@ -9,6 +9,7 @@
 //   topk:      own block plus the top_k - 1 past blocks by Quest bound from the cached min/max;
 //              token_level: the top_k keys by q . k (reads every key).
 //   threshold: mass threshold with tau and the stop rule (attention/threshold.hpp).
+//   group_select (moba, topk): one selection per GQA group instead of per query head.
 // The block size is the cache's. Block-level results list the extra blocks each row visited.
 #pragma once
 #include <longctx/attention/threshold.hpp>
@@ -25,6 +26,10 @@ struct CacheAttentionOptions {
   CacheMethod method = CacheMethod::dense;
   int64_t top_k = 8;          // moba / topk: blocks (own included); topk token_level: keys
   bool token_level = false;   // topk only
+  // moba / block topk: one block selection per KV head from the gate scores (q . mean, or the
+  // Quest bound) summed over the group's query heads, NSA-style; every head of the group then
+  // attends the same blocks. Not MoBA's per-head semantics: off by default.
+  bool group_select = false;
   float tau = 0.95f;          // threshold
   StopRule stop_rule = StopRule::bound;
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)

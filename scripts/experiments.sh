@@ -6,7 +6,7 @@
 #   2. the same short passkey fine-tune for every run (train --init-from on a passkey corpus);
 #   3. passkey accuracy at 1x and 4x the training length.
 # Results: runs/experiments/<run>/{config.json,log.jsonl,eval.json,passkey.json}; the summary table
-# (markdown) is printed by scripts/experiments_table.py.
+# (markdown) is printed by scripts/experiments_table.sh.
 #
 #   scripts/experiments.sh [--train-only | --eval-only] [RUN ...]   default: every run below, in order
 # A run whose checkpoint exists resumes (and a finished one is not retrained).

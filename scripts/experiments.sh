@@ -3,7 +3,7 @@
 # (configs/experiments/linux8k_base.json: same data, tokens, seed) trained with each attention kind
 # and with dense vs MoE FFN of the same active size, then
 #   1. eval: validation loss and position-wise loss over 8192-token windows of the Linux val split;
-#   2. the same short passkey fine-tune for every run (train --init-from on a passkey corpus);
+#   2. the same short answer-only passkey fine-tune for every run (train --init-from, score_last 7);
 #   3. passkey accuracy at 1x and 4x the training length.
 # Results: runs/experiments/<run>/{config.json,log.jsonl,eval.json,passkey.json}; the summary table
 # (markdown) is printed by scripts/experiments_table.sh.
@@ -11,7 +11,7 @@
 #   scripts/experiments.sh [--train-only | --eval-only] [RUN ...]   default: every run below, in order
 # A run whose checkpoint exists resumes (and a finished one is not retrained).
 # Environment: STEPS (training steps, default from the base config), FT_STEPS (passkey fine-tune
-# steps, 30), THREADS (2).
+# steps, 60), THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/apt_need.sh
@@ -19,10 +19,10 @@ need jq
 
 base=configs/experiments/linux8k_base.json
 data=data/linux
-ft_data=data/linux_passkey
+ft_data=data/linux_passkey_ft
 out_root=runs/experiments
 threads=${THREADS:-2}
-ft_steps=${FT_STEPS:-30}
+ft_steps=${FT_STEPS:-60}
 seq_len=$(jq .train.seq_len "$base")
 
 # Each run: a jq filter over the base config. Sparse kinds keep the same parameter count (their
@@ -46,7 +46,7 @@ esac
 (($#)) && order=("$@")
 
 [ -d "$data/train" ] || scripts/prepare_data.sh linux
-[[ " ${phases[*]} " == *" eval "* && ! -d "$ft_data/train" ]] && ./longctx passkey-corpus --data "$data" --out "$ft_data" --docs 400 --length "$seq_len" --seed 7
+[[ " ${phases[*]} " == *" eval "* && ! -d "$ft_data/train" ]] && ./longctx passkey-corpus --data "$data" --out "$ft_data" --docs 400 --length "$((seq_len - 8))" --seed 7
 
 for run in "${order[@]}"; do
   filter=${runs[$run]:?unknown run $run (known: ${!runs[*]})}
@@ -63,7 +63,7 @@ for run in "${order[@]}"; do
   ./longctx eval --checkpoint "$dir/checkpoint.safetensors" --data "$data" --seq-len "$seq_len" --bucket 1024 \
     --max-tokens 131072 --threads "$threads" --json "$dir/eval.json"
   echo "=== $run: passkey fine-tune ($ft_steps steps) and passkey eval" >&2
-  jq ".train.steps = $ft_steps | .train.warmup = 3 | .train.lr = 1e-3 | .train.eval_every = $ft_steps | .train.ckpt_every = $ft_steps" \
+  jq ".train.steps = $ft_steps | .train.warmup = 3 | .train.lr = 1e-3 | .train.eval_every = $ft_steps | .train.ckpt_every = $ft_steps | .train.score_last = 7" \
     "$dir/config.json" > "$dir/passkey_config.json"
   ./longctx train --config "$dir/passkey_config.json" --data "$ft_data" --out "$dir/passkey" \
     --init-from "$dir/checkpoint.safetensors" --threads "$threads"

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -82,6 +83,34 @@ TEST(Batches, PackedWindowsWithNextTokenTargetsAndDeterminism) {
   int64_t targets = 0;
   for (const Batch& e : ev) targets += e.size();
   EXPECT_EQ(targets, 9 + 2);  // every position with a successor, once
+}
+
+TEST(Batches, TailBatchesScoreOnlyTheLastTokensOfWholeDocuments) {
+  std::vector<std::vector<int32_t>> docs{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {20, 21, 22}, {30, 31, 32, 33, 34, 35}};
+  const Batch a = tail_batch(docs, 6, 12, 2, 5, 0), b = tail_batch(docs, 6, 12, 2, 5, 0);
+  EXPECT_EQ(a.tokens, b.tokens);
+  ASSERT_GE(a.cu_seqlens.size(), 2u);
+  EXPECT_LE(a.size(), 12);
+  for (size_t s = 0; s + 1 < a.cu_seqlens.size(); ++s) {
+    const int64_t begin = a.cu_seqlens[s], end = a.cu_seqlens[s + 1];
+    const int32_t first = a.tokens[size_t(begin)];
+    const auto& doc = *std::find_if(docs.begin(), docs.end(), [&](const auto& d) {
+      return std::find(d.begin(), d.end(), first) != d.end();
+    });
+    EXPECT_EQ(end - begin, std::min<int64_t>(6, int64_t(doc.size()) - 1)) << "the whole tail, at most seq_len";
+    EXPECT_EQ(a.tokens[size_t(end - 1)], doc[doc.size() - 2]) << "ends at the document's end";
+    for (int64_t t = begin; t < end; ++t)
+      EXPECT_EQ(a.targets[size_t(t)], t >= end - 2 ? a.tokens[size_t(t)] + 1 : -1) << "only the last 2 are scored";
+  }
+  const auto ev = tail_eval_batches(docs, 6, 8, 2, 100);
+  ASSERT_EQ(ev.size(), 2u);  // tails of 6 and 2 fill one batch of 8; the third document's 5 start another
+  EXPECT_EQ(ev[0].tokens, (std::vector<int32_t>{3, 4, 5, 6, 7, 8, 20, 21}));
+  EXPECT_EQ(ev[0].targets, (std::vector<int32_t>{-1, -1, -1, -1, 8, 9, 21, 22}));
+  EXPECT_EQ(ev[1].tokens, (std::vector<int32_t>{30, 31, 32, 33, 34}));
+  EXPECT_EQ(tail_eval_batches(docs, 6, 8, 2, 8).size(), 1u) << "max_tokens stops before the third document";
+  testing::expect_error([&] { tail_batch(docs, 6, 12, 0, 5, 0); }, "score_last > 0");
+  testing::expect_error([] { TrainConfig::from_json({{"seq_len", 8}, {"score_last", 9}}); },
+                        "score_last must be in [0, seq_len = 8]");
 }
 
 TEST(Optimizer, ScheduleClippingAndAdamWStep) {

@@ -37,6 +37,18 @@ void append_sequence(Batch& b, const std::vector<int32_t>& doc, int64_t start, i
   b.cu_seqlens.push_back(b.size());
 }
 
+// Appends a document's tail (its last seq_len inputs at most) with only the last score_last targets kept.
+void append_tail(Batch& b, const std::vector<int32_t>& doc, int64_t seq_len, int64_t score_last) {
+  const int64_t len = std::min(seq_len, int64_t(doc.size()) - 1);
+  append_sequence(b, doc, int64_t(doc.size()) - 1 - len, len);
+  std::fill(b.targets.end() - len, b.targets.end() - std::min(len, score_last), -1);
+}
+
+void check_tail_args(int64_t seq_len, int64_t batch_tokens, int64_t score_last) {
+  LONGCTX_CHECK(seq_len > 0 && batch_tokens >= seq_len && score_last > 0, "tail batches: need seq_len > 0, "
+                "batch_tokens >= seq_len and score_last > 0, got ", seq_len, ", ", batch_tokens, ", ", score_last);
+}
+
 }  // namespace
 
 std::vector<std::string> load_split_texts(const std::string& split_dir) {
@@ -99,6 +111,35 @@ std::vector<Batch> eval_batches(const std::vector<std::vector<int32_t>>& docs, i
       append_sequence(b, doc, start, len);
       taken += len;
     }
+  if (b.size() > 0) out.push_back(std::move(b));
+  return out;
+}
+
+Batch tail_batch(const std::vector<std::vector<int32_t>>& docs, int64_t seq_len, int64_t batch_tokens,
+                 int64_t score_last, uint64_t seed, uint64_t index) {
+  check_tail_args(seq_len, batch_tokens, score_last);
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + index);
+  Batch b;
+  for (;;) {
+    const auto& doc = docs[std::uniform_int_distribution<size_t>(0, docs.size() - 1)(rng)];
+    if (b.size() > 0 && b.size() + std::min(seq_len, int64_t(doc.size()) - 1) > batch_tokens) return b;
+    append_tail(b, doc, seq_len, score_last);
+  }
+}
+
+std::vector<Batch> tail_eval_batches(const std::vector<std::vector<int32_t>>& docs, int64_t seq_len,
+                                     int64_t batch_tokens, int64_t score_last, int64_t max_tokens) {
+  check_tail_args(seq_len, batch_tokens, score_last);
+  std::vector<Batch> out;
+  Batch b;
+  int64_t taken = 0;
+  for (const auto& doc : docs) {
+    const int64_t len = std::min(seq_len, int64_t(doc.size()) - 1);
+    if (taken > 0 && taken + len > max_tokens) break;
+    if (b.size() > 0 && b.size() + len > batch_tokens) out.push_back(std::exchange(b, Batch{}));
+    append_tail(b, doc, seq_len, score_last);
+    taken += len;
+  }
   if (b.size() > 0) out.push_back(std::move(b));
   return out;
 }

@@ -14,7 +14,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
   check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
                          "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
-                         "ckpt_every", "moba_to_full_step"},
+                         "ckpt_every", "moba_to_full_step", "score_last"},
                      "train config");
   try {
     c.tokenizer = j.value("tokenizer", c.tokenizer);
@@ -35,6 +35,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     c.eval_tokens = j.value("eval_tokens", c.eval_tokens);
     c.ckpt_every = j.value("ckpt_every", c.ckpt_every);
     c.moba_to_full_step = j.value("moba_to_full_step", c.moba_to_full_step);
+    c.score_last = j.value("score_last", c.score_last);
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(concat("longctx: train config: ", e.what()));
   }
@@ -45,6 +46,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   LONGCTX_CHECK(c.steps >= 1, "train config: steps must be >= 1, got ", c.steps);
   LONGCTX_CHECK(c.lr > 0 && c.min_lr >= 0, "train config: lr must be > 0 and min_lr >= 0");
   LONGCTX_CHECK(c.eval_every > 0 && c.ckpt_every > 0, "train config: eval_every and ckpt_every must be > 0");
+  LONGCTX_CHECK(c.score_last >= 0 && c.score_last <= c.seq_len, "train config: score_last must be in [0, seq_len = ",
+                c.seq_len, "], got ", c.score_last);
   return c;
 }
 
@@ -54,14 +57,17 @@ nlohmann::json TrainConfig::to_json() const {
           {"lr", lr},               {"min_lr", min_lr},       {"grad_clip", grad_clip},
           {"beta1", adam.beta1},    {"beta2", adam.beta2},    {"eps", adam.eps},
           {"weight_decay", adam.weight_decay}, {"seed", seed}, {"eval_every", eval_every},
-          {"eval_tokens", eval_tokens}, {"ckpt_every", ckpt_every}, {"moba_to_full_step", moba_to_full_step}};
+          {"eval_tokens", eval_tokens}, {"ckpt_every", ckpt_every}, {"moba_to_full_step", moba_to_full_step},
+          {"score_last", score_last}};
 }
 
 Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed)
     : cfg_(train), model_(model, init_seed), opt_(model_.params(), train.adam), corpus_(std::move(corpus)) {
   LONGCTX_CHECK(train.seq_len <= model.max_seq_len, "train config: seq_len (", train.seq_len,
                 ") exceeds the model's max_seq_len (", model.max_seq_len, ")");
-  eval_ = eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.eval_tokens);
+  eval_ = cfg_.score_last > 0
+              ? tail_eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.eval_tokens)
+              : eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.eval_tokens);
 }
 
 StepStats Trainer::step() {
@@ -71,8 +77,10 @@ StepStats Trainer::step() {
   double loss = 0;
   int64_t tokens = 0;
   for (int64_t micro = 0; micro < cfg_.accum; ++micro) {
-    const Batch b = sample_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.seed,
-                                 uint64_t(step_ * cfg_.accum + micro));
+    const uint64_t index = uint64_t(step_ * cfg_.accum + micro);
+    const Batch b = cfg_.score_last > 0
+                        ? tail_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.seed, index)
+                        : sample_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.seed, index);
     loss += model_.forward(b, true) / double(cfg_.accum);
     model_.backward();
     tokens += b.size();

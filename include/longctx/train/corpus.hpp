@@ -34,4 +34,14 @@ Batch sample_batch(const std::vector<std::vector<int32_t>>& docs, int64_t seq_le
 std::vector<Batch> eval_batches(const std::vector<std::vector<int32_t>>& docs, int64_t seq_len, int64_t batch_tokens,
                                 int64_t max_tokens);
 
+// Answer-only batches (train.score_last > 0), for fine-tunes on documents that end with the answer
+// to a question about their context (passkey corpora): each sequence is the tail of one whole
+// document, its last seq_len + 1 tokens, and only its last score_last targets are scored (the
+// others are -1). tail_batch draws documents uniformly under (seed, index) until batch_tokens
+// inputs; tail_eval_batches takes them in order until max_tokens inputs.
+Batch tail_batch(const std::vector<std::vector<int32_t>>& docs, int64_t seq_len, int64_t batch_tokens,
+                 int64_t score_last, uint64_t seed, uint64_t index);
+std::vector<Batch> tail_eval_batches(const std::vector<std::vector<int32_t>>& docs, int64_t seq_len,
+                                     int64_t batch_tokens, int64_t score_last, int64_t max_tokens);
+
 }  // namespace longctx

@@ -25,6 +25,8 @@ struct TrainConfig {
   int64_t eval_every = 100, eval_tokens = 32768;
   int64_t ckpt_every = 100;
   int64_t moba_to_full_step = -1;  // from this step on, MoBA layers run as full attention (-1: never)
+  int64_t score_last = 0;  // > 0: train and validate on whole documents' tails, scoring only their
+                           // last score_last tokens (an answer-only fine-tune; corpus.hpp tail_batch)
 
   static TrainConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;

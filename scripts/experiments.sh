@@ -9,7 +9,8 @@
 # (markdown) is printed by scripts/experiments_table.sh.
 #
 #   scripts/experiments.sh [--train-only | --eval-only] [RUN ...]   default: every run below, in order
-# A run whose checkpoint exists resumes (and a finished one is not retrained).
+# A run whose checkpoint exists resumes (and a finished one is not retrained). RUN.sN (e.g. full.s2)
+# repeats RUN with data seed N and weight-init seed 1234 + N, to measure run-to-run noise.
 # Environment: STEPS (training steps, default from the base config), FT_STEPS (passkey fine-tune
 # steps, 60), THREADS (2).
 set -euo pipefail
@@ -49,14 +50,17 @@ esac
 [[ " ${phases[*]} " == *" eval "* && ! -d "$ft_data/train" ]] && ./longctx passkey-corpus --data "$data" --out "$ft_data" --docs 400 --length "$((seq_len - 8))" --seed 7
 
 for run in "${order[@]}"; do
-  filter=${runs[$run]:?unknown run $run (known: ${!runs[*]})}
+  name=${run%.s*} seed=
+  [[ $run == *.s* ]] && seed=${run##*.s}
+  filter=${runs[$name]:?unknown run $name (known: ${!runs[*]})}
   dir=$out_root/$run
   mkdir -p "$dir"
   if [[ " ${phases[*]} " == *" train "* ]]; then
-    jq "$filter${STEPS:+ | .train.steps = $STEPS}" "$base" > "$dir/config.json"
+    jq "$filter${STEPS:+ | .train.steps = $STEPS}${seed:+ | .train.seed = $seed}" "$base" > "$dir/config.json"
     echo "=== $run: train" >&2
     resume=(); [ -f "$dir/checkpoint.safetensors" ] && resume=(--resume)
-    ./longctx train --config "$dir/config.json" --data "$data" --out "$dir" --threads "$threads" "${resume[@]}"
+    ./longctx train --config "$dir/config.json" --data "$data" --out "$dir" --threads "$threads" "${resume[@]}" \
+      --init-seed $((1234 + ${seed:-0}))
   fi
   [[ " ${phases[*]} " == *" eval "* ]] || continue
   echo "=== $run: eval" >&2

@@ -2,13 +2,16 @@
 # The head-to-head experiments of docs/EXPERIMENTS.md section 2 (issue 8): the same byte-level model
 # (configs/experiments/linux8k_base.json: same data, tokens, seed) trained with each attention kind
 # and with dense vs MoE FFN of the same active size, then
-#   1. eval: validation loss and position-wise loss over 8192-token windows of the Linux val split;
+#   1. eval: validation loss and position-wise loss over 8192-token windows of the Linux val split,
+#      and over 32768-token windows (4x the training length: length generalisation, time, memory);
 #   2. the same short answer-only passkey fine-tune for every run (train --init-from, score_last 7);
 #   3. passkey accuracy at 1x and 4x the training length.
-# Results: runs/experiments/<run>/{config.json,log.jsonl,eval.json,passkey.json}; the summary table
+# Results: runs/experiments/<run>/{config.json,log.jsonl,eval.json,eval_4x.json,passkey.json}; the tables
 # (markdown) is printed by scripts/experiments_table.sh.
 #
-#   scripts/experiments.sh [--train-only | --eval-only] [RUN ...]   default: every run below, in order
+#   scripts/experiments.sh [--train-only | --eval-only | --bench-only] [RUN ...]   default: every run
+#   below, in order; --bench-only times training steps of each run's config back to back
+#   (`longctx bench train`, 8192 random tokens, best of 3), for throughput ratios measured side by side.
 # A run whose checkpoint exists resumes (and a finished one is not retrained). RUN.sN (e.g. full.s2)
 # repeats RUN with data seed N and weight-init seed 1234 + N, to measure run-to-run noise.
 # Environment: STEPS (training steps, default from the base config), FT_STEPS (passkey fine-tune
@@ -43,6 +46,7 @@ phases=(train eval)
 case ${1:-} in
   --train-only) phases=(train); shift ;;
   --eval-only) phases=(eval); shift ;;
+  --bench-only) phases=(bench); shift ;;
 esac
 (($#)) && order=("$@")
 
@@ -62,10 +66,17 @@ for run in "${order[@]}"; do
     ./longctx train --config "$dir/config.json" --data "$data" --out "$dir" --threads "$threads" "${resume[@]}" \
       --init-seed $((1234 + ${seed:-0}))
   fi
+  if [[ " ${phases[*]} " == *" bench "* ]]; then
+    ./longctx bench train --config "$dir/config.json" --seq-len "$seq_len" --steps 3 --threads "$threads" \
+      --json "$dir/bench_train.json"
+  fi
   [[ " ${phases[*]} " == *" eval "* ]] || continue
   echo "=== $run: eval" >&2
   ./longctx eval --checkpoint "$dir/checkpoint.safetensors" --data "$data" --seq-len "$seq_len" --bucket 1024 \
     --max-tokens 131072 --threads "$threads" --json "$dir/eval.json"
+  echo "=== $run: eval at 4x the training length" >&2
+  ./longctx eval --checkpoint "$dir/checkpoint.safetensors" --data "$data" --seq-len $((4 * seq_len)) --bucket 4096 \
+    --max-tokens 131072 --threads "$threads" --json "$dir/eval_4x.json"
   echo "=== $run: passkey fine-tune ($ft_steps steps) and passkey eval" >&2
   jq ".train.steps = $ft_steps | .train.warmup = 3 | .train.lr = 1e-3 | .train.eval_every = $ft_steps | .train.ckpt_every = $ft_steps | .train.score_last = 7" \
     "$dir/config.json" > "$dir/passkey_config.json"

@@ -59,8 +59,8 @@ for run in "${order[@]}"; do
   filter=${runs[$name]:?unknown run $name (known: ${!runs[*]})}
   dir=$out_root/$run
   mkdir -p "$dir"
+  jq "$filter${STEPS:+ | .train.steps = $STEPS}${seed:+ | .train.seed = $seed}" "$base" > "$dir/config.json"
   if [[ " ${phases[*]} " == *" train "* ]]; then
-    jq "$filter${STEPS:+ | .train.steps = $STEPS}${seed:+ | .train.seed = $seed}" "$base" > "$dir/config.json"
     echo "=== $run: train" >&2
     resume=(); [ -f "$dir/checkpoint.safetensors" ] && resume=(--resume)
     ./longctx train --config "$dir/config.json" --data "$data" --out "$dir" --threads "$threads" "${resume[@]}" \

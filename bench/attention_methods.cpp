@@ -63,7 +63,7 @@ NsaConfig nsa_config(const AttentionBenchConfig& cfg) {
   c.select_len = cfg.nsa_select_len;
   c.top_n = cfg.nsa_top_n;
   c.window = cfg.nsa_window;
-  c.compress = cfg.nsa_compress == "mean" ? NsaCompress::mean : NsaCompress::mlp;
+  c.compress = nsa_compress_from_name(cfg.nsa_compress);
   return c;
 }
 

@@ -194,6 +194,12 @@ TEST(NsaReferenceGradcheck, MeanCompressor) { gradcheck(small_config(NsaCompress
 // probabilities). At t = 7 compressed blocks [0,4), [2,6), [4,8) are visible with p = 1/3 each;
 // selection block 0 = [0,6) gets 1/3 + 1/3 + 1/3 * 2/4, block 1 = [6,12) gets 1/3 * 2/4; summed
 // over the 2 heads of the group.
+TEST(NsaConfigNames, CompressFromNameAcceptsMlpAndMeanOnly) {
+  EXPECT_EQ(nsa_compress_from_name("mlp"), NsaCompress::mlp);
+  EXPECT_EQ(nsa_compress_from_name("mean"), NsaCompress::mean);
+  testing::expect_error([] { nsa_compress_from_name("Mean"); }, "compress must be 'mlp' or 'mean', got 'Mean'");
+}
+
 TEST(NsaSelection, OverlapWeightedImportanceHandComputed) {
   NsaConfig cfg = small_config();
   cfg.select_len = 6;

@@ -53,6 +53,11 @@ void validate(const char* who, const NsaConfig& cfg, const NsaWeights<float>& w,
 
 }  // namespace attn::nsa
 
+NsaCompress nsa_compress_from_name(const std::string& name) {
+  LONGCTX_CHECK(name == "mlp" || name == "mean", "nsa: compress must be 'mlp' or 'mean', got '", name, "'");
+  return name == "mean" ? NsaCompress::mean : NsaCompress::mlp;
+}
+
 namespace {
 
 AttentionOptions window_options(const NsaConfig& cfg) {

@@ -17,7 +17,7 @@ NsaConfig nsa_config(const AttentionSpec& s) {
   c.top_n = s.top_n;
   c.local_blocks = s.local_blocks;
   c.window = s.window;
-  c.compress = s.compress == "mean" ? NsaCompress::mean : NsaCompress::mlp;
+  c.compress = nsa_compress_from_name(s.compress);
   return c;
 }
 

@@ -16,11 +16,14 @@
 #include <longctx/attention/reference.hpp>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace longctx {
 
 enum class NsaCompress { mlp, mean };
+// "mlp" or "mean" (as written in model configs and bench options); throws naming any other string.
+NsaCompress nsa_compress_from_name(const std::string& name);
 
 struct NsaConfig {
   int64_t block_len = 32;     // l: compression block length

@@ -1,11 +1,11 @@
 #include <fmt/core.h>
-#include <longctx/error.hpp>
+#include <longctx/core/threads.hpp>
+#include <longctx/core/error.hpp>
 
 #include <cstdio>
 
 #include "attention_methods.hpp"
 #include "common.hpp"
-#include "core/parallel.hpp"
 
 namespace longctx::bench {
 

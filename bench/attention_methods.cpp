@@ -1,12 +1,12 @@
-#include <longctx/attention/flash.hpp>
-#include <longctx/attention/moba.hpp>
-#include <longctx/attention/nsa.hpp>
-#include <longctx/error.hpp>
+#include <longctx/attention/dense/flash.hpp>
+#include <longctx/attention/moba/moba.hpp>
+#include <longctx/attention/nsa/nsa.hpp>
+#include <longctx/core/error.hpp>
 
 #include <algorithm>
 #include <memory>
 #include <random>
-#include <longctx/attention/threshold.hpp>
+#include <longctx/attention/sparse/threshold.hpp>
 
 #include "attention_methods.hpp"
 

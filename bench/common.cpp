@@ -1,3 +1,4 @@
+// Bench plumbing; times library internals (core/gemm, core/simd) for the machine's peaks.
 #include "common.hpp"
 
 #include <fmt/core.h>

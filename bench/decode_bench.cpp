@@ -1,8 +1,9 @@
 #include "decode_bench.hpp"
 
 #include <fmt/core.h>
-#include <longctx/attention/decode.hpp>
-#include <longctx/attention/flash.hpp>
+#include <longctx/core/threads.hpp>
+#include <longctx/attention/cache/decode.hpp>
+#include <longctx/attention/dense/flash.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -10,7 +11,6 @@
 #include <random>
 
 #include "common.hpp"
-#include "core/parallel.hpp"
 
 namespace longctx::bench {
 

@@ -1,9 +1,10 @@
+// `longctx bench infini` driver; times library internals (attention/infini/memory.hpp: the memory pass alone).
 #include "infini_bench.hpp"
 
 #include <fmt/core.h>
-#include <longctx/attention/flash.hpp>
-#include <longctx/attention/infini.hpp>
-#include <longctx/error.hpp>
+#include <longctx/attention/dense/flash.hpp>
+#include <longctx/attention/infini/infini.hpp>
+#include <longctx/core/error.hpp>
 
 #include <sys/resource.h>
 
@@ -12,7 +13,7 @@
 #include <cstdio>
 #include <functional>
 
-#include "attention/infini_memory.hpp"
+#include "attention/infini/memory.hpp"
 #include "common.hpp"
 #include "core/parallel.hpp"
 

@@ -1,10 +1,11 @@
+// `longctx bench moe` driver; times library internals (the SwiGLU engine and the MoE expert groups, core/gemm).
 #include "moe_bench.hpp"
 
 #include <fmt/core.h>
 #include <malloc.h>
-#include <longctx/error.hpp>
-#include <longctx/ffn.hpp>
-#include <longctx/moe.hpp>
+#include <longctx/core/error.hpp>
+#include <longctx/nn/ffn.hpp>
+#include <longctx/moe/moe.hpp>
 
 #include <cstdio>
 #include <ctime>
@@ -15,7 +16,7 @@
 #include "common.hpp"
 #include "core/gemm.hpp"
 #include "core/parallel.hpp"
-#include "model/swiglu.hpp"
+#include "nn/swiglu.hpp"
 #include "moe/experts.hpp"
 
 namespace longctx::bench {

@@ -2,7 +2,7 @@
 #pragma once
 #include <gtest/gtest.h>
 #include <longctx/attention/common.hpp>
-#include <longctx/attention/reference.hpp>
+#include <longctx/attention/engine/reference.hpp>
 
 #include <algorithm>
 #include <functional>

@@ -1,8 +1,8 @@
 // Shared setup of the MoE tests: small configs and random weights (noise weights and the
 // selection bias random too, so every path carries a signal).
 #pragma once
-#include <longctx/moe.hpp>
-#include <longctx/moe_reference.hpp>
+#include <longctx/moe/moe.hpp>
+#include <longctx/moe/reference.hpp>
 
 #include "helpers.hpp"
 

@@ -2,7 +2,7 @@
 // structured synthetic source (clustered keys, queries aimed at a few past clusters) on which
 // attention concentrates the way trained models' attention does.
 #pragma once
-#include <longctx/attention/topk.hpp>
+#include <longctx/attention/sparse/topk.hpp>
 
 #include <random>
 

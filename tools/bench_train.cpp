@@ -1,7 +1,8 @@
 // `longctx bench train`: training-step throughput of a model config on random tokens (no corpus),
 // the figure compared against the PyTorch reference (bench/torch_train.py).
 #include <fmt/core.h>
-#include <longctx/error.hpp>
+#include <longctx/core/threads.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/train/optimizer.hpp>
 
 #include <fstream>
@@ -9,7 +10,6 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "core/parallel.hpp"
 
 namespace longctx::cli {
 

@@ -1,10 +1,12 @@
 // `longctx eval`: validation loss, perplexity, position-wise loss and passkey retrieval of a
 // checkpoint, at the training length or beyond it (RoPE extends), with time and peak memory.
 #include <fmt/core.h>
-#include <longctx/error.hpp>
+#include <longctx/model/checkpoint.hpp>
+#include <longctx/core/threads.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/eval/eval.hpp>
 #include <longctx/eval/passkey.hpp>
-#include <longctx/train/corpus.hpp>
+#include <longctx/text/corpus.hpp>
 #include <longctx/train/trainer.hpp>
 #include <unistd.h>
 
@@ -14,7 +16,6 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "core/parallel.hpp"
 
 namespace longctx::cli {
 

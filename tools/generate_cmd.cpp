@@ -1,15 +1,16 @@
 // `longctx generate`: stream text from a checkpoint.
 #include <fmt/core.h>
-#include <longctx/error.hpp>
+#include <longctx/model/checkpoint.hpp>
+#include <longctx/core/threads.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/model/sampler.hpp>
-#include <longctx/train/tokenizer.hpp>
+#include <longctx/text/tokenizer.hpp>
 #include <longctx/train/trainer.hpp>
 
 #include <chrono>
 #include <cstdio>
 
 #include "commands.hpp"
-#include "core/parallel.hpp"
 
 namespace longctx::cli {
 

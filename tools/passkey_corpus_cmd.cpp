@@ -3,9 +3,9 @@
 // (`longctx train --init-from`). Train documents take their filler from the source's train split,
 // val documents from its val split.
 #include <fmt/core.h>
-#include <longctx/error.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/eval/passkey.hpp>
-#include <longctx/train/corpus.hpp>
+#include <longctx/text/corpus.hpp>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>

@@ -1,6 +1,8 @@
 // `longctx train`: train a model from a config file on a prepared corpus.
 #include <fmt/core.h>
-#include <longctx/error.hpp>
+#include <longctx/model/checkpoint.hpp>
+#include <longctx/core/threads.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/train/trainer.hpp>
 #include <unistd.h>
 
@@ -14,7 +16,6 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "core/parallel.hpp"
 
 namespace longctx::cli {
 

@@ -1,6 +1,6 @@
 // Config files are strict: a misspelt field is an error, not a silently ignored default.
 #pragma once
-#include <longctx/error.hpp>
+#include <longctx/core/error.hpp>
 #include <nlohmann/json.hpp>
 
 #include <initializer_list>

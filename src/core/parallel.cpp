@@ -1,6 +1,6 @@
 #include "core/parallel.hpp"
 
-#include <longctx/error.hpp>
+#include <longctx/core/error.hpp>
 
 #include <algorithm>
 #include <numeric>

@@ -3,15 +3,13 @@
 // or dealt cyclically to threads (item i -> thread i % T), which fixes each thread's items and
 // their order, so per-thread accumulators sum in the same order on every run.
 #pragma once
+#include <longctx/core/threads.hpp>
 #include <omp.h>
 
 #include <cstdint>
 #include <vector>
 
 namespace longctx::parallel {
-
-int max_threads();
-void set_threads(int n);
 
 // Indices 0..n-1 sorted by descending cost; ties keep index order.
 std::vector<int64_t> heaviest_first(const std::vector<double>& cost);

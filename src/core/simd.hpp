@@ -13,7 +13,7 @@
 namespace longctx::simd {
 
 // exp(x) with < 2 ulp-ish relative error (degree-6 polynomial after range reduction to
-// |r| <= ln2/2, measured in tests/test_simd.cpp); exp(x) = 0 for x < -87.3 (incl. -inf).
+// |r| <= ln2/2, measured in tests/core/test_simd.cpp); exp(x) = 0 for x < -87.3 (incl. -inf).
 inline float exp_approx(float x) {
   const float lo = -87.3f, hi = 88.7f;
   float xc = x < lo ? lo : (x > hi ? hi : x);

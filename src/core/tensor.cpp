@@ -1,5 +1,5 @@
-#include <longctx/error.hpp>
-#include <longctx/tensor.hpp>
+#include <longctx/core/error.hpp>
+#include <longctx/core/tensor.hpp>
 
 #include <cstdlib>
 #include <random>

@@ -1,9 +1,9 @@
 #include "model/attention_layer.hpp"
 
-#include <longctx/attention/decode.hpp>
-#include <longctx/attention/flash.hpp>
-#include <longctx/attention/threshold.hpp>
-#include <longctx/error.hpp>
+#include <longctx/attention/cache/decode.hpp>
+#include <longctx/attention/dense/flash.hpp>
+#include <longctx/attention/sparse/threshold.hpp>
+#include <longctx/core/error.hpp>
 
 #include <algorithm>
 

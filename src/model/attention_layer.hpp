@@ -4,10 +4,10 @@
 // layer's normalised hidden state; RoPE is applied here because Infini's memory reads and
 // writes q/k before RoPE (arXiv 2404.07143 sec. 3.1; only its local attention is rotated).
 #pragma once
-#include <longctx/attention/infini.hpp>
-#include <longctx/attention/moba.hpp>
-#include <longctx/attention/nsa.hpp>
-#include <longctx/attention/topk.hpp>
+#include <longctx/attention/infini/infini.hpp>
+#include <longctx/attention/moba/moba.hpp>
+#include <longctx/attention/nsa/nsa.hpp>
+#include <longctx/attention/sparse/topk.hpp>
 #include <longctx/model/config.hpp>
 #include <longctx/model/transformer.hpp>
 
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "model/layers.hpp"
+#include "nn/layers.hpp"
 
 namespace longctx::attention_layer {
 

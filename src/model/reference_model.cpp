@@ -1,9 +1,10 @@
-#include <longctx/attention/infini_reference.hpp>
-#include <longctx/attention/nsa.hpp>
-#include <longctx/attention/reference.hpp>
-#include <longctx/attention/reference_sparse.hpp>
+#include <longctx/attention/infini/reference.hpp>
+#include <longctx/attention/nsa/reference.hpp>
+#include <longctx/attention/engine/reference.hpp>
+#include <longctx/attention/sparse/reference.hpp>
 #include <longctx/model/reference_model.hpp>
-#include <longctx/moe_reference.hpp>
+#include <longctx/moe/reference.hpp>
+#include <longctx/attention/moba/reference.hpp>
 
 #include <cmath>
 

@@ -1,4 +1,4 @@
-#include <longctx/error.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/model/sampler.hpp>
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-#include <longctx/error.hpp>
+#include <longctx/core/error.hpp>
 #include <longctx/model/transformer.hpp>
 
 #include <cmath>
@@ -9,8 +9,8 @@
 #include "core/gemm.hpp"
 #include "core/simd.hpp"
 #include "model/attention_layer.hpp"
-#include "model/layers.hpp"
-#include "model/swiglu.hpp"
+#include "nn/layers.hpp"
+#include "nn/swiglu.hpp"
 
 namespace longctx {
 

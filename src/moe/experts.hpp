@@ -2,11 +2,11 @@
 // [offsets[e], offsets[e+1]) with its slices of w1, w3, w2. Forward fields only; the backward
 // sets dy, dx and the weight-gradient pointers.
 #pragma once
-#include <longctx/moe.hpp>
+#include <longctx/moe/moe.hpp>
 
 #include <vector>
 
-#include "model/swiglu.hpp"
+#include "nn/swiglu.hpp"
 
 namespace longctx::moe::detail {
 

@@ -1,14 +1,14 @@
 // The MoE layer: route, permute into per-expert runs, run the experts on the SwiGLU engine,
 // combine with the gates; backward in the reverse order.
-#include <longctx/error.hpp>
-#include <longctx/moe.hpp>
+#include <longctx/core/error.hpp>
+#include <longctx/moe/moe.hpp>
 
 #include <cmath>
 #include <cstring>
 #include <random>
 
 #include "core/simd.hpp"
-#include "model/swiglu.hpp"
+#include "nn/swiglu.hpp"
 #include "moe/dispatch.hpp"
 #include "moe/experts.hpp"
 #include "moe/router.hpp"

@@ -1,4 +1,4 @@
-#include <longctx/moe_reference.hpp>
+#include <longctx/moe/reference.hpp>
 
 #include <cmath>
 

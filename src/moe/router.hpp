@@ -2,7 +2,7 @@
 // and the balancing losses. All router math is fp32 per token; reductions over tokens run
 // serially in double in token order (deterministic).
 #pragma once
-#include <longctx/moe.hpp>
+#include <longctx/moe/moe.hpp>
 
 namespace longctx::moe::detail {
 

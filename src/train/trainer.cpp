@@ -1,5 +1,5 @@
-#include <longctx/error.hpp>
-#include <longctx/train/checkpoint.hpp>
+#include <longctx/core/error.hpp>
+#include <longctx/model/checkpoint.hpp>
 #include <longctx/train/trainer.hpp>
 
 #include <algorithm>
@@ -126,61 +126,10 @@ void Trainer::save(const std::string& path) const {
                     {"longctx.state", state.dump()}});
 }
 
-namespace {
-
-void load_weights(Transformer& m, const SafetensorsFile& f, const std::string& path) {
-  for (Param& p : m.params()) {
-    const Tensor& t = f.at(p.name);
-    LONGCTX_CHECK(t.shape() == p.value.shape() && t.dtype() == DType::f32, "checkpoint ", path, ": tensor '", p.name,
-                  "' has shape ", t.shape_str(), ", the model expects ", p.value.shape_str());
-    std::memcpy(p.value.raw(), t.raw(), t.nbytes());
-  }
-}
-
-ModelConfig config_of(const SafetensorsFile& f, const std::string& path) {
-  const auto it = f.metadata.find("longctx.model_config");
-  if (it == f.metadata.end()) throw std::runtime_error("longctx: " + path + " is not a longctx checkpoint (no model config)");
-  return ModelConfig::from_json(nlohmann::json::parse(it->second));
-}
-
-std::string tokenizer_of(const SafetensorsFile& f) {
-  const auto it = f.metadata.find("longctx.tokenizer");
-  return it == f.metadata.end() ? "bytes" : it->second;
-}
-
-}  // namespace
-
-std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path) {
-  const std::string here = path.empty() ? "(top level)" : path;
-  if (a.type() != b.type() && !(a.is_number() && b.is_number())) return here + ": " + a.dump() + " vs " + b.dump();
-  if (a.is_object()) {
-    for (const auto& [key, value] : a.items())  // shared fields first: "kind" before its options
-      if (b.contains(key))
-        if (std::string d = first_difference(value, b.at(key), path.empty() ? key : path + "." + key); !d.empty())
-          return d;
-    for (const auto& [key, value] : a.items())
-      if (!b.contains(key)) return (path.empty() ? key : path + "." + key) + ": " + value.dump() + " vs (absent)";
-    for (const auto& [key, value] : b.items())
-      if (!a.contains(key)) return (path.empty() ? key : path + "." + key) + ": (absent) vs " + value.dump();
-    return "";
-  }
-  if (a.is_array()) {
-    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
-      if (std::string d = first_difference(a[i], b[i], concat(path, "[", i, "]")); !d.empty()) return d;
-    return a.size() == b.size() ? "" : concat(here, ": ", a.size(), " entries vs ", b.size());
-  }
-  return a == b ? "" : here + ": " + a.dump() + " vs " + b.dump();
-}
-
-CheckpointInfo read_checkpoint_info(const std::string& path) {
-  const SafetensorsFile f = load_safetensors(path);
-  return {config_of(f, path), tokenizer_of(f)};
-}
-
 void Trainer::init_from(const std::string& path) {
   LONGCTX_CHECK(step_ == 0, "init-from: the trainer has already run ", step_, " steps");
   const SafetensorsFile f = load_safetensors(path);
-  nlohmann::json saved = config_of(f, path).to_json(), ours = model_.config().to_json();
+  nlohmann::json saved = checkpoint_config(f.metadata, path).to_json(), ours = model_.config().to_json();
   saved.erase("max_seq_len");
   ours.erase("max_seq_len");
   const std::string diff = first_difference(saved, ours);
@@ -191,7 +140,7 @@ void Trainer::init_from(const std::string& path) {
 
 void Trainer::resume(const std::string& path) {
   const SafetensorsFile f = load_safetensors(path);
-  const ModelConfig saved = config_of(f, path);
+  const ModelConfig saved = checkpoint_config(f.metadata, path);
   LONGCTX_CHECK(saved.to_json() == model_.config().to_json(), "resume: checkpoint ", path,
                 " was trained with another model config: ", saved.to_json().dump());
   const TrainConfig saved_train = TrainConfig::from_json(nlohmann::json::parse(f.metadata.at("longctx.train_config")));
@@ -210,16 +159,6 @@ void Trainer::resume(const std::string& path) {
   step_ = state.at("step").get<int64_t>();
   opt_.set_steps(state.at("adam_steps").get<int64_t>());
   tokens_seen_ = state.at("tokens_seen").get<double>();
-}
-
-Transformer load_model(const std::string& path, std::string* tokenizer, int64_t max_seq_len) {
-  const SafetensorsFile f = load_safetensors(path);
-  ModelConfig cfg = config_of(f, path);
-  if (max_seq_len > 0) cfg.max_seq_len = max_seq_len;
-  Transformer m(cfg, 0);
-  load_weights(m, f, path);
-  if (tokenizer) *tokenizer = tokenizer_of(f);
-  return m;
 }
 
 }  // namespace longctx

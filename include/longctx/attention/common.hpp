@@ -4,7 +4,7 @@
 // sequences), fp32 or bf16 storage; outputs and gradients are fp32. Query head h reads KV head
 // h / (Hq / Hkv) (GQA/MQA, K/V never copied). LSE is natural-log, shaped [Hq, total_q].
 #pragma once
-#include <longctx/tensor.hpp>
+#include <longctx/core/tensor.hpp>
 
 #include <cstdint>
 #include <vector>

@@ -9,7 +9,7 @@
 // The prompt ends at "is" ('|'); the answer is " " + key (a fine-tuning document adds "\n").
 #pragma once
 #include <longctx/model/transformer.hpp>
-#include <longctx/train/tokenizer.hpp>
+#include <longctx/text/tokenizer.hpp>
 
 #include <functional>
 #include <string>

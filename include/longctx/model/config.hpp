@@ -1,7 +1,7 @@
 // Model configuration: a Llama-style decoder whose every layer names its attention and FFN kind.
 // Read from JSON (see configs/*.json and docs/MODEL.md); validated on load.
 #pragma once
-#include <longctx/moe.hpp>
+#include <longctx/moe/moe.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -30,7 +30,7 @@ struct AttentionSpec {
 };
 
 struct FfnSpec {
-  std::string kind = "dense";  // dense (SwiGLU) | moe (longctx/moe.hpp, Mixtral softmax top-k router)
+  std::string kind = "dense";  // dense (SwiGLU) | moe (longctx/moe/moe.hpp, Mixtral softmax top-k router)
   int64_t num_experts = 8;     // moe
   int64_t top_k = 2;           // moe: experts per token
   int64_t d_ff = 0;            // moe: width of each expert (0 = the model's d_ff)

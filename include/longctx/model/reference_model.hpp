@@ -1,7 +1,7 @@
 // The transformer's forward in plain double-precision loops (attention through the naive
 // references), for checking the fast model's loss and, by finite differences, its gradients.
 #pragma once
-#include <longctx/attention/reference.hpp>
+#include <longctx/attention/engine/reference.hpp>
 #include <longctx/model/config.hpp>
 #include <longctx/model/transformer.hpp>
 

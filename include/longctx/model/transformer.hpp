@@ -1,12 +1,12 @@
 // A Llama-style decoder: token embedding -> N x [RMSNorm -> attention (per layer: full, moba,
-// topk, threshold, nsa or infini; model/attention_layer.hpp) -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> LM head (tied or untied).
+// topk, threshold, nsa or infini; src/model/attention_layer.hpp) -> residual -> RMSNorm -> SwiGLU FFN -> residual] -> RMSNorm -> LM head (tied or untied).
 // Forward keeps the activations its hand-written backward needs; batches are packed varlen.
 #pragma once
-#include <longctx/attention/infini.hpp>
-#include <longctx/attention/nsa.hpp>
-#include <longctx/kv_cache.hpp>
+#include <longctx/attention/infini/infini.hpp>
+#include <longctx/attention/nsa/nsa.hpp>
+#include <longctx/attention/cache/kv_cache.hpp>
 #include <longctx/model/config.hpp>
-#include <longctx/tensor.hpp>
+#include <longctx/core/tensor.hpp>
 
 #include <memory>
 #include <optional>
@@ -84,7 +84,7 @@ class Transformer {
   void backward();
   void zero_grad();
 
-  // Training-time switch (DESIGN.md "Hybrid", train.moba_to_full_step): run the layers whose
+  // Training-time switch (docs/DESIGN.md "Hybrid", train.moba_to_full_step): run the layers whose
   // kind is a sparse approximation of full attention (moba, topk, threshold) as full attention.
   // nsa and infini layers keep their own architecture (they have their own parameters).
   void force_full_attention(bool on) { force_full_ = on; }

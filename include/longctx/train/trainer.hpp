@@ -2,7 +2,7 @@
 // accumulation, periodic validation, JSONL log, atomic safetensors checkpoints and exact resume.
 #pragma once
 #include <longctx/model/transformer.hpp>
-#include <longctx/train/corpus.hpp>
+#include <longctx/text/corpus.hpp>
 #include <longctx/train/optimizer.hpp>
 #include <nlohmann/json.hpp>
 
@@ -66,21 +66,5 @@ class Trainer {
   int64_t step_ = 0;
   double tokens_seen_ = 0;
 };
-
-// The model config and tokenizer spec a checkpoint was trained with.
-struct CheckpointInfo {
-  ModelConfig model;
-  std::string tokenizer;
-};
-CheckpointInfo read_checkpoint_info(const std::string& checkpoint);
-
-// The first place two JSON values differ, as "path: a vs b" (e.g. "d_ff: 64 vs 128",
-// "layers[1].attention.kind: \"moba\" vs \"full\""); empty when they are equal.
-std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "");
-
-// Loads a model (config + weights) from a checkpoint; returns the tokenizer spec via `tokenizer`.
-// max_seq_len > 0 replaces the config's (RoPE is computed, so any length works; for evaluating
-// beyond the training length).
-Transformer load_model(const std::string& checkpoint, std::string* tokenizer = nullptr, int64_t max_seq_len = 0);
 
 }  // namespace longctx

@@ -1,0 +1,330 @@
+// MoBA prefill (docs/DESIGN.md "MoBA"). Three passes over a problem:
+//   1. gate: block mean keys per KV head, then per query tile the scores against the eligible
+//      (strictly past, full) blocks and a top-(k-1) per query (nth_element, O(blocks)); only
+//      one tile's scores exist at a time, never a [blocks x heads x tokens] tensor.
+//   2. own block: each query tile attends its own block causally (the dense tile loop).
+//   3. selected blocks, KV block outer and its selecting queries inner: for each block index j,
+//      the queries that chose j are gathered in tiles, attend block j and merge into their
+//      running softmax state. A query selects a block at most once, so within one j no two
+//      tiles touch the same state; j runs in order, so the merge order is fixed.
+// Backward: one item per (sequence, KV head, key tile) owns its dK/dV rows and takes both the
+// own-block queries and the gathered selecting queries; dQ goes to per-thread accumulators.
+#include <longctx/attention/moba/moba.hpp>
+#include <longctx/core/error.hpp>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "attention/engine/tile_kernels.hpp"
+#include "attention/engine/varlen.hpp"
+#include "core/parallel.hpp"
+#include "core/simd.hpp"
+
+namespace longctx {
+
+using namespace attn;
+
+namespace {
+
+struct Moba {
+  Problem p;
+  int64_t B, slots;
+  std::vector<int64_t> first_block;  // per sequence: index of its block 0 in the block arrays
+  int64_t full_blocks(const Seq& s) const { return s.lk / B; }
+  int64_t max_blocks = 0;            // most blocks (full or partial) of any sequence
+};
+
+Moba make_moba(const char* who, const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
+               const MobaOptions& opts) {
+  LONGCTX_CHECK(opts.block_size > 0, who, ": block_size must be > 0, got ", opts.block_size);
+  LONGCTX_CHECK(opts.top_k > 0, who, ": top_k must be > 0, got ", opts.top_k);
+  AttentionOptions ao;
+  ao.softmax_scale = opts.softmax_scale;
+  Moba m{make_problem(who, q, k, v, varlen, ao), opts.block_size, opts.top_k - 1, {}};
+  int64_t blocks = 0;
+  for (const Seq& s : m.p.seqs) {
+    m.first_block.push_back(blocks);
+    blocks += m.full_blocks(s);
+    m.max_blocks = std::max(m.max_blocks, (s.lk + m.B - 1) / m.B);
+  }
+  return m;
+}
+
+// Mean key of every full block: [(first_block[s] + j) * Hkv + g][d], fp32.
+std::vector<float> block_means(const Moba& m, const Tensor& k) {
+  const Problem& p = m.p;
+  std::vector<std::pair<int, int64_t>> blocks;  // (sequence, block)
+  for (size_t si = 0; si < p.seqs.size(); ++si)
+    for (int64_t j = 0; j < m.full_blocks(p.seqs[si]); ++j) blocks.push_back({int(si), j});
+  std::vector<float> means(blocks.size() * p.hkv * p.d);
+  parallel::run(
+      int64_t(blocks.size()), parallel::Schedule::dynamic, [&](int) { return std::vector<float>(m.B * p.d); },
+      [&](int64_t i, std::vector<float>& scratch) {
+        const auto [si, j] = blocks[size_t(i)];
+        const Seq& s = p.seqs[size_t(si)];
+        for (int g = 0; g < p.hkv; ++g) {
+          float* mean = &means[((m.first_block[size_t(si)] + j) * p.hkv + g) * p.d];
+          const Rows kr = load_rows(k, s.k0 + j * m.B, m.B, g, scratch.data());
+          for (int64_t r = 0; r < m.B; ++r) simd::add_inplace(mean, kr.row(r), p.d);
+          simd::scale_inplace(mean, p.d, 1.0f / float(m.B));
+        }
+      });
+  return means;
+}
+
+// Query tiles (sequence, head, rows) that stay inside one block, so all rows share an own block.
+struct QTile {
+  int32_t seq, head;
+  int64_t start, len;
+};
+std::vector<QTile> own_block_tiles(const Moba& m) {
+  std::vector<QTile> tiles;
+  for (size_t si = 0; si < m.p.seqs.size(); ++si) {
+    const Seq& s = m.p.seqs[si];
+    for (int h = 0; h < m.p.hq; ++h)
+      for (int64_t t = std::max<int64_t>(0, -s.offset()); t < s.lq;) {
+        const int64_t pos = t + s.offset(), block_end = (pos / m.B + 1) * m.B;
+        const int64_t len = std::min({kQueryTile, s.lq - t, block_end - pos});
+        tiles.push_back({int32_t(si), h, t, len});
+        t += len;
+      }
+  }
+  return tiles;
+}
+
+// Per query row: the top-(k-1) eligible blocks by q . mean, ascending, -1 padded.
+struct GateScratch {
+  std::vector<float> q, score;
+  std::vector<int32_t> order;
+};
+std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::vector<float>& means,
+                                   const std::vector<QTile>& tiles) {
+  const Problem& p = m.p;
+  std::vector<int32_t> selected(size_t(p.hq) * p.tq * m.slots, -1);
+  if (m.slots == 0) return selected;
+  parallel::run(
+      int64_t(tiles.size()), parallel::Schedule::dynamic,
+      [&](int) { return GateScratch{std::vector<float>(kQueryTile * p.d), {}, {}}; },
+      [&](int64_t i, GateScratch& ws) {
+        auto& [qbuf, score, order] = ws;
+        const QTile& t = tiles[size_t(i)];
+        const Seq& s = p.seqs[size_t(t.seq)];
+        const int64_t own = (t.start + s.offset()) / m.B;  // blocks 0..own-1 are eligible
+        if (own == 0) return;
+        const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, qbuf.data());
+        const float* mean0 = &means[(m.first_block[size_t(t.seq)] * p.hkv + p.kv_head(t.head)) * p.d];
+        score.resize(size_t(own));
+        for (int64_t r = 0; r < t.len; ++r) {
+          int32_t* out = &selected[(size_t(t.head) * p.tq + s.q0 + t.start + r) * m.slots];
+          order.resize(size_t(own));
+          std::iota(order.begin(), order.end(), 0);
+          if (own > m.slots) {
+            for (int64_t b = 0; b < own; ++b) score[size_t(b)] = simd::dot(qr.row(r), mean0 + b * p.hkv * p.d, p.d);
+            // higher score first; equal scores: the later block first
+            std::nth_element(order.begin(), order.begin() + m.slots - 1, order.end(), [&](int32_t a, int32_t b) {
+              return score[size_t(a)] != score[size_t(b)] ? score[size_t(a)] > score[size_t(b)] : a > b;
+            });
+            order.resize(size_t(m.slots));
+            std::sort(order.begin(), order.end());
+          }
+          std::copy(order.begin(), order.end(), out);
+        }
+      });
+  return selected;
+}
+
+// The queries that chose each block: for block id (first_block[s] + j) and KV head g, the flat
+// query rows (token * Hq + head) in list[offset[(id * Hkv + g)] ..).
+struct Selectors {
+  std::vector<int64_t> offset, rows;
+  std::pair<const int64_t*, int64_t> of(int64_t id) const {
+    return {rows.data() + offset[size_t(id)], offset[size_t(id) + 1] - offset[size_t(id)]};
+  }
+};
+Selectors invert_selection(const Moba& m, const std::vector<int32_t>& selected) {
+  const Problem& p = m.p;
+  const int64_t ids = (p.seqs.empty() ? 0 : m.first_block.back() + m.full_blocks(p.seqs.back())) * p.hkv;
+  Selectors sel{std::vector<int64_t>(size_t(ids) + 1, 0), {}};
+  auto for_each = [&](auto&& fn) {
+    for (size_t si = 0; si < p.seqs.size(); ++si) {
+      const Seq& s = p.seqs[si];
+      for (int h = 0; h < p.hq; ++h)
+        for (int64_t r = s.q0; r < s.q0 + s.lq; ++r)
+          for (int64_t c = 0; c < m.slots; ++c) {
+            const int32_t j = selected[(size_t(h) * p.tq + r) * m.slots + c];
+            if (j >= 0) fn((m.first_block[si] + j) * p.hkv + p.kv_head(h), r * p.hq + h);
+          }
+    }
+  };
+  for_each([&](int64_t id, int64_t) { ++sel.offset[size_t(id) + 1]; });
+  std::partial_sum(sel.offset.begin(), sel.offset.end(), sel.offset.begin());
+  sel.rows.resize(size_t(sel.offset.back()));
+  std::vector<int64_t> fill(sel.offset.begin(), sel.offset.end() - 1);
+  for_each([&](int64_t id, int64_t row) { sel.rows[size_t(fill[size_t(id)]++)] = row; });
+  return sel;
+}
+
+// A tile of gathered selecting queries of one block: (sequence, block j, KV head, list range).
+struct GatherTile {
+  int32_t seq, g;
+  int64_t j, begin, len;
+};
+std::vector<GatherTile> gather_tiles(const Moba& m, const Selectors& sel, int64_t j) {
+  std::vector<GatherTile> tiles;
+  for (size_t si = 0; si < m.p.seqs.size(); ++si) {
+    if (j >= m.full_blocks(m.p.seqs[si])) continue;
+    for (int g = 0; g < m.p.hkv; ++g) {
+      const int64_t n = sel.of((m.first_block[si] + j) * m.p.hkv + g).second;
+      for (int64_t b = 0; b < n; b += kQueryTile) tiles.push_back({int32_t(si), g, j, b, std::min(kQueryTile, n - b)});
+    }
+  }
+  return tiles;
+}
+
+}  // namespace
+
+MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
+                                  const MobaOptions& opts) {
+  const Moba m = make_moba("moba_attention_forward", q, k, v, varlen, opts);
+  const Problem& p = m.p;
+  MobaResult r{{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})}, {}, m.slots};
+  const std::vector<QTile> tiles = own_block_tiles(m);
+  r.selected = select_blocks(m, q, block_means(m, k), tiles);
+  const Selectors sel = invert_selection(m, r.selected);
+
+  // Running softmax state of every (head, query): max and sum [Hq, Tq], accumulator = r.out.
+  std::vector<float> m_all(size_t(p.hq) * p.tq, -std::numeric_limits<float>::infinity()), l_all(m_all.size(), 0.0f);
+  const int64_t ld_out = int64_t(p.hq) * p.d;
+  auto scratch = [&](int) { return TileScratch(kQueryTile, kKeyTile, p.d, false); };
+
+  // Own block, causal.
+  parallel::run(int64_t(tiles.size()), parallel::Schedule::dynamic, scratch, [&](int64_t i, TileScratch& ws) {
+    const QTile& t = tiles[size_t(i)];
+    const Seq& s = p.seqs[size_t(t.seq)];
+    const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
+    const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
+    SoftmaxState st{&m_all[size_t(stat)], &l_all[size_t(stat)], r.out.f32() + ((s.q0 + t.start) * p.hq + t.head) * p.d,
+                    ld_out};
+    attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / m.B * m.B, pos0 + t.len, st, ws);
+  });
+
+  // Selected blocks, in block order.
+  for (int64_t j = 0; j < m.max_blocks; ++j) {
+    const std::vector<GatherTile> gt = gather_tiles(m, sel, j);
+    parallel::run(int64_t(gt.size()), parallel::Schedule::dynamic, scratch, [&](int64_t i, TileScratch& ws) {
+      const GatherTile& t = gt[size_t(i)];
+      const Seq& s = p.seqs[size_t(t.seq)];
+      const int64_t* rows = sel.of((m.first_block[size_t(t.seq)] + j) * p.hkv + t.g).first + t.begin;
+      std::vector<float> acc(size_t(t.len) * p.d);  // gathered accumulators of these queries
+      for (int64_t e = 0; e < t.len; ++e) {
+        const int64_t stat = (rows[e] % p.hq) * p.tq + rows[e] / p.hq;
+        ws.m[size_t(e)] = m_all[size_t(stat)];
+        ws.l[size_t(e)] = l_all[size_t(stat)];
+        std::copy_n(r.out.f32() + rows[e] * p.d, p.d, &acc[size_t(e * p.d)]);
+      }
+      gather_rows(q, rows, t.len, ws.q.data());
+      attend_key_range(p, s, k, v, t.g, Rows{ws.q.data(), p.d}, t.len, 0, j * m.B, (j + 1) * m.B,
+                       SoftmaxState{ws.m.data(), ws.l.data(), acc.data(), p.d}, ws, true);
+      for (int64_t e = 0; e < t.len; ++e) {
+        const int64_t stat = (rows[e] % p.hq) * p.tq + rows[e] / p.hq;
+        m_all[size_t(stat)] = ws.m[size_t(e)];
+        l_all[size_t(stat)] = ws.l[size_t(e)];
+        std::copy_n(&acc[size_t(e * p.d)], p.d, r.out.f32() + rows[e] * p.d);
+      }
+    });
+  }
+
+  // out = acc / l, lse = m + log l.
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(p.tq * p.hq * p.d))
+  for (int64_t row = 0; row < p.tq; ++row)
+    for (int h = 0; h < p.hq; ++h) {
+      const size_t stat = size_t(h) * p.tq + row;
+      float* out = r.out.f32() + (row * p.hq + h) * p.d;
+      tile_finalize(SoftmaxState{&m_all[stat], &l_all[stat], out, ld_out}, 1, p.d, out, ld_out, r.lse.f32() + stat);
+    }
+  return r;
+}
+
+AttentionGrads moba_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const MobaResult& fwd,
+                                       const Tensor& dout, const Varlen& varlen, const MobaOptions& opts) {
+  const char* who = "moba_attention_backward";
+  const Moba m = make_moba(who, q, k, v, varlen, opts);
+  const Problem& p = m.p;
+  check_f32_shape(who, "out", fwd.out, {p.tq, p.hq, p.d});
+  check_f32_shape(who, "lse", fwd.lse, {p.hq, p.tq});
+  check_f32_shape(who, "dout", dout, {p.tq, p.hq, p.d});
+  LONGCTX_CHECK(fwd.slots == m.slots && fwd.selected.size() == size_t(p.hq) * p.tq * m.slots, who,
+                ": the forward result's selection (", fwd.slots, " slots, ", fwd.selected.size(),
+                " entries) does not match top_k = ", opts.top_k, " and ", p.hq, " heads x ", p.tq, " queries");
+  AttentionGrads g{Tensor({p.tq, p.hq, p.d}), Tensor({p.tk, p.hkv, p.d}), Tensor({p.tk, p.hkv, p.d})};
+  const std::vector<float> delta = rowsum_dout_out(dout, fwd.out);
+  const Selectors sel = invert_selection(m, fwd.selected);
+  const BackwardInputs in{q, k, v, dout, fwd.lse.f32(), delta.data()};
+
+  // Items: key tiles inside blocks, per (sequence, KV head); heaviest first.
+  struct KTile {
+    int32_t seq, g;
+    int64_t j, start, len;
+  };
+  std::vector<KTile> all;
+  std::vector<double> cost;
+  for (size_t si = 0; si < p.seqs.size(); ++si) {
+    const Seq& s = p.seqs[si];
+    for (int gi = 0; gi < p.hkv; ++gi)
+      for (int64_t j = 0; j * m.B < s.lk; ++j)
+        for (int64_t kp = j * m.B; kp < std::min((j + 1) * m.B, s.lk); kp += kKeyTile) {
+          const int64_t n = std::min({kKeyTile, (j + 1) * m.B - kp, s.lk - kp});
+          const int64_t chosen = j < m.full_blocks(s) ? sel.of((m.first_block[si] + j) * p.hkv + gi).second : 0;
+          all.push_back({int32_t(si), gi, j, kp, n});
+          cost.push_back(double(n) * (chosen + p.group * std::min(m.B, s.lk - kp)));
+        }
+  }
+  std::vector<KTile> items;
+  for (int64_t i : parallel::heaviest_first(cost)) items.push_back(all[size_t(i)]);
+
+  DqAccumulators dq_acc(g.dq, parallel::max_threads());
+  const int64_t ld_kv = int64_t(p.hkv) * p.d;
+  parallel::run(
+      int64_t(items.size()), parallel::Schedule::cyclic,
+      [&](int t) {
+        return std::tuple(TileScratch(kQueryTile, kKeyTile, p.d, true), dq_acc.for_thread(t),
+                          std::vector<float>(kQueryTile * p.d));
+      },
+      [&](int64_t i, auto& state) {
+        auto& [ws, dq, dq_rows] = state;
+        const KTile& it = items[size_t(i)];
+        const Seq& s = p.seqs[size_t(it.seq)];
+        const int64_t kv_off = ((s.k0 + it.start) * p.hkv + it.g) * p.d;
+        float *dk = g.dk.f32() + kv_off, *dv = g.dv.f32() + kv_off;
+        // Own-block queries: positions in block j that see the tile (causal mask inside).
+        int64_t lo, hi;
+        rows_seeing_keys(p, s, it.start, it.len, lo, hi);
+        lo = std::max(lo, it.j * m.B - s.offset());
+        hi = std::min(hi, (it.j + 1) * m.B - s.offset());
+        if (lo < hi) backward_key_tile(p, s, in, it.g, it.start, it.len, lo, hi, dk, dv, dq, ws);
+        if (it.j >= m.full_blocks(s)) return;
+        // Queries that selected block j: all keys visible.
+        const auto [rows, count] = sel.of((m.first_block[size_t(it.seq)] + it.j) * p.hkv + it.g);
+        const Rows kr = load_rows(k, s.k0 + it.start, it.len, it.g, ws.k.data());
+        const Rows vr = load_rows(v, s.k0 + it.start, it.len, it.g, ws.v.data());
+        for (int64_t b = 0; b < count; b += kQueryTile) {
+          const int64_t n = std::min(kQueryTile, count - b);
+          gather_rows(q, rows + b, n, ws.q.data());
+          gather_rows(dout, rows + b, n, ws.dout.data());
+          for (int64_t e = 0; e < n; ++e) {
+            const int64_t stat = (rows[b + e] % p.hq) * p.tq + rows[b + e] / p.hq;
+            ws.lse[size_t(e)] = fwd.lse.f32()[stat];
+            ws.delta[size_t(e)] = delta[size_t(stat)];
+          }
+          std::fill_n(dq_rows.data(), n * p.d, 0.0f);
+          tile_backward(Rows{ws.q.data(), p.d}, Rows{ws.dout.data(), p.d}, ws.lse.data(), ws.delta.data(), n, kr, vr,
+                        it.len, p.d, p.scale, TileMask{}, dq_rows.data(), p.d, dk, dv, ld_kv, ws.s.data(), ws.dp.data());
+          for (int64_t e = 0; e < n; ++e) simd::add_inplace(dq + rows[b + e] * p.d, &dq_rows[size_t(e * p.d)], p.d);
+        }
+      });
+  dq_acc.reduce();
+  return g;
+}
+
+}  // namespace longctx

@@ -1,0 +1,285 @@
+// Decode and chunked prefill over the KV cache equal the rows of the same method's prefill over
+// the whole sequence, step by step across block boundaries: dense, MoBA (against
+// moba_attention_forward, selection included), top-k (blocks and tokens), threshold (both rules).
+#include <longctx/attention/cache/decode.hpp>
+#include <longctx/attention/dense/flash.hpp>
+#include <longctx/attention/moba/moba.hpp>
+
+#include "sparse_helpers.hpp"
+
+namespace longctx {
+namespace {
+
+using testing::random_tensor;
+using testing::rows_of;
+
+constexpr int kHq = 4, kHkv = 2, kD = 16;
+constexpr int64_t kN = 70, kB = 16;  // 4 full blocks and a partial one
+
+struct Prefill {
+  Tensor out, lse;
+  // visited blocks/tokens of (head, row), sorted (MoBA: from its selection)
+  std::function<std::vector<int32_t>(int, int64_t)> visited;
+};
+
+// Max |a - b| over row `row` (all heads) of prefill out vs step result row `r_row`.
+double row_error(const Tensor& full, int64_t row, const Tensor& step, int64_t r_row) {
+  double e = 0;
+  for (int64_t i = 0; i < kHq * kD; ++i)
+    e = std::max(e, std::abs(double(full.f32()[row * kHq * kD + i]) - double(step.f32()[r_row * kHq * kD + i])));
+  return e;
+}
+
+std::vector<int32_t> visited_of(const SparseResult& r, int h, int64_t row, int64_t tq) {
+  const size_t i = size_t(h) * size_t(tq) + size_t(row);
+  std::vector<int32_t> v(r.visited.begin() + r.row_offset[i], r.visited.begin() + r.row_offset[i + 1]);
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// Feeds the sequence into a cache in chunks of `chunk` tokens and checks every chunk's rows.
+void check_against_prefill(const Tensor& q, const Tensor& k, const Tensor& v, DType dtype, const Prefill& full,
+                           const CacheAttentionOptions& opts, int64_t chunk) {
+  KVCache cache({kN, kHkv, kD, kB, dtype});
+  for (int64_t t = 0; t < kN; t += chunk) {
+    const int64_t n = std::min(chunk, kN - t);
+    cache.append(rows_of(k, t, n), rows_of(v, t, n));
+    const SparseResult r = attention_over_cache(rows_of(q, t, n), cache, opts);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_LT(row_error(full.out, t + i, r.out, i), 2e-6) << "token " << t + i;
+      for (int h = 0; h < kHq; ++h) {
+        ASSERT_NEAR(full.lse.f32()[h * kN + t + i], r.lse.f32()[h * n + i], 2e-6) << "token " << t + i;
+        if (opts.method != CacheMethod::dense)
+          ASSERT_EQ(full.visited(h, t + i), visited_of(r, h, i, n)) << "token " << t + i << " head " << h;
+      }
+    }
+  }
+}
+
+struct DecodeCase {
+  CacheMethod method;
+  bool token_level;
+  StopRule rule;
+  DType dtype;
+};
+void PrintTo(const DecodeCase& c, std::ostream* os) {
+  *os << cache_method_name(c.method) << (c.token_level ? "_tokens_" : "_") << stop_rule_name(c.rule) << "_"
+      << dtype_name(c.dtype);
+}
+
+class DecodeVsPrefill : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(DecodeVsPrefill, EveryStepAndChunkMatchesThePrefillRow) {
+  const DecodeCase& c = GetParam();
+  const testing::Structured src = testing::structured_source(kN, kHq, kHkv, kD, kB, 1, 2.0f, 5);
+  const Tensor q = src.q.to(c.dtype), k = src.k.to(c.dtype), v = src.v.to(c.dtype);
+  CacheAttentionOptions opts;
+  opts.method = c.method;
+  opts.token_level = c.token_level;
+  opts.top_k = c.token_level ? 9 : 3;
+  opts.tau = 0.9f;
+  opts.stop_rule = c.rule;
+  Prefill full;
+  if (c.method == CacheMethod::dense) {
+    AttentionResult r = flash_attention_forward(q, k, v);
+    full = {std::move(r.out), std::move(r.lse), {}};
+  } else if (c.method == CacheMethod::moba) {
+    auto r = std::make_shared<MobaResult>(moba_attention_forward(q, k, v, {}, {kB, opts.top_k, 0.0f}));
+    full = {r->out.clone(), r->lse.clone(), [r](int h, int64_t row) {
+              std::vector<int32_t> sel;
+              for (int64_t s = 0; s < r->slots; ++s)
+                if (int32_t b = r->selected[size_t((h * kN + row) * r->slots + s)]; b >= 0) sel.push_back(b);
+              std::sort(sel.begin(), sel.end());
+              return sel;
+            }};
+  } else {
+    auto r = std::make_shared<SparseResult>(
+        c.method == CacheMethod::topk
+            ? topk_attention_forward(q, k, v, {}, {kB, opts.top_k, c.token_level, 0.0f})
+            : threshold_attention_forward(q, k, v, {}, {kB, opts.tau, c.rule, 0.0f}));
+    full = {r->out.clone(), r->lse.clone(), [r](int h, int64_t row) { return visited_of(*r, h, row, kN); }};
+  }
+  check_against_prefill(q, k, v, c.dtype, full, opts, 1);   // decode, token by token
+  check_against_prefill(q, k, v, c.dtype, full, opts, 13);  // chunked prefill
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Methods, DecodeVsPrefill,
+    ::testing::Values(DecodeCase{CacheMethod::dense, false, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::dense, false, StopRule::bound, DType::bf16},
+                      DecodeCase{CacheMethod::moba, false, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::moba, false, StopRule::bound, DType::bf16},
+                      DecodeCase{CacheMethod::topk, false, StopRule::bound, DType::bf16},
+                      DecodeCase{CacheMethod::topk, true, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::threshold, false, StopRule::bound, DType::f32},
+                      DecodeCase{CacheMethod::threshold, false, StopRule::heuristic, DType::bf16}));
+
+// Softmax of query row t (position pos) of head h over the cached keys `sees(key)` accepts, in
+// double from the stored (possibly bf16) rows: out [d] and lse.
+template <class Sees>
+std::pair<std::vector<double>, double> naive_row(const Tensor& q, int64_t t, int h, const KVCache& cache, Sees sees) {
+  const int d = cache.head_dim(), hkv = cache.kv_heads(), g = h / (int(q.dim(1)) / hkv);
+  const Tensor k = cache.keys().to(DType::f32), v = cache.values().to(DType::f32), qf = q.to(DType::f32);
+  const float* qr = qf.f32() + (t * q.dim(1) + h) * d;
+  std::vector<double> score;
+  std::vector<int64_t> keys;
+  double mx = -INFINITY;
+  for (int64_t j = 0; j < cache.size(); ++j) {
+    if (!sees(j)) continue;
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += double(qr[c]) * k.f32()[(j * hkv + g) * d + c];
+    score.push_back(dot / std::sqrt(double(d)));
+    keys.push_back(j);
+    mx = std::max(mx, score.back());
+  }
+  std::vector<double> out(size_t(d), 0.0);
+  double sum = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const double p = std::exp(score[i] - mx);
+    sum += p;
+    for (int c = 0; c < d; ++c) out[size_t(c)] += p * v.f32()[(keys[i] * hkv + g) * d + c];
+  }
+  for (double& o : out) o /= sum;
+  return {out, mx + std::log(sum)};
+}
+
+// Dense decode over a cache long enough to be split across threads (LSE merge of the parts),
+// with head dims on the AVX-512 path (16 | d) and off it, GQA ratios 4, 3 and 1, q_len 1 and 5.
+TEST(Decode, DenseOverALongCacheMatchesTheNaiveSoftmax) {
+  struct Shape {
+    int hq, hkv, d;
+    DType dtype;
+  };
+  for (const Shape& sh : {Shape{8, 2, 128, DType::bf16}, Shape{3, 1, 24, DType::f32}, Shape{4, 4, 16, DType::bf16}}) {
+    const int64_t n = 9001;
+    KVCache cache({n, sh.hkv, sh.d, 64, sh.dtype});
+    cache.append(random_tensor({n, sh.hkv, sh.d}, 11), random_tensor({n, sh.hkv, sh.d}, 12));
+    for (const int64_t q_len : {1, 5}) {
+      const Tensor q = random_tensor({q_len, sh.hq, sh.d}, 13, 2.0f);
+      const SparseResult r = attention_over_cache(q, cache, {});
+      for (int64_t t = 0; t < q_len; ++t)
+        for (int h = 0; h < sh.hq; ++h) {
+          const int64_t pos = n - q_len + t;
+          const auto [out, lse] = naive_row(q, t, h, cache, [&](int64_t j) { return j <= pos; });
+          for (int c = 0; c < sh.d; ++c)
+            ASSERT_NEAR(r.out.f32()[(t * sh.hq + h) * sh.d + c], out[size_t(c)], 2e-5) << "d " << sh.d << " head " << h;
+          ASSERT_NEAR(r.lse.f32()[h * q_len + t], lse, 2e-5) << "d " << sh.d << " head " << h;
+        }
+    }
+  }
+}
+
+// Group-shared selection: every head of a GQA group visits the same blocks, the top_k - 1 full
+// past blocks by the gate score summed over the group's heads (checked against naive double
+// scores up to float rounding), and its output is the exact softmax over its own block (causal)
+// plus those blocks. Decode and q_len 5 chunks, cache length not a multiple of B, GQA 4 and 3.
+TEST(Decode, GroupSharedSelectionAttendsTheGroupsTopBlocks) {
+  const int64_t n = 203, B = 16;
+  for (const CacheMethod method : {CacheMethod::moba, CacheMethod::topk})
+    for (const auto [hq, hkv] : {std::pair{8, 2}, std::pair{3, 1}}) {
+      const int d = 32;
+      KVCache cache({n, hkv, d, B, DType::bf16});
+      cache.append(random_tensor({n, hkv, d}, 21), random_tensor({n, hkv, d}, 22));
+      const Tensor keys = cache.keys().to(DType::f32);
+      CacheAttentionOptions o;
+      o.method = method;
+      o.top_k = 4;
+      o.group_select = true;
+      for (const int64_t q_len : {1, 5}) {
+        const Tensor q = random_tensor({q_len, hq, d}, 23, 2.0f);
+        const Tensor qf = q.to(DType::f32);
+        const SparseResult r = attention_over_cache(q, cache, o);
+        const int group = hq / hkv;
+        for (int64_t t = 0; t < q_len; ++t) {
+          const int64_t pos = n - q_len + t, own = pos / B;
+          for (int h = 0; h < hq; ++h) {
+            const std::vector<int32_t> vis = visited_of(r, h, t, q_len);
+            ASSERT_EQ(vis, visited_of(r, h / group * group, t, q_len)) << "heads of a group select alike";
+            ASSERT_EQ(int64_t(vis.size()), std::min<int64_t>(o.top_k - 1, own));
+            // naive group score of block j
+            auto score = [&](int64_t j) {
+              double sum = 0;
+              for (int e = h / group * group; e < (h / group + 1) * group; ++e) {
+                const float* qe = qf.f32() + (t * hq + e) * d;
+                for (int c = 0; c < d; ++c) {
+                  double mean = 0, mn = INFINITY, mx = -INFINITY;
+                  for (int64_t i = j * B; i < (j + 1) * B; ++i) {
+                    const double x = keys.f32()[(i * hkv + h / group) * d + c];
+                    mean += x / B, mn = std::min(mn, x), mx = std::max(mx, x);
+                  }
+                  sum += method == CacheMethod::moba ? qe[c] * mean : std::max(qe[c] * mn, qe[c] * mx);
+                }
+              }
+              return sum;
+            };
+            double worst_in = INFINITY, best_out = -INFINITY;
+            for (int64_t j = 0; j < own; ++j) {
+              const double sc = score(j);
+              if (std::count(vis.begin(), vis.end(), int32_t(j))) worst_in = std::min(worst_in, sc);
+              else best_out = std::max(best_out, sc);
+            }
+            ASSERT_GE(worst_in, best_out - 1e-4);
+            const auto [out, lse] = naive_row(q, t, h, cache, [&](int64_t j) {
+              return (j >= own * B && j <= pos) || std::count(vis.begin(), vis.end(), int32_t(j / B));
+            });
+            for (int c = 0; c < d; ++c) ASSERT_NEAR(r.out.f32()[(t * hq + h) * d + c], out[size_t(c)], 2e-5);
+            ASSERT_NEAR(r.lse.f32()[h * q_len + t], lse, 2e-5);
+          }
+        }
+      }
+    }
+}
+
+// One query head per KV head: group selection is per-head selection. top_k * B >= n: dense.
+TEST(Decode, GroupSharedSelectionEdgeCases) {
+  const int64_t n = 77, B = 8;
+  KVCache cache({n, 2, 16, B, DType::f32});
+  cache.append(random_tensor({n, 2, 16}, 31), random_tensor({n, 2, 16}, 32));
+  const Tensor q = random_tensor({3, 2, 16}, 33, 2.0f), q4 = random_tensor({3, 4, 16}, 34, 2.0f);
+  for (const CacheMethod method : {CacheMethod::moba, CacheMethod::topk}) {
+    CacheAttentionOptions per;
+    per.method = method;
+    per.top_k = 3;
+    CacheAttentionOptions grp = per;
+    grp.group_select = true;
+    const SparseResult a = attention_over_cache(q, cache, per), b = attention_over_cache(q, cache, grp);
+    EXPECT_EQ(a.visited, b.visited);
+    for (int64_t i = 0; i < a.out.numel(); ++i) ASSERT_NEAR(a.out.f32()[i], b.out.f32()[i], 1e-6);
+    grp.top_k = n / B + 1;
+    const SparseResult all = attention_over_cache(q4, cache, grp), dense = attention_over_cache(q4, cache, {});
+    for (int64_t i = 0; i < all.out.numel(); ++i) ASSERT_NEAR(all.out.f32()[i], dense.out.f32()[i], 2e-6);
+  }
+  CacheAttentionOptions bad;
+  bad.method = CacheMethod::threshold;
+  bad.group_select = true;
+  EXPECT_THROW(attention_over_cache(q, cache, bad), std::invalid_argument);
+}
+
+TEST(Decode, BadInputThrowsClearly) {
+  KVCache cache({16, 2, 8, 4, DType::f32});
+  cache.append(random_tensor({4, 2, 8}, 1), random_tensor({4, 2, 8}, 2));
+  auto msg = [&](const Tensor& q, CacheAttentionOptions o) {
+    try {
+      attention_over_cache(q, cache, o);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no throw");
+  };
+  const Tensor q = random_tensor({1, 4, 8}, 3);
+  EXPECT_NE(msg(random_tensor({1, 3, 8}, 3), {}).find("query heads (3) must be a positive multiple of the cache's kv_heads (2)"),
+            std::string::npos);
+  EXPECT_NE(msg(random_tensor({5, 4, 8}, 3), {}).find("q_len must be in [1, cache size 4], got 5"), std::string::npos);
+  EXPECT_NE(msg(random_tensor({1, 4, 4}, 3), {}).find("q head_dim 4 differs from the cache's 8"), std::string::npos);
+  CacheAttentionOptions o;
+  o.method = CacheMethod::topk;
+  o.top_k = 0;
+  EXPECT_NE(msg(q, o).find("top_k must be > 0, got 0"), std::string::npos);
+  o.top_k = 2;
+  o.tau = 0.0f;
+  EXPECT_NE(msg(q, o).find("tau must be in (0, 1], got 0"), std::string::npos);
+  EXPECT_THROW(parse_cache_method("sparse"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace longctx

@@ -1,0 +1,48 @@
+// Tensors: shapes, zero fill, bf16 rounding, dtype checks.
+#include <longctx/core/tensor.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace longctx {
+namespace {
+
+TEST(Tensor, ZeroFilledAlignedAndShaped) {
+  Tensor t({3, 4, 5});
+  EXPECT_EQ(t.numel(), 60);
+  EXPECT_EQ(t.shape_str(), "[3, 4, 5]");
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw()) % 64, 0u);
+  for (int64_t i = 0; i < t.numel(); ++i) EXPECT_EQ(t.f32()[i], 0.0f);
+  EXPECT_THROW(t.bf16(), std::invalid_argument);
+  EXPECT_THROW(Tensor({2, -1}), std::invalid_argument);
+}
+
+TEST(Tensor, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+  // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties to even (1.0)
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.00390625f)), 1.0f);
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.01171875f)), 1.015625f);  // halfway, rounds up to even
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(-INFINITY)), -INFINITY);
+  Tensor t({4});
+  t.fill(3.14159f);
+  const Tensor b = t.to(DType::bf16);
+  EXPECT_EQ(b.nbytes(), 8u);
+  EXPECT_NEAR(b.at(2), 3.14159f, 3.14159f / 128);
+  EXPECT_EQ(b.to(DType::f32).at(1), b.at(1));
+}
+
+TEST(Tensor, AliasRowsViewsThePrefixWithoutCopy) {
+  Tensor t({5, 2, 3}, DType::bf16);
+  const Tensor a = t.alias_rows(2);
+  EXPECT_EQ(a.shape(), (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(a.numel(), 12);
+  EXPECT_EQ(a.raw(), t.raw());
+  EXPECT_EQ(a.dtype(), DType::bf16);
+  EXPECT_EQ(t.alias_rows(0).numel(), 0);
+  EXPECT_THROW(t.alias_rows(6), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace longctx

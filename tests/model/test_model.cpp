@@ -1,0 +1,78 @@
+// The transformer: loss against the double-precision reference, gradients against finite
+// differences of it, config validation, and a tiny model memorising a short text.
+#include <longctx/core/error.hpp>
+#include <longctx/model/reference_model.hpp>
+#include <longctx/model/transformer.hpp>
+
+#include "helpers.hpp"
+#include "model_helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace longctx {
+namespace {
+
+using testing::check_extend_matches_forward;
+using testing::params_as_double;
+using testing::tiny_batch;
+
+ModelConfig tiny_config(const std::string& attention_kind, const std::string& ffn_kind = "dense") {
+  nlohmann::json ffn{{"kind", ffn_kind}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 6}, {"num_shared", 1},
+                     {"load_balance_weight", 0.1}, {"z_loss_weight", 0.01}};
+  if (ffn_kind == "dense") ffn = {{"kind", "dense"}};
+  return testing::tiny_model({{"kind", attention_kind}, {"block_size", 3}, {"top_k", 2}}, ffn);
+}
+
+void check_gradients(const std::string& kind, const std::string& ffn = "dense") {
+  testing::check_gradients(tiny_config(kind, ffn));
+}
+
+TEST(Model, FullAttentionGradientsMatchFiniteDifferences) { check_gradients("full"); }
+TEST(Model, MobaGradientsMatchFiniteDifferences) { check_gradients("moba"); }
+TEST(Model, MoeGradientsMatchFiniteDifferences) { check_gradients("moba", "moe"); }
+TEST(Model, TopkGradientsMatchFiniteDifferences) { check_gradients("topk"); }
+
+TEST(Model, DecodeOverKvCacheEqualsFullForward) {
+  check_extend_matches_forward(tiny_config("full"));
+  check_extend_matches_forward(tiny_config("moba", "moe"));
+  check_extend_matches_forward(tiny_config("topk"));
+}
+
+TEST(Model, ForceFullSwitchesMobaLayersToDense) {
+  const ModelConfig cfg = tiny_config("moba");
+  Transformer model(cfg, 3);
+  const Batch batch = tiny_batch();
+  const auto p = params_as_double(model);
+  model.force_full_attention(true);
+  EXPECT_NEAR(model.forward(batch, false), reference::model_loss(cfg, p, batch, true), 1e-5);
+  EXPECT_FALSE(model.layer_uses_moba(0));
+}
+
+TEST(Model, HybridConfigMakesLastLayersFull) {
+  nlohmann::json j{{"n_layers", 4}, {"attention", {{"kind", "moba"}, {"block_size", 64}, {"top_k", 2}}},
+                   {"full_attention_last_n", 1}};
+  const ModelConfig c = ModelConfig::from_json(j);
+  EXPECT_EQ(c.attention[2].kind, "moba");
+  EXPECT_EQ(c.attention[3].kind, "full");
+  const ModelConfig back = ModelConfig::from_json(c.to_json());
+  EXPECT_EQ(back.to_json(), c.to_json());
+}
+
+TEST(Model, ConfigErrorsNameTheField) {
+  auto expect_error = [](nlohmann::json j, const std::string& needle) {
+    testing::expect_error([&] { ModelConfig::from_json(j); }, needle);
+  };
+  expect_error({{"attention", {{"kind", "sparse?"}}}}, "unknown attention kind 'sparse?'");
+  expect_error({{"d_model", 256}, {"n_heads", 3}}, "n_heads (3) must divide d_model (256)");
+  expect_error({{"n_heads", 4}, {"n_kv_heads", 3}}, "n_kv_heads (3) must divide n_heads (4)");
+  expect_error({{"attention", {{"kind", "moba"}, {"top_k", 0}}}}, "moba top_k must be > 0, got 0");
+  expect_error({{"d_modle", 256}}, "unknown field 'd_modle'");
+  expect_error({{"ffn", {{"kind", "sparse"}}}}, "unknown ffn kind 'sparse'");
+  expect_error({{"ffn", {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 5}}}}, "top_k");
+  expect_error({{"ffn", {{"kind", "moe"}, {"experts", 4}}}}, "unknown field 'experts'");
+}
+
+}  // namespace
+}  // namespace longctx

@@ -1,0 +1,176 @@
+// The attention kinds with their own machinery inside the model: mass threshold, NSA (learned
+// compressors and gates) and Infini-attention (compressive memory). Gradients against finite
+// differences of the double reference model, decode against the full forward, config checks.
+#include <longctx/core/error.hpp>
+#include <longctx/model/reference_model.hpp>
+#include <longctx/model/transformer.hpp>
+
+#include "helpers.hpp"
+#include "model_helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+namespace longctx {
+namespace {
+
+using nlohmann::json;
+using testing::check_extend_matches_forward;
+using testing::check_gradients;
+using testing::tiny_model;
+
+// Small enough that the 11-token sequence crosses several blocks / segments.
+const json kThreshold{{"kind", "threshold"}, {"block_size", 3}, {"tau", 0.5}, {"stop_rule", "bound"}};
+const json kThresholdHeuristic{{"kind", "threshold"}, {"block_size", 3}, {"tau", 0.8}, {"stop_rule", "heuristic"}};
+const json kNsa{{"kind", "nsa"}, {"block_len", 2}, {"stride", 1},  {"select_len", 2}, {"top_n", 3},
+                {"local_blocks", 1}, {"window", 3}, {"compress", "mlp"}, {"hidden", 3}};
+const json kNsaMean{{"kind", "nsa"}, {"block_len", 4}, {"stride", 2},  {"select_len", 3}, {"top_n", 2},
+                    {"local_blocks", 1}, {"window", 2}, {"compress", "mean"}};
+const json kInfini{{"kind", "infini"}, {"segment_len", 4}, {"update", "linear"}};
+const json kInfiniDelta{{"kind", "infini"}, {"segment_len", 3}, {"update", "delta"}};
+
+ModelConfig hybrid() {  // nsa (mean compressor) then infini (delta update)
+  return tiny_model(kThreshold, {{"kind", "dense"}}, json::array({{{"attention", kNsaMean}}, {{"attention", kInfiniDelta}}}));
+}
+
+TEST(ModelKinds, ThresholdGradientsMatchFiniteDifferences) {
+  check_gradients(tiny_model(kThreshold));
+  check_gradients(tiny_model(kThresholdHeuristic));
+}
+TEST(ModelKinds, NsaGradientsMatchFiniteDifferences) { check_gradients(tiny_model(kNsa)); }
+TEST(ModelKinds, InfiniGradientsMatchFiniteDifferences) { check_gradients(tiny_model(kInfini)); }
+TEST(ModelKinds, HybridGradientsMatchFiniteDifferences) {
+  // three kinds across layers, one with a MoE FFN
+  check_gradients(tiny_model(kNsa, {{"kind", "dense"}},
+                             json::array({{{"attention", kThreshold}},
+                                          {{"attention", kInfiniDelta},
+                                           {"ffn", {{"kind", "moe"}, {"num_experts", 3}, {"top_k", 2}, {"d_ff", 5}}}}})));
+  check_gradients(hybrid());
+}
+
+// The gradient checks above are only as strong as the sparsity they see: at the checked point the
+// threshold layers drop keys and NSA's free selection slot picks among several past blocks.
+TEST(ModelKinds, GradcheckConfigsAreReallySparse) {
+  const Batch b = testing::tiny_batch();
+  auto visible = [](const reference::Mask& m) { return std::count(m.begin(), m.end(), uint8_t(1)); };
+  for (const json& a : {kThreshold, kThresholdHeuristic}) {
+    const ModelConfig cfg = tiny_model(a);
+    reference::SelectionTape sparse, dense;
+    const auto p = testing::params_as_double(testing::scaled_model(cfg, 7, 20.0f));
+    reference::model_loss(cfg, p, b, false, &sparse);
+    reference::model_loss(cfg, p, b, true, &dense);
+    for (size_t l = 0; l < 2; ++l) EXPECT_LT(visible(sparse.masks[l]), visible(dense.masks[l])) << a.dump();
+  }
+  const ModelConfig cfg = tiny_model(kNsa);
+  reference::SelectionTape tape;
+  reference::model_loss(cfg, testing::params_as_double(testing::scaled_model(cfg, 7, 20.0f)), b, false, &tape);
+  // rows [T, Hkv = 1, top_n = 3]: the first sequence's queries 6..10 (blocks of 2) have past blocks
+  // 1..(own - 1) to choose from beside block 0 and the local block
+  for (size_t l = 0; l < 2; ++l) {
+    std::set<int32_t> chosen;
+    for (int64_t t = 6; t < 11; ++t)
+      for (int64_t i = 0; i < 3; ++i) {
+        const int32_t id = tape.nsa[l][size_t(t * 3 + i)];
+        if (id > 0 && id < t / 2) chosen.insert(id);
+      }
+    EXPECT_GE(chosen.size(), 2u) << "layer " << l;
+  }
+}
+
+// Prompt prefill, a second multi-token chunk (chunked prefill), then one token per step across
+// block / segment boundaries.
+TEST(ModelKinds, DecodeEqualsFullForward) {
+  for (const json& a : {kThreshold, kThresholdHeuristic, kNsa, kNsaMean, kInfini, kInfiniDelta}) {
+    SCOPED_TRACE(a.dump());
+    check_extend_matches_forward(tiny_model(a), {5, 3});
+    check_extend_matches_forward(tiny_model(a), {1});  // token by token from the start
+  }
+  check_extend_matches_forward(hybrid(), {6});
+}
+
+TEST(ModelKinds, InfiniLayerKeepsNoKvCache) {
+  Transformer m(hybrid(), 1);
+  const DecodeState st = m.new_decode_state(64);
+  ASSERT_EQ(st.layers.size(), 2u);
+  EXPECT_TRUE(st.layers[0].cache && st.layers[0].nsa);  // nsa: KV cache + compressed blocks
+  EXPECT_FALSE(st.layers[1].cache);                      // infini: constant memory only
+  ASSERT_TRUE(st.layers[1].infini);
+  EXPECT_EQ(st.layers[1].infini->memory().numel(), 1 * 4 * 4);  // [Hkv, d, d]
+}
+
+TEST(ModelKinds, ParamsAreNamedAndDecayOnMatricesOnly) {
+  Transformer m(hybrid(), 1);
+  const Param& beta = m.param("layers.1.attention.infini.beta");
+  EXPECT_EQ(beta.value.shape(), std::vector<int64_t>{2});
+  EXPECT_FALSE(beta.decay);
+  for (int64_t i = 0; i < 2; ++i) EXPECT_EQ(beta.value.at(i), 0.0f);  // gates start at 0.5
+  const Param& gw = m.param("layers.0.attention.nsa.gate_w");
+  EXPECT_EQ(gw.value.shape(), (std::vector<int64_t>{6, 8}));
+  EXPECT_TRUE(gw.decay);
+  const Param& gb = m.param("layers.0.attention.nsa.gate_b");
+  EXPECT_FALSE(gb.decay);
+  EXPECT_EQ(gb.value.at(2), 2.0f);  // window branch favoured at the start (nsa_init_weights)
+  EXPECT_THROW(m.param("layers.0.attention.nsa.compress_k.w1"), std::invalid_argument);  // mean: no compressor
+  Transformer mlp(tiny_model(kNsa), 1);
+  EXPECT_EQ(mlp.param("layers.1.attention.nsa.compress_v.w1").value.shape(), (std::vector<int64_t>{3, 2 * 4}));
+  EXPECT_TRUE(mlp.param("layers.1.attention.nsa.compress_v.w1").decay);
+  EXPECT_FALSE(mlp.param("layers.1.attention.nsa.compress_v.b1").decay);
+}
+
+TEST(ModelKinds, ForceFullKeepsNsaAndInfini) {
+  const ModelConfig cfg = tiny_model(kThreshold, {{"kind", "dense"}}, json::array({json::object(), {{"attention", kInfini}}}));
+  Transformer m(cfg, 3);
+  m.force_full_attention(true);
+  EXPECT_EQ(m.attention_kind(0), "full");
+  EXPECT_EQ(m.attention_kind(1), "infini");
+  const auto p = testing::params_as_double(m);
+  const Batch b = testing::tiny_batch();
+  EXPECT_NEAR(m.forward(b, false), reference::model_loss(cfg, p, b, true), 1e-5);
+  Transformer n(hybrid(), 3);
+  n.force_full_attention(true);
+  EXPECT_EQ(n.attention_kind(0), "nsa");
+  EXPECT_FALSE(n.layer_uses_moba(0));
+}
+
+TEST(ModelKinds, ConfigRoundTrips) {
+  const ModelConfig c = tiny_model(kNsa, {{"kind", "dense"}}, json::array({{{"attention", kThresholdHeuristic}},
+                                                                            {{"attention", kInfiniDelta}}}));
+  const json j = c.to_json();
+  EXPECT_EQ(j["layers"][0]["attention"], kThresholdHeuristic);
+  EXPECT_EQ(j["layers"][1]["attention"], kInfiniDelta);
+  EXPECT_EQ(ModelConfig::from_json(j).to_json(), j);
+  const json n = tiny_model(kNsa).to_json()["layers"][0]["attention"];
+  EXPECT_EQ(n, kNsa);
+  EXPECT_EQ(ModelConfig::from_json(hybrid().to_json()).to_json(), hybrid().to_json());
+}
+
+TEST(ModelKinds, ConfigErrorsNameTheFieldAndValue) {
+  auto expect_error = [](json attention, const std::string& needle) {
+    testing::expect_error([&] { ModelConfig::from_json({{"attention", attention}}); }, needle);
+  };
+  expect_error({{"kind", "ring"}}, "unknown attention kind 'ring' (available: full, moba, topk, threshold, nsa, infini)");
+  expect_error({{"kind", "threshold"}, {"tau", 0}}, "threshold tau must be in (0, 1], got 0");
+  expect_error({{"kind", "threshold"}, {"tau", 1.5}}, "threshold tau must be in (0, 1], got 1.5");
+  expect_error({{"kind", "threshold"}, {"stop_rule", "proof"}}, "stop_rule must be 'bound' or 'heuristic', got 'proof'");
+  expect_error({{"kind", "threshold"}, {"block_size", 0}}, "threshold block_size must be > 0, got 0");
+  expect_error({{"kind", "nsa"}, {"top_n", 0}}, "nsa top_n must be >= 1 + local_blocks (3)");
+  expect_error({{"kind", "nsa"}, {"block_len", 32}, {"stride", 5}}, "nsa block_len must be a positive multiple of stride (5), got 32");
+  expect_error({{"kind", "nsa"}, {"stride", 0}}, "nsa stride must be > 0, got 0");
+  expect_error({{"kind", "nsa"}, {"window", 0}}, "nsa window must be > 0, got 0");
+  expect_error({{"kind", "nsa"}, {"hidden", 0}}, "nsa hidden must be > 0, got 0");
+  expect_error({{"kind", "nsa"}, {"compress", "max"}}, "compress must be 'mlp' or 'mean', got 'max'");
+  expect_error({{"kind", "infini"}, {"segment_len", 0}}, "infini segment_len must be > 0, got 0");
+  expect_error({{"kind", "infini"}, {"update", "gated"}}, "update must be 'linear' or 'delta', got 'gated'");
+  expect_error({{"kind", "infini"}, {"segment", 8}}, "model config: attention: unknown field 'segment'");
+  // a per-layer override is checked the same way
+  testing::expect_error(
+      [] {
+        ModelConfig::from_json({{"n_layers", 2}, {"layers", json::array({json::object(), {{"attention", {{"kind", "nsa"}, {"top_n", 1}}}}})}});
+      },
+      "layer 1: nsa top_n must be >= 1 + local_blocks (3): block 0 and the local blocks are always selected, got 1");
+}
+
+}  // namespace
+}  // namespace longctx

@@ -1,0 +1,332 @@
+// Training machinery: tokenizers, batches, optimizer, checkpoints (round trip, corruption,
+// resume), and a tiny model memorising a short text.
+#include <longctx/model/checkpoint.hpp>
+#include <longctx/core/error.hpp>
+#include <longctx/model/safetensors.hpp>
+#include <longctx/train/trainer.hpp>
+#include <sentencepiece_trainer.h>
+
+#include "helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace longctx {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kText =
+    "In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+    "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.\n";
+
+// A corpus folder with the text as train and val documents.
+fs::path make_corpus(const std::string& name, int copies) {
+  const fs::path dir = fs::temp_directory_path() / ("longctx_test_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir / "train");
+  fs::create_directories(dir / "val");
+  std::ofstream(dir / "train" / "a.txt") << [&] { std::string s; for (int i = 0; i < copies; ++i) s += kText; return s; }();
+  std::ofstream(dir / "val" / "b.txt") << kText;
+  return dir;
+}
+
+ModelConfig small_model(int64_t vocab, const std::string& attention = "full") {
+  return ModelConfig::from_json({{"vocab_size", vocab}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 2},
+                                 {"d_ff", 64}, {"max_seq_len", 256},
+                                 {"attention", {{"kind", attention}, {"block_size", 16}, {"top_k", 2}}}});
+}
+
+TrainConfig small_train() {
+  return TrainConfig::from_json({{"seq_len", 64}, {"batch_tokens", 256}, {"steps", 300}, {"warmup", 10},
+                                 {"lr", 1e-2}, {"min_lr", 1e-3}, {"weight_decay", 0.0}, {"eval_tokens", 256}});
+}
+
+TEST(Tokenizer, BytesRoundTrip) {
+  const auto tok = make_tokenizer("bytes");
+  const std::string s = "Grüße, \n\t\x01 KJV";
+  EXPECT_EQ(tok->decode(tok->encode(s)), s);
+  EXPECT_EQ(tok->vocab_size(), 256);
+  EXPECT_THROW(make_tokenizer("wordpiece"), std::invalid_argument);
+  EXPECT_THROW(make_tokenizer("spm:/no/such/model"), std::invalid_argument);
+}
+
+TEST(Tokenizer, SentencePieceRoundTrip) {
+  const fs::path dir = make_corpus("spm", 20);
+  const std::string prefix = (dir / "spm").string();
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + (dir / "train" / "a.txt").string() + " --model_prefix=" + prefix +
+      " --vocab_size=320 --model_type=bpe --byte_fallback=true --minloglevel=2");
+  ASSERT_TRUE(status.ok()) << status.ToString();  // (trainer errors name the flag)
+  const auto tok = make_tokenizer("spm:" + prefix + ".model");
+  EXPECT_EQ(tok->vocab_size(), 320);
+  const std::string s = "And God said, Let there be light: and there was light.";
+  EXPECT_EQ(tok->decode(tok->encode(s)), s);
+  EXPECT_LT(tok->encode(s).size(), s.size());  // merges happened
+}
+
+TEST(Batches, PackedWindowsWithNextTokenTargetsAndDeterminism) {
+  std::vector<std::vector<int32_t>> docs{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {20, 21, 22}};
+  const Batch a = sample_batch(docs, 4, 11, 5, 0), b = sample_batch(docs, 4, 11, 5, 0), c = sample_batch(docs, 4, 11, 5, 1);
+  EXPECT_EQ(a.size(), 11);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_NE(a.tokens, c.tokens);
+  for (size_t s = 0; s + 1 < a.cu_seqlens.size(); ++s) {
+    EXPECT_LE(a.cu_seqlens[s + 1] - a.cu_seqlens[s], 4);
+    for (int64_t t = a.cu_seqlens[s]; t < a.cu_seqlens[s + 1]; ++t)
+      EXPECT_EQ(a.targets[size_t(t)], a.tokens[size_t(t)] + 1) << "target is the next token of the same document";
+  }
+  const auto ev = eval_batches(docs, 4, 8, 100);
+  int64_t targets = 0;
+  for (const Batch& e : ev) targets += e.size();
+  EXPECT_EQ(targets, 9 + 2);  // every position with a successor, once
+}
+
+TEST(Batches, TailBatchesScoreOnlyTheLastTokensOfWholeDocuments) {
+  std::vector<std::vector<int32_t>> docs{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {20, 21, 22}, {30, 31, 32, 33, 34, 35}};
+  const Batch a = tail_batch(docs, 6, 12, 2, 5, 0), b = tail_batch(docs, 6, 12, 2, 5, 0);
+  EXPECT_EQ(a.tokens, b.tokens);
+  ASSERT_GE(a.cu_seqlens.size(), 2u);
+  EXPECT_LE(a.size(), 12);
+  for (size_t s = 0; s + 1 < a.cu_seqlens.size(); ++s) {
+    const int64_t begin = a.cu_seqlens[s], end = a.cu_seqlens[s + 1];
+    const int32_t first = a.tokens[size_t(begin)];
+    const auto& doc = *std::find_if(docs.begin(), docs.end(), [&](const auto& d) {
+      return std::find(d.begin(), d.end(), first) != d.end();
+    });
+    EXPECT_EQ(end - begin, std::min<int64_t>(6, int64_t(doc.size()) - 1)) << "the whole tail, at most seq_len";
+    EXPECT_EQ(a.tokens[size_t(end - 1)], doc[doc.size() - 2]) << "ends at the document's end";
+    for (int64_t t = begin; t < end; ++t)
+      EXPECT_EQ(a.targets[size_t(t)], t >= end - 2 ? a.tokens[size_t(t)] + 1 : -1) << "only the last 2 are scored";
+  }
+  const auto ev = tail_eval_batches(docs, 6, 8, 2, 100);
+  ASSERT_EQ(ev.size(), 2u);  // tails of 6 and 2 fill one batch of 8; the third document's 5 start another
+  EXPECT_EQ(ev[0].tokens, (std::vector<int32_t>{3, 4, 5, 6, 7, 8, 20, 21}));
+  EXPECT_EQ(ev[0].targets, (std::vector<int32_t>{-1, -1, -1, -1, 8, 9, 21, 22}));
+  EXPECT_EQ(ev[1].tokens, (std::vector<int32_t>{30, 31, 32, 33, 34}));
+  EXPECT_EQ(tail_eval_batches(docs, 6, 8, 2, 8).size(), 1u) << "max_tokens stops before the third document";
+  testing::expect_error([&] { tail_batch(docs, 6, 12, 0, 5, 0); }, "score_last > 0");
+  testing::expect_error([] { TrainConfig::from_json({{"seq_len", 8}, {"score_last", 9}}); },
+                        "score_last must be in [0, seq_len = 8]");
+}
+
+TEST(Optimizer, ScheduleClippingAndAdamWStep) {
+  EXPECT_DOUBLE_EQ(lr_at(0, 10, 100, 1.0, 0.1), 0.1);
+  EXPECT_DOUBLE_EQ(lr_at(9, 10, 100, 1.0, 0.1), 1.0);
+  EXPECT_NEAR(lr_at(55, 10, 100, 1.0, 0.1), 0.55, 1e-12);  // halfway through the cosine
+  EXPECT_DOUBLE_EQ(lr_at(100, 10, 100, 1.0, 0.1), 0.1);
+  std::vector<Param> ps;
+  ps.push_back({"w", Tensor({2}), Tensor({2}), true});
+  ps[0].value.f32()[0] = 1.0f, ps[0].value.f32()[1] = -2.0f;
+  ps[0].grad.f32()[0] = 3.0f, ps[0].grad.f32()[1] = 4.0f;
+  EXPECT_DOUBLE_EQ(clip_grad_norm(ps, 1.0), 5.0);
+  EXPECT_FLOAT_EQ(ps[0].grad.f32()[0], 0.6f);
+  AdamW opt(ps, {0.9, 0.99, 1e-8, 0.5});
+  opt.step(ps, 0.1);
+  // first step: m_hat = g, v_hat = g^2, so the update is lr * sign(g); decay multiplies by 1 - lr*wd
+  EXPECT_NEAR(ps[0].value.f32()[0], 1.0 * 0.95 - 0.1, 1e-6);
+  EXPECT_NEAR(ps[0].value.f32()[1], -2.0 * 0.95 - 0.1, 1e-6);
+}
+
+TEST(Training, TinyModelMemorisesAShortText) {
+  // One sequence, always the same: every token is determined by its prefix, so the loss can go to ~0.
+  const auto tok = make_tokenizer("bytes");
+  const std::vector<int32_t> ids = tok->encode(kText);
+  Batch b;
+  b.tokens.assign(ids.begin(), ids.end() - 1);
+  b.targets.assign(ids.begin() + 1, ids.end());
+  b.cu_seqlens = {0, b.size()};
+  Transformer model(small_model(256, "moba"), 1);
+  AdamW opt(model.params(), {0.9, 0.95, 1e-8, 0.0});
+  const double before = model.forward(b, false);
+  double loss = 0;
+  for (int step = 0; step < 300; ++step) {
+    model.zero_grad();
+    loss = model.forward(b, true);
+    model.backward();
+    clip_grad_norm(model.params(), 1.0);
+    opt.step(model.params(), 1e-2);
+  }
+  EXPECT_GT(before, 5.0);  // ~ln 256 at initialisation
+  EXPECT_LT(model.forward(b, false), 0.05) << "loss after 300 steps (last train step: " << loss << ")";
+}
+
+// One layer of each kind with its own parameters or stop rule, small enough for seq_len 64.
+ModelConfig small_kinds_model(const nlohmann::json& layer0, const nlohmann::json& layer1) {
+  nlohmann::json j = small_model(256).to_json();
+  j["layers"][0]["attention"] = layer0;
+  j["layers"][1]["attention"] = layer1;
+  return ModelConfig::from_json(j);
+}
+const nlohmann::json kNsa{{"kind", "nsa"}, {"block_len", 8}, {"stride", 4}, {"select_len", 8}, {"top_n", 3},
+                          {"local_blocks", 1}, {"window", 16}, {"hidden", 16}};
+const nlohmann::json kInfini{{"kind", "infini"}, {"segment_len", 16}, {"update", "delta"}};
+const nlohmann::json kThreshold{{"kind", "threshold"}, {"block_size", 8}, {"tau", 0.9}};
+
+TEST(Training, NsaInfiniThresholdModelsLearn) {
+  // 30 steps on the repeated text: the loss must fall well below its start (~ln 256 = 5.5)
+  const fs::path dir = make_corpus("kinds_learn", 8);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  for (const auto& [a, b] : {std::pair{kNsa, kInfini}, std::pair{kThreshold, kThreshold}}) {
+    Trainer t(small_kinds_model(a, b), small_train(), corpus, 1);
+    std::vector<std::pair<Param*, Tensor>> own;  // the kinds' own parameters, as initialised
+    for (Param& p : t.model().params())
+      if (p.name.find(".attention.nsa.") != std::string::npos || p.name.find(".attention.infini.") != std::string::npos)
+        own.emplace_back(&p, p.value.clone());
+    const double first = t.step().loss;
+    double last = first;
+    for (int i = 0; i < 29; ++i) last = t.step().loss;
+    EXPECT_GT(first, 5.0) << a.dump();
+    EXPECT_LT(last, 3.2) << a.dump() << " then " << b.dump();
+    for (const auto& [p, init] : own)  // they get gradients and train
+      EXPECT_NE(std::memcmp(p->value.raw(), init.raw(), init.nbytes()), 0) << p->name;
+  }
+}
+
+TEST(Checkpoint, NsaInfiniModelRoundTrips) {
+  const fs::path dir = make_corpus("ckpt_kinds", 4);
+  const auto tok = make_tokenizer("bytes");
+  Trainer t(small_kinds_model(kNsa, kInfini), small_train(), load_corpus(dir.string(), *tok), 3);
+  t.step();
+  const std::string path = (dir / "k.safetensors").string();
+  t.save(path);
+  Transformer m = load_model(path);
+  Transformer& orig = t.model();
+  ASSERT_EQ(m.params().size(), orig.params().size());
+  for (size_t i = 0; i < m.params().size(); ++i) {
+    EXPECT_EQ(m.params()[i].name, orig.params()[i].name);
+    EXPECT_EQ(std::memcmp(m.params()[i].value.raw(), orig.params()[i].value.raw(), m.params()[i].value.nbytes()), 0)
+        << m.params()[i].name;
+  }
+  EXPECT_NO_THROW(m.param("layers.0.attention.nsa.compress_k.w1"));
+  EXPECT_NE(m.param("layers.1.attention.infini.beta").value.at(0), 0.0f);  // trained one step away from 0
+  EXPECT_EQ(m.config().to_json(), orig.config().to_json());
+  // the reloaded model computes what the trained one does, and resuming restores it too
+  Batch b;
+  b.tokens = tok->encode("And God said, Let there be light");
+  b.cu_seqlens = {0, b.size()};
+  const Tensor want = orig.logits(b), got = m.logits(b);
+  EXPECT_EQ(std::memcmp(want.raw(), got.raw(), want.nbytes()), 0);
+  Trainer resumed(small_kinds_model(kNsa, kInfini), small_train(), load_corpus(dir.string(), *tok), 99);
+  resumed.resume(path);
+  for (size_t i = 0; i < orig.params().size(); ++i)
+    EXPECT_EQ(std::memcmp(resumed.model().params()[i].value.raw(), orig.params()[i].value.raw(),
+                          orig.params()[i].value.nbytes()), 0) << orig.params()[i].name;
+}
+
+TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
+  const fs::path dir = make_corpus("ckpt", 4);
+  const auto tok = make_tokenizer("bytes");
+  Trainer t(small_model(256, "moba"), small_train(), load_corpus(dir.string(), *tok), 3);
+  t.step();
+  const std::string path = (dir / "c.safetensors").string();
+  t.save(path);
+  for (const auto& e : fs::directory_iterator(dir)) EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos);
+  std::string spec;
+  Transformer m = load_model(path, &spec);
+  EXPECT_EQ(spec, "bytes");
+  ASSERT_EQ(m.params().size(), t.model().params().size());
+  for (size_t i = 0; i < m.params().size(); ++i)
+    EXPECT_EQ(std::memcmp(m.params()[i].value.raw(), t.model().params()[i].value.raw(), m.params()[i].value.nbytes()), 0);
+  EXPECT_EQ(m.config().to_json(), t.model().config().to_json());
+}
+
+TEST(Checkpoint, ResumeEqualsUninterruptedRun) {
+  const fs::path dir = make_corpus("resume", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer straight(small_model(256, "moba"), small_train(), corpus, 5);
+  std::vector<double> losses;
+  for (int i = 0; i < 4; ++i) losses.push_back(straight.step().loss);
+
+  Trainer first(small_model(256, "moba"), small_train(), corpus, 5);
+  first.step();
+  first.step();
+  const std::string path = (dir / "r.safetensors").string();
+  first.save(path);
+  Trainer second(small_model(256, "moba"), small_train(), corpus, 999);  // other init: resume must overwrite it
+  second.resume(path);
+  EXPECT_EQ(second.steps_done(), 2);
+  EXPECT_EQ(second.step().loss, losses[2]);
+  EXPECT_EQ(second.step().loss, losses[3]);
+  for (size_t i = 0; i < straight.model().params().size(); ++i)
+    ASSERT_EQ(std::memcmp(second.model().params()[i].value.raw(), straight.model().params()[i].value.raw(),
+                          straight.model().params()[i].value.nbytes()), 0) << straight.model().params()[i].name;
+}
+
+TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
+  const fs::path dir = make_corpus("corrupt", 4);
+  const auto tok = make_tokenizer("bytes");
+  Trainer t(small_model(256), small_train(), load_corpus(dir.string(), *tok), 1);
+  const std::string good = (dir / "good.safetensors").string();
+  t.save(good);
+  using testing::expect_error;
+  // truncated: cut the last bytes of the data
+  const std::string cut = (dir / "cut.safetensors").string();
+  fs::copy_file(good, cut);
+  fs::resize_file(cut, fs::file_size(good) - 100);
+  expect_error([&] { load_model(cut); }, "data offsets do not match");
+  // garbage header
+  const std::string junk = (dir / "junk.safetensors").string();
+  std::ofstream(junk) << "\x10\0\0\0\0\0\0\0{not json at all" << std::string(64, 'x');
+  expect_error([&] { load_model(junk); }, "corrupt checkpoint");
+  expect_error([&] { load_model((dir / "missing.safetensors").string()); }, "cannot open checkpoint");
+  // a checkpoint of another model
+  Trainer other(small_model(256, "moba"), small_train(), load_corpus(dir.string(), *tok), 1);
+  expect_error([&] { other.resume(good); }, "was trained with another model config");
+}
+
+TEST(Checkpoint, InitFromLoadsWeightsOnlyAndStartsAtStepZero) {
+  const fs::path dir = make_corpus("initfrom", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer source(small_model(256, "moba"), small_train(), corpus, 5);
+  source.step();
+  source.step();
+  const std::string path = (dir / "src.safetensors").string();
+  source.save(path);
+  // another init seed and a longer max_seq_len (a fine-tune at longer lengths is allowed)
+  ModelConfig longer = small_model(256, "moba");
+  longer.max_seq_len = 1024;
+  Trainer tuned(longer, small_train(), corpus, 999);
+  tuned.init_from(path);
+  EXPECT_EQ(tuned.steps_done(), 0);
+  for (size_t i = 0; i < source.model().params().size(); ++i)
+    ASSERT_EQ(std::memcmp(tuned.model().params()[i].value.raw(), source.model().params()[i].value.raw(),
+                          source.model().params()[i].value.nbytes()), 0) << source.model().params()[i].name;
+  // the first fine-tune step sees training batch 0 at the source's weights: same loss as the source there
+  const Batch b0 = sample_batch(corpus.train, small_train().seq_len, small_train().batch_tokens, small_train().seed, 0);
+  const double source_loss = source.model().forward(b0, false);
+  const StepStats first = tuned.step();
+  EXPECT_EQ(first.step, 1);
+  EXPECT_DOUBLE_EQ(first.loss, source_loss);
+  EXPECT_NEAR(first.lr, lr_at(0, small_train().warmup, small_train().steps, small_train().lr, small_train().min_lr), 1e-15)
+      << "a fresh schedule, not the source's step";
+  testing::expect_error([&] { tuned.init_from(path); }, "already run 1 steps");
+}
+
+TEST(Checkpoint, InitFromRejectsAnotherModelNamingTheFirstDifference) {
+  const fs::path dir = make_corpus("initfrom_bad", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer source(small_model(256, "moba"), small_train(), corpus, 5);
+  const std::string path = (dir / "src.safetensors").string();
+  source.save(path);
+  Trainer full(small_model(256, "full"), small_train(), corpus, 5);
+  testing::expect_error([&] { full.init_from(path); }, "layers[0].attention.kind: \"moba\" vs \"full\"");
+  ModelConfig wider = small_model(256, "moba");
+  wider.d_ff = 96;
+  Trainer w(wider, small_train(), corpus, 5);
+  testing::expect_error([&] { w.init_from(path); }, "another model config (checkpoint vs config): d_ff: 64 vs 96");
+  EXPECT_EQ(first_difference({{"a", {1, 2}}}, {{"a", {1, 3}}}), "a[1]: 2 vs 3");
+  EXPECT_EQ(first_difference({{"a", 1}}, {{"a", 1}, {"b", true}}), "b: (absent) vs true");
+  EXPECT_EQ(first_difference({{"a", 1.0}}, {{"a", 1.0}}), "");
+}
+
+}  // namespace
+}  // namespace longctx

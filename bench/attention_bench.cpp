@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "attention_methods.hpp"
+#include "option_flags.hpp"
 #include "common.hpp"
 
 namespace longctx::bench {
@@ -38,16 +39,15 @@ nlohmann::json run_case(const AttentionBenchConfig& cfg) {
 }
 
 std::vector<std::string> worker_args(const AttentionBenchConfig& cfg, const std::string& method, int64_t n) {
-  return {"bench", "attention", "--worker", "--methods", method, "--lengths", std::to_string(n),
-          "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
-          "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
-          "--block-size", std::to_string(cfg.block_size), "--top-k", std::to_string(cfg.top_k), "--tau", std::to_string(cfg.tau),
-          "--nsa-block-len", std::to_string(cfg.nsa_block_len), "--nsa-stride", std::to_string(cfg.nsa_stride),
-          "--nsa-select-len", std::to_string(cfg.nsa_select_len), "--nsa-top-n", std::to_string(cfg.nsa_top_n),
-          "--nsa-window", std::to_string(cfg.nsa_window), "--nsa-compress", cfg.nsa_compress,
-          "--mode", cfg.backward ? "fwdbwd" : cfg.decode ? "decode" : "fwd", "--dtype", cfg.dtype,
-          "--threads", std::to_string(cfg.threads), "--reps", std::to_string(cfg.reps),
-          "--min-seconds", std::to_string(cfg.min_seconds)};
+  std::vector<std::string> args{"bench", "attention", "--worker", "--methods", method, "--lengths", std::to_string(n),
+                                "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
+                                "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
+                                "--mode", cfg.backward ? "fwdbwd" : cfg.decode ? "decode" : "fwd", "--dtype", cfg.dtype,
+                                "--threads", std::to_string(cfg.threads), "--reps", std::to_string(cfg.reps),
+                                "--min-seconds", std::to_string(cfg.min_seconds)};
+  for (const auto& a : option_args("", cfg.moba, cfg.topk, cfg.threshold)) args.push_back(a);
+  for (const auto& a : option_args("nsa-", cfg.nsa)) args.push_back(a);
+  return args;
 }
 
 }  // namespace

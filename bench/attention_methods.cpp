@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <memory>
 #include <random>
-#include <longctx/attention/sparse/threshold.hpp>
 
 #include "attention_methods.hpp"
 
@@ -36,10 +35,10 @@ MethodRun dense(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
 // MoBA: one untimed forward counts the attended pairs (own block causally plus the selected
 // full blocks); the timed closure recomputes everything, gate included.
 MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
-  const MobaOptions opts{cfg.block_size, cfg.top_k, 0.0f};
+  const MobaOptions opts = cfg.moba;
   const MobaResult r = moba_attention_forward(in.q, in.k, in.v, in.varlen, opts);
   double pairs = 0;
-  const int64_t tq = in.q.dim(0), B = cfg.block_size;
+  const int64_t tq = in.q.dim(0), B = opts.block_size;
   for (size_t si = 0; si + 1 < in.varlen.cu_q.size(); ++si)
     for (int64_t row = in.varlen.cu_q[si]; row < in.varlen.cu_q[si + 1]; ++row) {
       const int64_t lq = in.varlen.cu_q[si + 1] - in.varlen.cu_q[si], lk = in.varlen.cu_k[si + 1] - in.varlen.cu_k[si];
@@ -51,20 +50,9 @@ MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
     }
   return {[&in, &cfg, opts] {
             const MobaResult f = moba_attention_forward(in.q, in.k, in.v, in.varlen, opts);
-            if (cfg.backward) moba_attention_backward(in.q, in.k, in.v, f, in.dout, in.varlen, opts);
+            if (cfg.backward) moba_attention_backward(in.q, in.k, in.v, f, in.dout, in.varlen);
           },
           pairs, {}};
-}
-
-NsaConfig nsa_config(const AttentionBenchConfig& cfg) {
-  NsaConfig c;
-  c.block_len = cfg.nsa_block_len;
-  c.stride = cfg.nsa_stride;
-  c.select_len = cfg.nsa_select_len;
-  c.top_n = cfg.nsa_top_n;
-  c.window = cfg.nsa_window;
-  c.compress = nsa_compress_from_name(cfg.nsa_compress);
-  return c;
 }
 
 // Keys NSA's three branches attend for a query at position t: visible compressed blocks, the
@@ -85,8 +73,8 @@ MethodRun nsa(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
     Tensor x;
   };
   auto st = std::make_shared<State>();
-  st->c = nsa_config(cfg);
-  st->w = nsa_init_weights(st->c, cfg.heads, cfg.head_dim, kGateIn, cfg.head_dim, 7);
+  st->c = cfg.nsa;
+  st->w = nsa_init_weights(st->c, cfg.heads, cfg.head_dim, kGateIn, int(st->c.hidden), 7);
   st->x = Tensor({in.q.dim(0), kGateIn});
   std::mt19937_64 rng(8);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -106,7 +94,7 @@ MethodRun nsa(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
   }
   return {[&in, &cfg, st] {
             const NsaResult r = nsa_forward(in.q, in.k, in.v, st->x, st->w, st->c, in.varlen);
-            if (cfg.backward) nsa_backward(in.q, in.k, in.v, st->x, st->w, st->c, r, in.dout, in.varlen);
+            if (cfg.backward) nsa_backward(in.q, in.k, in.v, st->x, st->w, r, in.dout, in.varlen);
           },
           pairs * cfg.heads, {}};
 }
@@ -128,12 +116,12 @@ MethodRun sparse_run(const AttentionInputs& in, const AttentionBenchConfig& cfg,
 }
 
 MethodRun topk(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
-  const TopkOptions opts{cfg.block_size, cfg.top_k, false, 0.0f};
+  const TopkOptions opts = cfg.topk;
   return sparse_run(in, cfg, [&in, opts] { return topk_attention_forward(in.q, in.k, in.v, in.varlen, opts); });
 }
 
 MethodRun threshold(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
-  const ThresholdOptions opts{cfg.block_size, cfg.tau, StopRule::bound, 0.0f};
+  const ThresholdOptions opts = cfg.threshold;
   return sparse_run(in, cfg, [&in, opts] { return threshold_attention_forward(in.q, in.k, in.v, in.varlen, opts); });
 }
 }  // namespace

@@ -1,7 +1,7 @@
 // The methods `longctx bench attention` can run. Each takes the case's inputs and returns the
 // closure to time plus the number of (query, key) pairs it attends (its useful work).
 #pragma once
-#include <longctx/attention/common.hpp>
+#include <longctx/attention/kind/kind.hpp>
 #include <nlohmann/json.hpp>
 
 #include <functional>
@@ -15,11 +15,16 @@ struct AttentionBenchConfig {
   std::vector<int64_t> lengths{4096, 16384};
   int batch = 1;  // sequences of each length, packed varlen
   int heads = 8, kv_heads = 8, head_dim = 128;
-  int64_t block_size = 4096, top_k = 3;  // MoBA, top-k (blocks, own included)
-  float tau = 0.95f;                     // threshold
-  // NSA: compression block l / stride d, selection block l', top-n, window w, compressor
-  int64_t nsa_block_len = 32, nsa_stride = 16, nsa_select_len = 64, nsa_top_n = 16, nsa_window = 512;
-  std::string nsa_compress = "mlp";
+  // Each method's kernel options (flags from their field lists, bench/option_flags.hpp); the
+  // bench's defaults are the MoBA paper's B = 4096, top-3, shared by top-k and threshold.
+  MobaOptions moba{4096, 3};
+  TopkOptions topk{4096, 3};
+  ThresholdOptions threshold{4096, 0.95f};
+  NsaConfig nsa = [] {
+    NsaConfig c;
+    c.hidden = 128;  // compressor MLP width
+    return c;
+  }();
   bool backward = false;                 // time forward + backward
   bool decode = false;                   // time one decode step: 1 query per sequence over its prefix
   std::string dtype = "f32";             // storage of q, k, v

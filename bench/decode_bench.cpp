@@ -76,15 +76,18 @@ struct Source {
   }
 };
 
-// "moba/group" and "topk/group": the method with group-shared selection.
-CacheAttentionOptions options_of(const std::string& method, const DecodeBenchConfig& cfg) {
-  CacheAttentionOptions o;
-  const size_t slash = method.find("/group");
-  o.group_select = slash != std::string::npos;
-  o.method = parse_cache_method(method.substr(0, slash));
-  o.top_k = cfg.top_k;
-  o.tau = cfg.tau;
-  return o;
+// A method's spec: "dense" (full attention), moba, topk, threshold; "moba/group" and
+// "topk/group" are the method with group-shared selection (group_select).
+AttentionSpec spec_of(const std::string& method, const DecodeBenchConfig& cfg) {
+  const std::string base = method.substr(0, method.find("/group"));
+  if (base == "dense") return AttentionSpec{};
+  switch (attention_kind_from_name(base)) {
+    case AttentionKind::moba: return cfg.moba;
+    case AttentionKind::topk: return cfg.topk;
+    case AttentionKind::threshold: return cfg.threshold;
+    default: LONGCTX_CHECK(false, "bench decode: unknown method '", method, "' (dense, moba, topk, threshold)");
+  }
+  return {};
 }
 
 }  // namespace
@@ -96,7 +99,7 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
   const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;
   std::vector<nlohmann::json> rows;
   for (const int64_t n : cfg.lengths) {
-    KVCache cache({n, cfg.kv_heads, cfg.head_dim, cfg.block_size, dt});
+    KVCache cache({n, cfg.kv_heads, cfg.head_dim, cfg.moba.block_size, dt});
     Source src{cfg.kv_heads, cfg.heads, cfg.head_dim, {}};
     src.fill(cache, n, dt);
     const double kv_bytes = 2.0 * double(n) * cfg.kv_heads * cfg.head_dim * double(dtype_size(dt));
@@ -106,9 +109,10 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
     const Tensor qc = src.queries(chunk, n, dt);
     double dense_tps = 0, dense_chunk_tps = 0;
     for (const std::string& method : cfg.methods) {
-      const CacheAttentionOptions opts = options_of(method, cfg);
+      const AttentionSpec spec = spec_of(method, cfg);
+      const bool group = method.find("/group") != std::string::npos;
       SparseResult r;
-      const double t = time_best([&] { r = attention_over_cache(q1, cache, opts); }, 3, cfg.min_seconds);
+      const double t = time_best([&] { r = attention_over_cache(q1, cache, spec, group); }, 3, cfg.min_seconds);
       nlohmann::json row{{"cache_len", n},      {"method", method},         {"mode", "decode"},
                          {"ms", t * 1e3},       {"tokens_per_s", 1.0 / t},  {"keys_mean", r.mean_keys},
                          {"keys_max", r.max_keys}, {"stream_gbps", stream}};
@@ -122,7 +126,7 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
       fmt::print(stderr, "decode n={} {}: {:.3f} ms\n", n, method, t * 1e3);
       if (n > cfg.chunk_max_length) continue;
       // The last `chunk` tokens of the cache as one chunked-prefill call.
-      const double tc = time_best([&] { r = attention_over_cache(qc, cache, opts); }, 1, cfg.min_seconds);
+      const double tc = time_best([&] { r = attention_over_cache(qc, cache, spec, group); }, 1, cfg.min_seconds);
       nlohmann::json crow{{"cache_len", n},          {"method", method},           {"mode", fmt::format("chunk{}", chunk)},
                           {"ms", tc * 1e3},          {"tokens_per_s", chunk / tc}, {"keys_mean", r.mean_keys},
                           {"keys_max", r.max_keys}};
@@ -133,8 +137,8 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
   }
   fmt::print("sgemm peak: {:.1f} GFLOP/s on {} threads; cache {} x {} KV heads x d={} ({}), {} q heads; "
              "moba/topk B={} k={}, threshold tau={} (bound rule, B={})\n",
-             gflops, threads, cfg.dtype, cfg.kv_heads, cfg.head_dim, cfg.dtype, cfg.heads, cfg.block_size, cfg.top_k,
-             cfg.tau, cfg.block_size);
+             gflops, threads, cfg.dtype, cfg.kv_heads, cfg.head_dim, cfg.dtype, cfg.heads, cfg.moba.block_size,
+             cfg.moba.top_k, cfg.threshold.tau, cfg.threshold.block_size);
   print_table(rows, {{"cache_len", "cache", "{:.0f}"},
                      {"mode", "mode", "%s"},
                      {"method", "method", "%s"},
@@ -190,7 +194,7 @@ void run_threshold_bench(const ThresholdBenchConfig& cfg) {
       t0 = clock::now();
       const SparseResult r = threshold_attention_forward(q, cache.keys(), cache.values(), vl,
                                                          {cfg.block_size, tau, rule, 0.0f});
-      add(fmt::format("threshold/{}", stop_rule_name(rule)), fmt::format("tau={}", tau), r,
+      add(fmt::format("threshold/{}", enum_name(rule)), fmt::format("tau={}", tau), r,
           std::chrono::duration<double>(clock::now() - t0).count());
     }
   for (int64_t k : cfg.top_ks) {

@@ -1,6 +1,8 @@
 // `longctx bench decode`: decode (and chunked prefill) tokens/s per method over a KV cache of
 // growing length, dense decode's achieved bandwidth vs a streaming read measured in the same run.
 #pragma once
+#include <longctx/attention/kind/kind.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,8 +13,11 @@ struct DecodeBenchConfig {
   std::vector<std::string> methods{"dense", "moba", "topk", "threshold"};
   std::vector<int64_t> lengths{4096, 65536, 1048576};
   int heads = 8, kv_heads = 2, head_dim = 128;
-  int64_t block_size = 4096, top_k = 12;  // MoBA and top-k blocks (own included)
-  float tau = 0.95f;
+  // The methods' kernel options (flags from their field lists; --block-size, shared, is also the
+  // cache's statistics block): B = 4096, top-12 (MoBA's paper at 1M), tau = 0.95.
+  MobaOptions moba{4096, 12};
+  TopkOptions topk{4096, 12};
+  ThresholdOptions threshold{4096, 0.95f};
   int64_t chunk = 64;                  // chunked prefill: queries per call
   int64_t chunk_max_length = 65536;    // chunked prefill only at cache lengths up to this
   std::string dtype = "bf16";

@@ -16,6 +16,7 @@ FLOORS = [
     ["attention/engine"],
     ["attention/dense"],
     ["attention/moba", "attention/sparse", "attention/nsa", "attention/infini"],
+    ["attention/kind"],  # the kinds and their options, over the kernels above
     ["attention/cache"],
     ["nn"],
     ["moe"],

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <longctx/attention/common.hpp>
 #include <longctx/attention/engine/reference.hpp>
+#include <longctx/attention/kind/kind.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <functional>
@@ -11,7 +13,20 @@
 #include <random>
 #include <vector>
 
+#include "core/json_fields.hpp"
+
 namespace longctx::testing {
+
+// A model config's attention object {"kind": kind, ...} with those of `fields` that the kind has
+// (tests that run one config over several kinds give every kind the same block_size / top_k).
+inline nlohmann::json attention_json(const std::string& kind, const nlohmann::json& fields) {
+  nlohmann::json j{{"kind", kind}};
+  AttentionSpec::defaults(attention_kind_from_name(kind)).visit([&](auto o) {
+    for (const std::string& name : field_names(o))
+      if (fields.contains(name)) j[name] = fields.at(name);
+  });
+  return j;
+}
 
 inline Tensor random_tensor(std::vector<int64_t> shape, uint64_t seed, float scale = 1.0f,
                             DType dtype = DType::f32) {

@@ -1,6 +1,7 @@
 // `longctx bench attention`: dense flash attention vs sparse methods, speed and memory by length.
 #include "attention_methods.hpp"
 #include "commands.hpp"
+#include "option_flags.hpp"
 
 namespace longctx::cli {
 
@@ -9,21 +10,15 @@ void add_bench_attention(CLI::App& bench) {
   auto worker = std::make_shared<bool>(false);
   auto mode = std::make_shared<std::string>("fwd");
   CLI::App* c = bench.add_subcommand("attention", "Attention kernels: time, GFLOP/s, speedup vs dense, peak memory");
-  c->add_option("--methods", cfg->methods, "Methods to run (dense, moba, topk, threshold)")->delimiter(',')->capture_default_str();
+  c->add_option("--methods", cfg->methods, "Methods to run (dense, moba, nsa, topk, threshold)")->delimiter(',')->capture_default_str();
   c->add_option("--lengths", cfg->lengths, "Sequence lengths")->delimiter(',')->capture_default_str();
   c->add_option("--batch", cfg->batch, "Sequences of each length, packed varlen")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--heads", cfg->heads, "Query heads")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--kv-heads", cfg->kv_heads, "KV heads (divides --heads)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--head-dim", cfg->head_dim, "Head dimension")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--block-size", cfg->block_size, "MoBA block size")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--top-k", cfg->top_k, "MoBA top-k (own block included)")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--tau", cfg->tau, "Threshold: kept attention mass in (0, 1]")->capture_default_str();
-  c->add_option("--nsa-block-len", cfg->nsa_block_len, "NSA compression block length l")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--nsa-stride", cfg->nsa_stride, "NSA compression stride d")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--nsa-select-len", cfg->nsa_select_len, "NSA selection block length l'")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--nsa-top-n", cfg->nsa_top_n, "NSA selected blocks n (block 0 and 2 local ones included)")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--nsa-window", cfg->nsa_window, "NSA sliding window w")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--nsa-compress", cfg->nsa_compress, "NSA compressor: mlp or mean")->check(CLI::IsMember({"mlp", "mean"}))->capture_default_str();
+  // moba / topk / threshold options (a shared name such as --block-size sets all three), then NSA's
+  bench::add_option_flags(c, "", cfg->moba, cfg->topk, cfg->threshold);
+  bench::add_option_flags(c, "nsa-", cfg->nsa);
   c->add_option("--mode", *mode, "fwd, fwdbwd or decode (one new token over a prefix of each length)")->check(CLI::IsMember({"fwd", "fwdbwd", "decode"}))->capture_default_str();
   c->add_option("--dtype", cfg->dtype, "Storage of q, k, v")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   c->add_option("--threads", cfg->threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();

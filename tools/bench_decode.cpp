@@ -2,6 +2,7 @@
 // `longctx bench threshold` (mass-threshold quality vs keys visited).
 #include "decode_bench.hpp"
 #include "commands.hpp"
+#include "option_flags.hpp"
 
 namespace longctx::cli {
 
@@ -13,9 +14,7 @@ void add_bench_decode(CLI::App& bench) {
   c->add_option("--heads", cfg->heads, "Query heads")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--kv-heads", cfg->kv_heads, "KV heads")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--head-dim", cfg->head_dim, "Head dimension")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--block-size", cfg->block_size, "Cache block size (MoBA, top-k, threshold)")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--top-k", cfg->top_k, "MoBA / top-k blocks, own included")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--tau", cfg->tau, "Threshold kept mass")->capture_default_str();
+  bench::add_option_flags(c, "", cfg->moba, cfg->topk, cfg->threshold);  // --block-size: the cache's too
   c->add_option("--chunk", cfg->chunk, "Chunked prefill: queries per call")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--chunk-max-length", cfg->chunk_max_length, "Chunked prefill only up to this cache length")->capture_default_str();
   c->add_option("--dtype", cfg->dtype, "Cache storage")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();

@@ -37,7 +37,7 @@ struct Options {
 // What the checkpoint is: enough to tell runs apart in a table of eval JSONs.
 nlohmann::json model_summary(const Transformer& m, const CheckpointInfo& info) {
   nlohmann::json kinds = nlohmann::json::array();
-  for (int64_t l = 0; l < m.config().n_layers; ++l) kinds.push_back(m.attention_kind(l));
+  for (int64_t l = 0; l < m.config().n_layers; ++l) kinds.push_back(enum_name(m.attention_kind(l)));
   return {{"parameters", m.num_params()}, {"trained_max_seq_len", info.model.max_seq_len},
           {"eval_max_seq_len", m.config().max_seq_len}, {"attention", kinds}, {"tokenizer", info.tokenizer},
           {"config", info.model.to_json()}};

@@ -4,10 +4,7 @@
 // layer's normalised hidden state; RoPE is applied here because Infini's memory reads and
 // writes q/k before RoPE (arXiv 2404.07143 sec. 3.1; only its local attention is rotated).
 #pragma once
-#include <longctx/attention/infini/infini.hpp>
-#include <longctx/attention/moba/moba.hpp>
-#include <longctx/attention/nsa/nsa.hpp>
-#include <longctx/attention/sparse/topk.hpp>
+#include <longctx/attention/kind/kind.hpp>
 #include <longctx/model/config.hpp>
 #include <longctx/model/transformer.hpp>
 
@@ -19,23 +16,19 @@
 
 namespace longctx::attention_layer {
 
-NsaConfig nsa_config(const AttentionSpec& s);
-InfiniOptions infini_options(const AttentionSpec& s);
-
 // NSA's learnable weights in Param order, each with its name (under layers.N.attention.nsa.) and
 // shape: per compressor (keys, then values; mlp only) pos [l, d], w1 [hidden, l*d], b1 [hidden],
 // w2 [d, hidden], b2 [d]; then the gate gate_w [3 Hq, d_model], gate_b [3 Hq]. One list serves
 // the Param creation, the Param <-> NsaWeights copies and the double reference model.
 template <class T, class F>
-void for_each_nsa_weight(NsaWeights<T>& w, const AttentionSpec& s, int64_t hq, int64_t head_dim, int64_t d_model,
-                         F&& f) {
-  if (s.compress == "mlp")
-    for (auto [c, name] : {std::pair{&w.ck, "compress_k."}, std::pair{&w.cv, "compress_v."}}) {
-      f(std::string(name) + "pos", c->pos, std::vector<int64_t>{s.block_len, head_dim});
-      f(std::string(name) + "w1", c->w1, std::vector<int64_t>{s.hidden, s.block_len * head_dim});
-      f(std::string(name) + "b1", c->b1, std::vector<int64_t>{s.hidden});
-      f(std::string(name) + "w2", c->w2, std::vector<int64_t>{head_dim, s.hidden});
-      f(std::string(name) + "b2", c->b2, std::vector<int64_t>{head_dim});
+void for_each_nsa_weight(NsaWeights<T>& w, const NsaConfig& c, int64_t hq, int64_t head_dim, int64_t d_model, F&& f) {
+  if (c.compress == NsaCompress::mlp)
+    for (auto [cw, name] : {std::pair{&w.ck, "compress_k."}, std::pair{&w.cv, "compress_v."}}) {
+      f(std::string(name) + "pos", cw->pos, std::vector<int64_t>{c.block_len, head_dim});
+      f(std::string(name) + "w1", cw->w1, std::vector<int64_t>{c.hidden, c.block_len * head_dim});
+      f(std::string(name) + "b1", cw->b1, std::vector<int64_t>{c.hidden});
+      f(std::string(name) + "w2", cw->w2, std::vector<int64_t>{head_dim, c.hidden});
+      f(std::string(name) + "b2", cw->b2, std::vector<int64_t>{head_dim});
     }
   f(std::string("gate_w"), w.gate_w, std::vector<int64_t>{3 * hq, d_model});
   f(std::string("gate_b"), w.gate_b, std::vector<int64_t>{3 * hq});
@@ -49,12 +42,12 @@ std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t s
 // A layer's kind parameters (in kind_params order) as the kernels take them. NSA's kernels hold
 // weights in std::vector, so this copies the Params: O(weights), once per forward, small next to
 // the layer's O(T * ...) work; the backward reuses the forward's copy.
-NsaWeights<float> nsa_weights(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp);
+NsaWeights<float> nsa_weights(const NsaConfig& c, const ModelConfig& cfg, const std::vector<Param*>& kp);
 std::vector<float> infini_beta(const std::vector<Param*>& kp);
 
-// What the backward needs from the forward.
+// What the backward needs from the forward. Each result keeps the options it ran with.
 struct Acts {
-  std::string kind;        // the kind this forward ran (force_full_attention applied)
+  AttentionKind kind = AttentionKind::full;  // the kind this forward ran (force_full_attention applied)
   Tensor q, k, v;          // attention inputs, q and k RoPE'd
   Tensor q_mem, k_mem;     // infini: q and k before RoPE (the memory's)
   MobaResult dense;        // full and moba (selection empty for full)
@@ -65,27 +58,30 @@ struct Acts {
   Tensor out;              // [T, Hq, d]: alias of the result of the kind that ran
 };
 
-// Packed varlen batch (training and logits()). Takes q/k/v by value and keeps them in `a`.
-void forward(const std::string& kind, const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp,
-             const nn::Rope& rope, const std::vector<int64_t>& pos, const Varlen& varlen, Tensor q, Tensor k, Tensor v,
-             const Tensor& h1, Acts& a);
+// Packed varlen batch (training and logits()) with the layer's spec as it runs now (full when a
+// sparse approximation is forced full). Takes q/k/v by value and keeps them in `a`.
+void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
+             const std::vector<int64_t>& pos, const Varlen& varlen, Tensor q, Tensor k, Tensor v, const Tensor& h1,
+             Acts& a);
 
 // Gradients with respect to the raw (pre-RoPE) q, k and v; dh1 is the gate input's gradient (nsa
 // only, else empty). Adds the kind parameters' gradients into their Param::grad.
 struct Grads {
   Tensor dq, dk, dv, dh1;
 };
-Grads backward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
+Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
                const std::vector<int64_t>& pos, const Varlen& varlen, const Acts& a, const Tensor& dout,
                const Tensor& h1);
 
-// Decode state of one layer (see DecodeState in transformer.hpp).
+// Decode state of one layer (see DecodeState in transformer.hpp); the KV cache keeps block
+// statistics only for a kind that reads them.
 LayerDecodeState new_state(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp,
                            int64_t capacity, DType cache_dtype);
 
-// Appends n tokens (positions pos) of one sequence to the layer's state and attends from them;
-// a.out holds their outputs [n, Hq, d], equal to the rows of forward() over the whole sequence.
-void decode(const std::string& kind, const AttentionSpec& s, const nn::Rope& rope, const std::vector<int64_t>& pos,
-            LayerDecodeState& st, Tensor q, Tensor k, Tensor v, const Tensor& h1, Acts& a);
+// Appends n tokens (positions pos) of one sequence to the layer's state and attends from them
+// with spec `s` (the layer's, or full when forced); a.out holds their outputs [n, Hq, d], equal to
+// the rows of forward() over the whole sequence.
+void decode(const AttentionSpec& s, const nn::Rope& rope, const std::vector<int64_t>& pos, LayerDecodeState& st,
+            Tensor q, Tensor k, Tensor v, const Tensor& h1, Acts& a);
 
 }  // namespace longctx::attention_layer

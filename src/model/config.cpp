@@ -7,70 +7,31 @@ namespace longctx {
 
 namespace {
 
-AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec a) {
-  // Fields of every kind are accepted anywhere (a layer may override a field of the default
-  // spec's kind); to_json writes only those of the layer's kind.
-  check_known_fields(j, {"kind", "block_size", "top_k", "tau", "stop_rule", "block_len", "stride", "select_len",
-                         "top_n", "local_blocks", "window", "compress", "hidden", "segment_len", "update"},
-                     "model config: attention");
-  a.kind = j.value("kind", a.kind);
-  a.block_size = j.value("block_size", a.block_size);
-  a.top_k = j.value("top_k", a.top_k);
-  a.tau = j.value("tau", a.tau);
-  a.stop_rule = j.value("stop_rule", a.stop_rule);
-  a.block_len = j.value("block_len", a.block_len);
-  a.stride = j.value("stride", a.stride);
-  a.select_len = j.value("select_len", a.select_len);
-  a.top_n = j.value("top_n", a.top_n);
-  a.local_blocks = j.value("local_blocks", a.local_blocks);
-  a.window = j.value("window", a.window);
-  a.compress = j.value("compress", a.compress);
-  a.hidden = j.value("hidden", a.hidden);
-  a.segment_len = j.value("segment_len", a.segment_len);
-  a.update = j.value("update", a.update);
+// A layer's "attention" object over `base` (the default spec, or the layer's so far): naming
+// another kind starts from that kind's defaults; only "kind" and that kind's fields are allowed.
+AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base) {
+  LONGCTX_CHECK(j.is_object(), "model config: attention must be a JSON object, got ", j.dump());
+  AttentionSpec a = std::move(base);
+  if (j.contains("kind")) {
+    const AttentionKind kind = attention_kind_from_name(j.at("kind").get<std::string>());
+    if (kind != a.kind()) a = AttentionSpec::defaults(kind);
+  }
+  a.visit([&](auto& o) {
+    std::vector<std::string> known = field_names(o);
+    std::string hint;
+    for (const std::string& n : known) hint += (hint.empty() ? "" : ", ") + n;
+    hint = concat(" (", a.name(), " fields: ", hint.empty() ? "none" : hint, ")");
+    known.push_back("kind");
+    check_known_fields(j, known, "model config: attention", hint);
+    read_fields(j, o);
+  });
   return a;
 }
 
 nlohmann::json attention_to_json(const AttentionSpec& a) {
-  nlohmann::json j{{"kind", a.kind}};
-  if (a.kind == "moba" || a.kind == "topk") j.update({{"block_size", a.block_size}, {"top_k", a.top_k}});
-  if (a.kind == "threshold") j.update({{"block_size", a.block_size}, {"tau", a.tau}, {"stop_rule", a.stop_rule}});
-  if (a.kind == "nsa")
-    j.update({{"block_len", a.block_len}, {"stride", a.stride}, {"select_len", a.select_len}, {"top_n", a.top_n},
-              {"local_blocks", a.local_blocks}, {"window", a.window}, {"compress", a.compress}, {"hidden", a.hidden}});
-  if (a.kind == "infini") j.update({{"segment_len", a.segment_len}, {"update", a.update}});
+  nlohmann::json j{{"kind", a.name()}};
+  a.visit([&](const auto& o) { write_fields(o, j); });
   return j;
-}
-
-// Throws naming the layer, the kind, the field and its value.
-void validate_attention(const AttentionSpec& a, size_t layer) {
-  auto need = [&](bool ok, const char* field, const auto& value, const std::string& rule) {
-    LONGCTX_CHECK(ok, "model config: layer ", layer, ": ", a.kind, " ", field, " must be ", rule, ", got ", value);
-  };
-  if (a.kind == "moba" || a.kind == "topk" || a.kind == "threshold")
-    need(a.block_size > 0, "block_size", a.block_size, "> 0");
-  if (a.kind == "moba" || a.kind == "topk") need(a.top_k > 0, "top_k", a.top_k, "> 0");
-  if (a.kind == "threshold") {
-    need(a.tau > 0 && a.tau <= 1, "tau", a.tau, "in (0, 1]");
-    need(a.stop_rule == "bound" || a.stop_rule == "heuristic", "stop_rule", "'" + a.stop_rule + "'",
-         "'bound' or 'heuristic'");
-  }
-  if (a.kind == "nsa") {
-    need(a.stride > 0, "stride", a.stride, "> 0");
-    need(a.block_len > 0 && a.block_len % a.stride == 0, "block_len", a.block_len,
-         concat("a positive multiple of stride (", a.stride, ")"));
-    need(a.select_len > 0, "select_len", a.select_len, "> 0");
-    need(a.local_blocks >= 0, "local_blocks", a.local_blocks, ">= 0");
-    need(a.top_n >= 1 + a.local_blocks, "top_n", a.top_n,
-         concat(">= 1 + local_blocks (", 1 + a.local_blocks, "): block 0 and the local blocks are always selected"));
-    need(a.window > 0, "window", a.window, "> 0");
-    need(a.compress == "mlp" || a.compress == "mean", "compress", "'" + a.compress + "'", "'mlp' or 'mean'");
-    if (a.compress == "mlp") need(a.hidden > 0, "hidden", a.hidden, "> 0");
-  }
-  if (a.kind == "infini") {
-    need(a.segment_len > 0, "segment_len", a.segment_len, "> 0");
-    need(a.update == "linear" || a.update == "delta", "update", "'" + a.update + "'", "'linear' or 'delta'");
-  }
 }
 
 FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
@@ -109,7 +70,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     c.norm_eps = j.value("norm_eps", c.norm_eps);
     c.tie_embeddings = j.value("tie_embeddings", c.tie_embeddings);
     LONGCTX_CHECK(c.n_layers >= 1, "model config: n_layers must be >= 1, got ", c.n_layers);
-    const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()), {});
+    const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()), AttentionSpec{});
     const FfnSpec ffn = ffn_from_json(j.value("ffn", nlohmann::json::object()), {});
     c.attention.assign(size_t(c.n_layers), attn);
     c.ffn.assign(size_t(c.n_layers), ffn);
@@ -125,7 +86,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     const int64_t last_full = j.value("full_attention_last_n", int64_t(0));
     LONGCTX_CHECK(last_full >= 0 && last_full <= c.n_layers, "model config: full_attention_last_n must be in [0, ",
                   c.n_layers, "], got ", last_full);
-    for (int64_t i = c.n_layers - last_full; i < c.n_layers; ++i) c.attention[size_t(i)].kind = "full";
+    for (int64_t i = c.n_layers - last_full; i < c.n_layers; ++i) c.attention[size_t(i)] = AttentionSpec{};
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(concat("longctx: model config: ", e.what()));
   }
@@ -182,12 +143,7 @@ void ModelConfig::validate() const {
   LONGCTX_CHECK(int64_t(attention.size()) == n_layers && int64_t(ffn.size()) == n_layers,
                 "model config: need one attention and ffn spec per layer");
   for (size_t i = 0; i < attention.size(); ++i) {
-    const std::string& kind = attention[i].kind;
-    LONGCTX_CHECK(kind == "full" || kind == "moba" || kind == "topk" || kind == "threshold" || kind == "nsa" ||
-                      kind == "infini",
-                  "model config: layer ", i, ": unknown attention kind '", kind,
-                  "' (available: full, moba, topk, threshold, nsa, infini)");
-    validate_attention(attention[i], i);
+    attention[i].validate(concat("model config: layer ", i, ": ", attention[i].name(), " "));
     LONGCTX_CHECK(ffn[i].kind == "dense" || ffn[i].kind == "moe", "model config: layer ", i, ": unknown ffn kind '",
                   ffn[i].kind, "' (available: dense, moe)");
     if (ffn[i].kind == "moe") moe::validate(moe_config(*this, int64_t(i)));

@@ -75,9 +75,10 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     const Vec &attn_norm = take(), &wq = take(), &wk = take(), &wv = take(), &wo = take();
     const AttentionSpec& spec = cfg.attention[size_t(l)];
     NsaWeights<double> nsa_w;  // nsa: the layer's weights, in Param order
-    if (spec.kind == "nsa")
-      attention_layer::for_each_nsa_weight(nsa_w, spec, Hq, dh, D, [&](const std::string&, Vec& w, const auto&) { w = take(); });
-    const Vec* beta = spec.kind == "infini" ? &take() : nullptr;
+    if (spec.kind() == AttentionKind::nsa)
+      attention_layer::for_each_nsa_weight(nsa_w, spec.get<NsaConfig>(), Hq, dh, D,
+                                           [&](const std::string&, Vec& w, const auto&) { w = take(); });
+    const Vec* beta = spec.kind() == AttentionKind::infini ? &take() : nullptr;
     const Vec& ffn_norm = take();
     const bool moe_layer = cfg.ffn[size_t(l)].kind == "moe";
     moe::reference::Params<double> mp;
@@ -89,17 +90,16 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     const Vec q_mem = q, k_mem = k;  // infini's memory uses q/k before RoPE
     rope(q, T, Hq, dh, pos, cfg.rope_theta);
     rope(k, T, Hkv, dh, pos, cfg.rope_theta);
-    const bool approximates_full = spec.kind == "moba" || spec.kind == "topk" || spec.kind == "threshold";
-    const std::string kind = force_full && approximates_full ? "full" : spec.kind;
+    const AttentionKind kind = force_full && approximates_full(spec.kind()) ? AttentionKind::full : spec.kind();
     const double scale = 1.0 / std::sqrt(double(dh));
     Vec att, lse;
-    if (kind == "nsa") {
+    if (kind == AttentionKind::nsa) {
       const std::vector<int32_t>* fixed = replay ? &tape->nsa[size_t(l)] : nullptr;
-      auto f = nsa_forward<double>(shape, q, k, v, h, int(D), nsa_w, attention_layer::nsa_config(spec), varlen, fixed);
+      auto f = nsa_forward<double>(shape, q, k, v, h, int(D), nsa_w, spec.get<NsaConfig>(), varlen, fixed);
       if (tape && !replay) tape->nsa[size_t(l)] = f.selected;
       att = std::move(f.out);
-    } else if (kind == "infini") {
-      const InfiniOptions o = attention_layer::infini_options(spec);
+    } else if (kind == AttentionKind::infini) {
+      const InfiniOptions& o = spec.get<InfiniOptions>();
       infini_forward<double>({T, int(Hq), int(Hkv), int(dh)}, {q_mem, k_mem, v, q, k}, *beta,
                              {batch.cu_seqlens, o.segment_len, o.update, scale}, att);
     } else {
@@ -107,11 +107,18 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
       if (replay) {
         mask = tape->masks[size_t(l)];
       } else {
-        mask = kind == "moba"        ? moba_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k)
-               : kind == "topk"      ? topk_mask<double>(shape, q, k, varlen, spec.block_size, spec.top_k, false)
-               : kind == "threshold" ? threshold_mask<double>(shape, q, k, varlen, spec.block_size, scale, spec.tau,
-                                                              spec.stop_rule == "heuristic")
-                                     : dense_mask(shape, varlen, AttentionOptions{});
+        mask = dense_mask(shape, varlen, AttentionOptions{});
+        if (kind == AttentionKind::moba) {
+          const MobaOptions& o = spec.get<MobaOptions>();
+          mask = moba_mask<double>(shape, q, k, varlen, o.block_size, o.top_k);
+        } else if (kind == AttentionKind::topk) {
+          const TopkOptions& o = spec.get<TopkOptions>();
+          mask = topk_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, o.token_level);
+        } else if (kind == AttentionKind::threshold) {
+          const ThresholdOptions& o = spec.get<ThresholdOptions>();
+          mask = threshold_mask<double>(shape, q, k, varlen, o.block_size, scale, o.tau,
+                                        o.stop_rule == StopRule::heuristic);
+        }
         if (tape) tape->masks[size_t(l)] = mask;
       }
       attention_forward<double>(shape, q, k, v, scale, mask, att, lse);

@@ -129,7 +129,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
                                    &param(p + "attention.wk"), &param(p + "attention.wv"), &param(p + "attention.wo"),
                                    &param(p + "ffn_norm.weight"), &param(p + "feed_forward.w1"),
                                    &param(p + "feed_forward.w3"), &param(p + "feed_forward.w2")});
-    const std::string kind_prefix = p + "attention." + cfg.attention[size_t(l)].kind + ".";
+    const std::string kind_prefix = p + "attention." + cfg.attention[size_t(l)].name() + ".";
     for (Param& q : params_)
       if (q.name.rfind(kind_prefix, 0) == 0) acts_->layer_params.back().attention.push_back(&q);
     if (cfg.ffn[size_t(l)].kind == "moe") {
@@ -159,13 +159,14 @@ int64_t Transformer::num_params() const {
   return n;
 }
 
-std::string Transformer::attention_kind(int64_t layer) const {
-  const std::string& kind = cfg_.attention[size_t(layer)].kind;
-  const bool approximates_full = kind == "moba" || kind == "topk" || kind == "threshold";
-  return force_full_ && approximates_full ? "full" : kind;
+AttentionSpec Transformer::running_spec(int64_t layer) const {
+  const AttentionSpec& s = cfg_.attention[size_t(layer)];
+  return force_full_ && approximates_full(s.kind()) ? AttentionSpec{} : s;
 }
 
-bool Transformer::layer_uses_moba(int64_t layer) const { return attention_kind(layer) == "moba"; }
+AttentionKind Transformer::attention_kind(int64_t layer) const { return running_spec(layer).kind(); }
+
+bool Transformer::layer_uses_moba(int64_t layer) const { return attention_kind(layer) == AttentionKind::moba; }
 
 void Transformer::zero_grad() {
   for (Param& p : params_) p.grad.fill(0.0f);
@@ -234,13 +235,13 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     nn::linear_forward(L.h1.f32(), T, D, P.wq->value.f32(), Hq * dh, q.f32());
     nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32());
     nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32());
-    const AttentionSpec& spec = cfg_.attention[size_t(l)];
+    const AttentionSpec spec = running_spec(l);
     if (state)  // inference: attend over the layer's decode state, which takes these tokens in
-      attention_layer::decode(attention_kind(l), spec, A.rope, pos, state->layers[size_t(l)], std::move(q),
-                              std::move(k), std::move(v), L.h1, L.attn);
+      attention_layer::decode(spec, A.rope, pos, state->layers[size_t(l)], std::move(q), std::move(k), std::move(v),
+                              L.h1, L.attn);
     else
-      attention_layer::forward(attention_kind(l), spec, cfg_, P.attention, A.rope, pos, varlen, std::move(q),
-                               std::move(k), std::move(v), L.h1, L.attn);
+      attention_layer::forward(spec, cfg_, P.attention, A.rope, pos, varlen, std::move(q), std::move(k), std::move(v),
+                               L.h1, L.attn);
     L.x_in = std::move(x);
     L.x_mid = Tensor({T, D});
     nn::linear_forward(L.attn.out.f32(), T, Hq * dh, P.wo->value.f32(), D, L.x_mid.f32());
@@ -380,8 +381,7 @@ void Transformer::backward() {
     Tensor dout({T, Hq, dh});
     nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
                         P.wo->grad.f32());
-    attention_layer::Grads g = attention_layer::backward(cfg_.attention[size_t(l)], cfg_, P.attention, A.rope, pos,
-                                                         A.varlen, L.attn, dout, L.h1);
+    attention_layer::Grads g = attention_layer::backward(cfg_, P.attention, A.rope, pos, A.varlen, L.attn, dout, L.h1);
     const bool gate_grad = !g.dh1.empty();  // nsa: its gate's input is h1 too
     Tensor dh1 = gate_grad ? std::move(g.dh1) : Tensor({T, D});
     nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad, P.wq->grad.f32());

@@ -39,17 +39,17 @@ std::vector<int32_t> visited_of(const SparseResult& r, int h, int64_t row, int64
 
 // Feeds the sequence into a cache in chunks of `chunk` tokens and checks every chunk's rows.
 void check_against_prefill(const Tensor& q, const Tensor& k, const Tensor& v, DType dtype, const Prefill& full,
-                           const CacheAttentionOptions& opts, int64_t chunk) {
+                           const AttentionSpec& spec, int64_t chunk) {
   KVCache cache({kN, kHkv, kD, kB, dtype});
   for (int64_t t = 0; t < kN; t += chunk) {
     const int64_t n = std::min(chunk, kN - t);
     cache.append(rows_of(k, t, n), rows_of(v, t, n));
-    const SparseResult r = attention_over_cache(rows_of(q, t, n), cache, opts);
+    const SparseResult r = attention_over_cache(rows_of(q, t, n), cache, spec);
     for (int64_t i = 0; i < n; ++i) {
       ASSERT_LT(row_error(full.out, t + i, r.out, i), 2e-6) << "token " << t + i;
       for (int h = 0; h < kHq; ++h) {
         ASSERT_NEAR(full.lse.f32()[h * kN + t + i], r.lse.f32()[h * n + i], 2e-6) << "token " << t + i;
-        if (opts.method != CacheMethod::dense)
+        if (spec.kind() != AttentionKind::full)
           ASSERT_EQ(full.visited(h, t + i), visited_of(r, h, i, n)) << "token " << t + i << " head " << h;
       }
     }
@@ -57,13 +57,13 @@ void check_against_prefill(const Tensor& q, const Tensor& k, const Tensor& v, DT
 }
 
 struct DecodeCase {
-  CacheMethod method;
+  AttentionKind method;
   bool token_level;
   StopRule rule;
   DType dtype;
 };
 void PrintTo(const DecodeCase& c, std::ostream* os) {
-  *os << cache_method_name(c.method) << (c.token_level ? "_tokens_" : "_") << stop_rule_name(c.rule) << "_"
+  *os << enum_name(c.method) << (c.token_level ? "_tokens_" : "_") << enum_name(c.rule) << "_"
       << dtype_name(c.dtype);
 }
 
@@ -73,18 +73,18 @@ TEST_P(DecodeVsPrefill, EveryStepAndChunkMatchesThePrefillRow) {
   const DecodeCase& c = GetParam();
   const testing::Structured src = testing::structured_source(kN, kHq, kHkv, kD, kB, 1, 2.0f, 5);
   const Tensor q = src.q.to(c.dtype), k = src.k.to(c.dtype), v = src.v.to(c.dtype);
-  CacheAttentionOptions opts;
-  opts.method = c.method;
-  opts.token_level = c.token_level;
-  opts.top_k = c.token_level ? 9 : 3;
-  opts.tau = 0.9f;
-  opts.stop_rule = c.rule;
+  const int64_t top_k = c.token_level ? 9 : 3;
+  const float tau = 0.9f;
+  const AttentionSpec spec = c.method == AttentionKind::moba        ? AttentionSpec(MobaOptions{kB, top_k})
+                             : c.method == AttentionKind::topk      ? AttentionSpec(TopkOptions{kB, top_k, c.token_level})
+                             : c.method == AttentionKind::threshold ? AttentionSpec(ThresholdOptions{kB, tau, c.rule})
+                                                                    : AttentionSpec{};
   Prefill full;
-  if (c.method == CacheMethod::dense) {
+  if (c.method == AttentionKind::full) {
     AttentionResult r = flash_attention_forward(q, k, v);
     full = {std::move(r.out), std::move(r.lse), {}};
-  } else if (c.method == CacheMethod::moba) {
-    auto r = std::make_shared<MobaResult>(moba_attention_forward(q, k, v, {}, {kB, opts.top_k, 0.0f}));
+  } else if (c.method == AttentionKind::moba) {
+    auto r = std::make_shared<MobaResult>(moba_attention_forward(q, k, v, {}, {kB, top_k, 0.0f}));
     full = {r->out.clone(), r->lse.clone(), [r](int h, int64_t row) {
               std::vector<int32_t> sel;
               for (int64_t s = 0; s < r->slots; ++s)
@@ -94,25 +94,25 @@ TEST_P(DecodeVsPrefill, EveryStepAndChunkMatchesThePrefillRow) {
             }};
   } else {
     auto r = std::make_shared<SparseResult>(
-        c.method == CacheMethod::topk
-            ? topk_attention_forward(q, k, v, {}, {kB, opts.top_k, c.token_level, 0.0f})
-            : threshold_attention_forward(q, k, v, {}, {kB, opts.tau, c.rule, 0.0f}));
+        c.method == AttentionKind::topk
+            ? topk_attention_forward(q, k, v, {}, {kB, top_k, c.token_level, 0.0f})
+            : threshold_attention_forward(q, k, v, {}, {kB, tau, c.rule, 0.0f}));
     full = {r->out.clone(), r->lse.clone(), [r](int h, int64_t row) { return visited_of(*r, h, row, kN); }};
   }
-  check_against_prefill(q, k, v, c.dtype, full, opts, 1);   // decode, token by token
-  check_against_prefill(q, k, v, c.dtype, full, opts, 13);  // chunked prefill
+  check_against_prefill(q, k, v, c.dtype, full, spec, 1);   // decode, token by token
+  check_against_prefill(q, k, v, c.dtype, full, spec, 13);  // chunked prefill
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Methods, DecodeVsPrefill,
-    ::testing::Values(DecodeCase{CacheMethod::dense, false, StopRule::bound, DType::f32},
-                      DecodeCase{CacheMethod::dense, false, StopRule::bound, DType::bf16},
-                      DecodeCase{CacheMethod::moba, false, StopRule::bound, DType::f32},
-                      DecodeCase{CacheMethod::moba, false, StopRule::bound, DType::bf16},
-                      DecodeCase{CacheMethod::topk, false, StopRule::bound, DType::bf16},
-                      DecodeCase{CacheMethod::topk, true, StopRule::bound, DType::f32},
-                      DecodeCase{CacheMethod::threshold, false, StopRule::bound, DType::f32},
-                      DecodeCase{CacheMethod::threshold, false, StopRule::heuristic, DType::bf16}));
+    ::testing::Values(DecodeCase{AttentionKind::full, false, StopRule::bound, DType::f32},
+                      DecodeCase{AttentionKind::full, false, StopRule::bound, DType::bf16},
+                      DecodeCase{AttentionKind::moba, false, StopRule::bound, DType::f32},
+                      DecodeCase{AttentionKind::moba, false, StopRule::bound, DType::bf16},
+                      DecodeCase{AttentionKind::topk, false, StopRule::bound, DType::bf16},
+                      DecodeCase{AttentionKind::topk, true, StopRule::bound, DType::f32},
+                      DecodeCase{AttentionKind::threshold, false, StopRule::bound, DType::f32},
+                      DecodeCase{AttentionKind::threshold, false, StopRule::heuristic, DType::bf16}));
 
 // Softmax of query row t (position pos) of head h over the cached keys `sees(key)` accepts, in
 // double from the stored (possibly bf16) rows: out [d] and lse.
@@ -175,27 +175,26 @@ TEST(Decode, DenseOverALongCacheMatchesTheNaiveSoftmax) {
 // plus those blocks. Decode and q_len 5 chunks, cache length not a multiple of B, GQA 4 and 3.
 TEST(Decode, GroupSharedSelectionAttendsTheGroupsTopBlocks) {
   const int64_t n = 203, B = 16;
-  for (const CacheMethod method : {CacheMethod::moba, CacheMethod::topk})
+  for (const AttentionKind method : {AttentionKind::moba, AttentionKind::topk})
     for (const auto [hq, hkv] : {std::pair{8, 2}, std::pair{3, 1}}) {
       const int d = 32;
       KVCache cache({n, hkv, d, B, DType::bf16});
       cache.append(random_tensor({n, hkv, d}, 21), random_tensor({n, hkv, d}, 22));
       const Tensor keys = cache.keys().to(DType::f32);
-      CacheAttentionOptions o;
-      o.method = method;
-      o.top_k = 4;
-      o.group_select = true;
+      const int64_t top_k = 4;
+      const AttentionSpec o = method == AttentionKind::moba ? AttentionSpec(MobaOptions{B, top_k})
+                                                            : AttentionSpec(TopkOptions{B, top_k});
       for (const int64_t q_len : {1, 5}) {
         const Tensor q = random_tensor({q_len, hq, d}, 23, 2.0f);
         const Tensor qf = q.to(DType::f32);
-        const SparseResult r = attention_over_cache(q, cache, o);
+        const SparseResult r = attention_over_cache(q, cache, o, true);
         const int group = hq / hkv;
         for (int64_t t = 0; t < q_len; ++t) {
           const int64_t pos = n - q_len + t, own = pos / B;
           for (int h = 0; h < hq; ++h) {
             const std::vector<int32_t> vis = visited_of(r, h, t, q_len);
             ASSERT_EQ(vis, visited_of(r, h / group * group, t, q_len)) << "heads of a group select alike";
-            ASSERT_EQ(int64_t(vis.size()), std::min<int64_t>(o.top_k - 1, own));
+            ASSERT_EQ(int64_t(vis.size()), std::min<int64_t>(top_k - 1, own));
             // naive group score of block j
             auto score = [&](int64_t j) {
               double sum = 0;
@@ -207,7 +206,7 @@ TEST(Decode, GroupSharedSelectionAttendsTheGroupsTopBlocks) {
                     const double x = keys.f32()[(i * hkv + h / group) * d + c];
                     mean += x / B, mn = std::min(mn, x), mx = std::max(mx, x);
                   }
-                  sum += method == CacheMethod::moba ? qe[c] * mean : std::max(qe[c] * mn, qe[c] * mx);
+                  sum += method == AttentionKind::moba ? qe[c] * mean : std::max(qe[c] * mn, qe[c] * mx);
                 }
               }
               return sum;
@@ -236,29 +235,24 @@ TEST(Decode, GroupSharedSelectionEdgeCases) {
   KVCache cache({n, 2, 16, B, DType::f32});
   cache.append(random_tensor({n, 2, 16}, 31), random_tensor({n, 2, 16}, 32));
   const Tensor q = random_tensor({3, 2, 16}, 33, 2.0f), q4 = random_tensor({3, 4, 16}, 34, 2.0f);
-  for (const CacheMethod method : {CacheMethod::moba, CacheMethod::topk}) {
-    CacheAttentionOptions per;
-    per.method = method;
-    per.top_k = 3;
-    CacheAttentionOptions grp = per;
-    grp.group_select = true;
-    const SparseResult a = attention_over_cache(q, cache, per), b = attention_over_cache(q, cache, grp);
+  for (const AttentionKind method : {AttentionKind::moba, AttentionKind::topk}) {
+    auto spec = [&](int64_t top_k) {
+      return method == AttentionKind::moba ? AttentionSpec(MobaOptions{B, top_k}) : AttentionSpec(TopkOptions{B, top_k});
+    };
+    const SparseResult a = attention_over_cache(q, cache, spec(3)), b = attention_over_cache(q, cache, spec(3), true);
     EXPECT_EQ(a.visited, b.visited);
     for (int64_t i = 0; i < a.out.numel(); ++i) ASSERT_NEAR(a.out.f32()[i], b.out.f32()[i], 1e-6);
-    grp.top_k = n / B + 1;
-    const SparseResult all = attention_over_cache(q4, cache, grp), dense = attention_over_cache(q4, cache, {});
+    const SparseResult all = attention_over_cache(q4, cache, spec(n / B + 1), true),
+                       dense = attention_over_cache(q4, cache, {});
     for (int64_t i = 0; i < all.out.numel(); ++i) ASSERT_NEAR(all.out.f32()[i], dense.out.f32()[i], 2e-6);
   }
-  CacheAttentionOptions bad;
-  bad.method = CacheMethod::threshold;
-  bad.group_select = true;
-  EXPECT_THROW(attention_over_cache(q, cache, bad), std::invalid_argument);
+  EXPECT_THROW(attention_over_cache(q, cache, ThresholdOptions{B}, true), std::invalid_argument);
 }
 
 TEST(Decode, BadInputThrowsClearly) {
   KVCache cache({16, 2, 8, 4, DType::f32});
   cache.append(random_tensor({4, 2, 8}, 1), random_tensor({4, 2, 8}, 2));
-  auto msg = [&](const Tensor& q, CacheAttentionOptions o) {
+  auto msg = [&](const Tensor& q, const AttentionSpec& o) {
     try {
       attention_over_cache(q, cache, o);
     } catch (const std::invalid_argument& e) {
@@ -271,14 +265,9 @@ TEST(Decode, BadInputThrowsClearly) {
             std::string::npos);
   EXPECT_NE(msg(random_tensor({5, 4, 8}, 3), {}).find("q_len must be in [1, cache size 4], got 5"), std::string::npos);
   EXPECT_NE(msg(random_tensor({1, 4, 4}, 3), {}).find("q head_dim 4 differs from the cache's 8"), std::string::npos);
-  CacheAttentionOptions o;
-  o.method = CacheMethod::topk;
-  o.top_k = 0;
-  EXPECT_NE(msg(q, o).find("top_k must be > 0, got 0"), std::string::npos);
-  o.top_k = 2;
-  o.tau = 0.0f;
-  EXPECT_NE(msg(q, o).find("tau must be in (0, 1], got 0"), std::string::npos);
-  EXPECT_THROW(parse_cache_method("sparse"), std::invalid_argument);
+  EXPECT_NE(msg(q, TopkOptions{4, 0}).find("top_k must be > 0, got 0"), std::string::npos);
+  EXPECT_NE(msg(q, ThresholdOptions{4, 0.0f}).find("tau must be in (0, 1], got 0"), std::string::npos);
+  EXPECT_THROW(attention_kind_from_name("sparse"), std::invalid_argument);
 }
 
 }  // namespace

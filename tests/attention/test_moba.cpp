@@ -49,7 +49,7 @@ TEST_P(MobaVsReference, SelectionForwardAndBackwardMatch) {
   const MobaOptions opts{c.block, c.top_k, 0.0f};
 
   const MobaResult r = moba_attention_forward(q, k, v, vl, opts);
-  const AttentionGrads g = moba_attention_backward(q, k, v, r, dout, vl, opts);
+  const AttentionGrads g = moba_attention_backward(q, k, v, r, dout, vl);
 
   const reference::Shape s = testing::shape_of(q, k);
   const auto qd = to_vec<double>(q), kd = to_vec<double>(k), vd = to_vec<double>(v);
@@ -90,7 +90,7 @@ TEST(Moba, CoveringTopKEqualsDenseCausal) {
   const AttentionResult d = flash_attention_forward(q, k, v);
   EXPECT_LT(rel_error(m.out, to_vec<float>(d.out)), 1e-6);
   EXPECT_LT(rel_error(m.lse, to_vec<float>(d.lse)), 1e-6);
-  const AttentionGrads gm = moba_attention_backward(q, k, v, m, dout, {}, opts);
+  const AttentionGrads gm = moba_attention_backward(q, k, v, m, dout, {});
   const AttentionGrads gd = flash_attention_backward(q, k, v, d, dout);
   EXPECT_LT(rel_error(gm.dq, to_vec<float>(gd.dq)), 1e-5);
   EXPECT_LT(rel_error(gm.dk, to_vec<float>(gd.dk)), 1e-5);
@@ -144,8 +144,8 @@ TEST(Moba, DeterministicAcrossRuns) {
   const MobaOptions opts{64, 3, 0.0f};
   const MobaResult a = moba_attention_forward(q, k, v, {}, opts), b = moba_attention_forward(q, k, v, {}, opts);
   EXPECT_TRUE(testing::bitwise_equal(a.out, b.out));
-  const AttentionGrads ga = moba_attention_backward(q, k, v, a, dout, {}, opts);
-  const AttentionGrads gb = moba_attention_backward(q, k, v, a, dout, {}, opts);
+  const AttentionGrads ga = moba_attention_backward(q, k, v, a, dout, {});
+  const AttentionGrads gb = moba_attention_backward(q, k, v, a, dout, {});
   EXPECT_TRUE(testing::bitwise_equal(ga.dq, gb.dq));
   EXPECT_TRUE(testing::bitwise_equal(ga.dk, gb.dk));
   EXPECT_TRUE(testing::bitwise_equal(ga.dv, gb.dv));
@@ -160,8 +160,9 @@ TEST(Moba, BadInputThrowsClearErrors) {
   expect_error([&] { moba_attention_forward(q3, k, v, {}, {4, 2, 0.0f}); }, "must be a multiple of kv heads");
   expect_error([&] { moba_attention_forward(q, k, v, Varlen{{0, 7, 5, 10}, {0, 7, 5, 10}}, {4, 2, 0.0f}); },
                "cu_seqlens_q must be non-decreasing");
-  const MobaResult r = moba_attention_forward(q, k, v, {}, {4, 2, 0.0f});
-  expect_error([&] { moba_attention_backward(q, k, v, r, random_tensor({10, 4, 16}, 5), {}, {4, 3, 0.0f}); },
+  MobaResult r = moba_attention_forward(q, k, v, {}, {4, 2, 0.0f});
+  r.moba.top_k = 3;  // a result whose selection does not match its options
+  expect_error([&] { moba_attention_backward(q, k, v, r, random_tensor({10, 4, 16}, 5), {}); },
                "does not match top_k = 3");
 }
 

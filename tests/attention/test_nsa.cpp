@@ -91,7 +91,7 @@ TEST_P(NsaVsReference, ForwardSelectionAndBackwardMatch) {
   const NsaCase& c = GetParam();
   const Inputs in = make_inputs(c);
   const NsaResult r = nsa_forward(in.q, in.k, in.v, in.x, in.w, c.cfg, in.varlen);
-  const NsaGrads g = nsa_backward(in.q, in.k, in.v, in.x, in.w, c.cfg, r, in.dout, in.varlen);
+  const NsaGrads g = nsa_backward(in.q, in.k, in.v, in.x, in.w, r, in.dout, in.varlen);
 
   const auto qd = to_vec<double>(in.q), kd = to_vec<double>(in.k), vd = to_vec<double>(in.v),
              xd = to_vec<double>(in.x);
@@ -196,9 +196,9 @@ TEST(NsaReferenceGradcheck, MeanCompressor) { gradcheck(small_config(NsaCompress
 // selection block 0 = [0,6) gets 1/3 + 1/3 + 1/3 * 2/4, block 1 = [6,12) gets 1/3 * 2/4; summed
 // over the 2 heads of the group.
 TEST(NsaConfigNames, CompressFromNameAcceptsMlpAndMeanOnly) {
-  EXPECT_EQ(nsa_compress_from_name("mlp"), NsaCompress::mlp);
-  EXPECT_EQ(nsa_compress_from_name("mean"), NsaCompress::mean);
-  testing::expect_error([] { nsa_compress_from_name("Mean"); }, "compress must be 'mlp' or 'mean', got 'Mean'");
+  EXPECT_EQ(enum_from_name<NsaCompress>("mlp", "compress"), NsaCompress::mlp);
+  EXPECT_EQ(enum_from_name<NsaCompress>("mean", "compress"), NsaCompress::mean);
+  testing::expect_error([] { enum_from_name<NsaCompress>("Mean", "compress"); }, "compress must be 'mlp' or 'mean', got 'Mean'");
 }
 
 TEST(NsaSelection, OverlapWeightedImportanceHandComputed) {
@@ -250,8 +250,8 @@ TEST(NsaDeterminism, SameBitsTwice) {
   const Inputs in = make_inputs(c);
   const NsaResult a = nsa_forward(in.q, in.k, in.v, in.x, in.w, c.cfg, in.varlen);
   const NsaResult b = nsa_forward(in.q, in.k, in.v, in.x, in.w, c.cfg, in.varlen);
-  const NsaGrads ga = nsa_backward(in.q, in.k, in.v, in.x, in.w, c.cfg, a, in.dout, in.varlen);
-  const NsaGrads gb = nsa_backward(in.q, in.k, in.v, in.x, in.w, c.cfg, b, in.dout, in.varlen);
+  const NsaGrads ga = nsa_backward(in.q, in.k, in.v, in.x, in.w, a, in.dout, in.varlen);
+  const NsaGrads gb = nsa_backward(in.q, in.k, in.v, in.x, in.w, b, in.dout, in.varlen);
   EXPECT_TRUE(testing::bitwise_equal(a.out, b.out));
   EXPECT_TRUE(testing::bitwise_equal(ga.dq, gb.dq));
   EXPECT_TRUE(testing::bitwise_equal(ga.dk, gb.dk));

@@ -22,7 +22,7 @@ struct ThresholdCase {
 };
 void PrintTo(const ThresholdCase& c, std::ostream* os) {
   *os << "n" << c.k_lens[0] << "_seqs" << c.q_lens.size() << "_h" << c.hq << "x" << c.hkv << "_B" << c.block << "_tau"
-      << c.tau << "_" << stop_rule_name(c.rule);
+      << c.tau << "_" << enum_name(c.rule);
 }
 
 class ThresholdVsReference : public ::testing::TestWithParam<ThresholdCase> {};
@@ -40,7 +40,7 @@ TEST_P(ThresholdVsReference, VisitedForwardAndBackwardMatch) {
   const Tensor dout = random_tensor({tq, c.hq, d}, 33);
   const ThresholdOptions opts{c.block, c.tau, c.rule, 0.0f};
   const SparseResult r = threshold_attention_forward(qq, src.k, src.v, vl, opts);
-  EXPECT_EQ(r.stop_rule, stop_rule_name(c.rule));
+  EXPECT_EQ(r.stop_rule, enum_name(c.rule));
   const AttentionGrads g = sparse_attention_backward(qq, src.k, src.v, r, dout, vl);
 
   const reference::Shape s = testing::shape_of(qq, src.k);

@@ -71,7 +71,7 @@ TEST(CliPasskey, CorpusDocumentsAnswerTheirNeedlesAndFineTuneInitsFromACheckpoin
   EXPECT_NE(r.output.find("initialised from the weights of"), std::string::npos) << r.output;
   const longctx::CheckpointInfo ft = longctx::read_checkpoint_info((dir / "ft" / "checkpoint.safetensors").string());
   EXPECT_EQ(ft.model.max_seq_len, 160);
-  EXPECT_EQ(ft.model.attention[0].kind, "moba");
+  EXPECT_EQ(std::string(ft.model.attention[0].name()), "moba");
   // a config whose model differs is refused, naming the field
   std::ofstream(dir / "bad.json") << R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 96,
     "max_seq_len": 64, "attention": {"kind": "moba", "block_size": 16, "top_k": 2}, "full_attention_last_n": 1},

@@ -125,7 +125,7 @@ TEST(Passkey, AnswerCheck) {
 ModelConfig tiny(const std::string& kind, int64_t max_seq_len) {
   return ModelConfig::from_json({{"vocab_size", 256}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 4},
                                  {"n_kv_heads", 2}, {"d_ff", 64}, {"max_seq_len", max_seq_len},
-                                 {"attention", {{"kind", kind}, {"block_size", 16}, {"top_k", 2}}}});
+                                 {"attention", testing::attention_json(kind, {{"block_size", 16}, {"top_k", 2}})}});
 }
 
 // The reference: recompute the logits of the whole sequence for every new token.

@@ -22,7 +22,7 @@ ModelConfig tiny_config(const std::string& attention_kind, const std::string& ff
   nlohmann::json ffn{{"kind", ffn_kind}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 6}, {"num_shared", 1},
                      {"load_balance_weight", 0.1}, {"z_loss_weight", 0.01}};
   if (ffn_kind == "dense") ffn = {{"kind", "dense"}};
-  return testing::tiny_model({{"kind", attention_kind}, {"block_size", 3}, {"top_k", 2}}, ffn);
+  return testing::tiny_model(testing::attention_json(attention_kind, {{"block_size", 3}, {"top_k", 2}}), ffn);
 }
 
 void check_gradients(const std::string& kind, const std::string& ffn = "dense") {
@@ -54,8 +54,8 @@ TEST(Model, HybridConfigMakesLastLayersFull) {
   nlohmann::json j{{"n_layers", 4}, {"attention", {{"kind", "moba"}, {"block_size", 64}, {"top_k", 2}}},
                    {"full_attention_last_n", 1}};
   const ModelConfig c = ModelConfig::from_json(j);
-  EXPECT_EQ(c.attention[2].kind, "moba");
-  EXPECT_EQ(c.attention[3].kind, "full");
+  EXPECT_EQ(std::string(c.attention[2].name()), "moba");
+  EXPECT_EQ(std::string(c.attention[3].name()), "full");
   const ModelConfig back = ModelConfig::from_json(c.to_json());
   EXPECT_EQ(back.to_json(), c.to_json());
 }

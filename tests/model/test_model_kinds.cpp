@@ -123,14 +123,14 @@ TEST(ModelKinds, ForceFullKeepsNsaAndInfini) {
   const ModelConfig cfg = tiny_model(kThreshold, {{"kind", "dense"}}, json::array({json::object(), {{"attention", kInfini}}}));
   Transformer m(cfg, 3);
   m.force_full_attention(true);
-  EXPECT_EQ(m.attention_kind(0), "full");
-  EXPECT_EQ(m.attention_kind(1), "infini");
+  EXPECT_EQ(std::string(enum_name(m.attention_kind(0))), "full");
+  EXPECT_EQ(std::string(enum_name(m.attention_kind(1))), "infini");
   const auto p = testing::params_as_double(m);
   const Batch b = testing::tiny_batch();
   EXPECT_NEAR(m.forward(b, false), reference::model_loss(cfg, p, b, true), 1e-5);
   Transformer n(hybrid(), 3);
   n.force_full_attention(true);
-  EXPECT_EQ(n.attention_kind(0), "nsa");
+  EXPECT_EQ(std::string(enum_name(n.attention_kind(0))), "nsa");
   EXPECT_FALSE(n.layer_uses_moba(0));
 }
 

@@ -38,7 +38,7 @@ fs::path make_corpus(const std::string& name, int copies) {
 ModelConfig small_model(int64_t vocab, const std::string& attention = "full") {
   return ModelConfig::from_json({{"vocab_size", vocab}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 2},
                                  {"d_ff", 64}, {"max_seq_len", 256},
-                                 {"attention", {{"kind", attention}, {"block_size", 16}, {"top_k", 2}}}});
+                                 {"attention", testing::attention_json(attention, {{"block_size", 16}, {"top_k", 2}})}});
 }
 
 TrainConfig small_train() {

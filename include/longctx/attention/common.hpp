@@ -7,6 +7,7 @@
 #include <longctx/core/tensor.hpp>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace longctx {
@@ -18,6 +19,12 @@ struct AttentionOptions {
   // Sliding window (causal only): a query at position p sees keys at positions (p - window, p].
   // 0 means no window.
   int64_t window = 0;
+
+  // As a model layer's kind (full) it has no config fields (core/fields.hpp): causal, default
+  // scale, no window. Calls are checked where they run (attention/engine/varlen.hpp).
+  template <class V>
+  void fields(V&&) {}
+  void validate(const std::string&) const {}
 };
 
 // Sequence boundaries as prefix sums {0, len_0, len_0 + len_1, ...} (FlashAttention's
@@ -34,6 +41,7 @@ struct Varlen {
 struct AttentionResult {
   Tensor out;  // [total_q, Hq, d] fp32
   Tensor lse;  // [Hq, total_q] fp32; -inf for a query that sees no key (its output is 0)
+  AttentionOptions options;  // what the forward ran with (flash_attention_backward's)
 };
 
 struct AttentionGrads {

@@ -1,6 +1,7 @@
 // Model configuration: a Llama-style decoder whose every layer names its attention and FFN kind.
 // Read from JSON (see configs/*.json and docs/MODEL.md); validated on load.
 #pragma once
+#include <longctx/attention/kind/kind.hpp>
 #include <longctx/moe/moe.hpp>
 #include <nlohmann/json.hpp>
 
@@ -9,25 +10,6 @@
 #include <vector>
 
 namespace longctx {
-
-struct AttentionSpec {
-  // full | moba | topk (Quest-bound block top-k) | threshold (mass threshold) | nsa | infini
-  std::string kind = "full";
-  int64_t block_size = 512;  // moba, topk, threshold
-  int64_t top_k = 3;         // moba, topk: blocks per query, own block included
-  double tau = 0.95;               // threshold: kept attention mass, in (0, 1]
-  std::string stop_rule = "bound";  // threshold: bound (Quest proof) | heuristic (the paper's)
-  int64_t block_len = 32;    // nsa: compression block length l
-  int64_t stride = 16;       // nsa: compression stride d (divides block_len)
-  int64_t select_len = 64;   // nsa: selection block length l'
-  int64_t top_n = 16;        // nsa: selected blocks per query (block 0 and local blocks included)
-  int64_t local_blocks = 2;  // nsa: latest selection blocks always selected
-  int64_t window = 512;      // nsa: sliding window w
-  std::string compress = "mlp";  // nsa: mlp (learned compressor) | mean (parameter-free)
-  int64_t hidden = 64;       // nsa: compressor MLP width
-  int64_t segment_len = 2048;      // infini: tokens per segment N
-  std::string update = "linear";   // infini: linear | delta memory update
-};
 
 struct FfnSpec {
   std::string kind = "dense";  // dense (SwiGLU) | moe (longctx/moe/moe.hpp, Mixtral softmax top-k router)
@@ -51,7 +33,8 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;
   bool tie_embeddings = true;
-  std::vector<AttentionSpec> attention;  // one per layer
+  // One per layer: the kind and its kernel's options (JSON: {"kind": ..., <that kind's fields>}).
+  std::vector<AttentionSpec> attention;
   std::vector<FfnSpec> ffn;              // one per layer
 
   int64_t head_dim() const { return d_model / n_heads; }

@@ -89,10 +89,11 @@ class Transformer {
   // nsa and infini layers keep their own architecture (they have their own parameters).
   void force_full_attention(bool on) { force_full_ = on; }
   bool layer_uses_moba(int64_t layer) const;
-  std::string attention_kind(int64_t layer) const;  // the kind a forward runs now
+  AttentionKind attention_kind(int64_t layer) const;  // the kind a forward runs now
 
  private:
   struct Acts;
+  AttentionSpec running_spec(int64_t layer) const;  // the layer's spec, or full when forced
   void run(const Batch& batch, bool train, Tensor& logits_out, DecodeState* state = nullptr);
   ModelConfig cfg_;
   std::vector<Param> params_;

@@ -15,23 +15,6 @@ namespace longctx {
 
 using namespace attn;
 
-const char* cache_method_name(CacheMethod m) {
-  switch (m) {
-    case CacheMethod::dense: return "dense";
-    case CacheMethod::moba: return "moba";
-    case CacheMethod::topk: return "topk";
-    case CacheMethod::threshold: return "threshold";
-  }
-  return "?";
-}
-
-CacheMethod parse_cache_method(const std::string& name) {
-  for (CacheMethod m : {CacheMethod::dense, CacheMethod::moba, CacheMethod::topk, CacheMethod::threshold})
-    if (name == cache_method_name(m)) return m;
-  LONGCTX_CHECK(false, "unknown cache attention method '", name, "' (dense, moba, topk, threshold)");
-  return CacheMethod::dense;
-}
-
 namespace {
 
 // Dense decode, flash-decoding style: the cache is split into one contiguous key range per
@@ -224,7 +207,7 @@ SparseResult grouped_selected(const Problem& p, const Tensor& q, const KVCache& 
 
 }  // namespace
 
-SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const CacheAttentionOptions& opts) {
+SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const AttentionSpec& spec, bool group_select) {
   const char* who = "attention_over_cache";
   LONGCTX_CHECK(q.ndim() == 3, who, ": q must be [q_len, heads, head_dim], got ", q.shape_str());
   LONGCTX_CHECK(q.dim(2) == cache.head_dim(), who, ": q head_dim ", q.dim(2), " differs from the cache's ",
@@ -233,14 +216,21 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const C
                 ") must be a positive multiple of the cache's kv_heads (", cache.kv_heads(), ")");
   LONGCTX_CHECK(q.dim(0) >= 1 && q.dim(0) <= cache.size(), who, ": q_len must be in [1, cache size ", cache.size(),
                 "], got ", q.dim(0), " (append the new tokens' K/V first)");
-  LONGCTX_CHECK(opts.top_k > 0, who, ": top_k must be > 0, got ", opts.top_k);
-  LONGCTX_CHECK(opts.tau > 0.0f && opts.tau <= 1.0f, who, ": tau must be in (0, 1], got ", opts.tau);
-  LONGCTX_CHECK(opts.softmax_scale >= 0.0f && std::isfinite(opts.softmax_scale), who,
-                ": softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", opts.softmax_scale);
-  LONGCTX_CHECK(!opts.group_select || opts.method == CacheMethod::moba ||
-                    (opts.method == CacheMethod::topk && !opts.token_level),
-                who, ": group_select applies to moba and block topk only, got method ", cache_method_name(opts.method),
-                opts.token_level ? " (token_level)" : "");
+  const AttentionKind kind = spec.kind();
+  LONGCTX_CHECK(kind != AttentionKind::nsa && kind != AttentionKind::infini, who, ": ", spec.name(),
+                " decodes through its own state (nsa_decode_step, InfiniStream), not over a plain KV cache");
+  spec.validate(std::string(who) + ": ");
+  const float softmax_scale = spec.visit([](const auto& o) { return o.softmax_scale; });
+  LONGCTX_CHECK(softmax_scale >= 0.0f && std::isfinite(softmax_scale), who,
+                ": softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", softmax_scale);
+  const bool block_topk = kind == AttentionKind::topk && !spec.get<TopkOptions>().token_level;
+  LONGCTX_CHECK(!group_select || kind == AttentionKind::moba || block_topk, who,
+                ": group_select applies to moba and block topk only, got ", spec.name(),
+                kind == AttentionKind::topk ? " (token_level)" : "");
+  const int64_t B = cache.block_size();
+  LONGCTX_CHECK(spec.stats_block_size() == 0 || (cache.has_stats() && spec.stats_block_size() == B), who, ": ",
+                spec.name(), " reads blocks of ", spec.stats_block_size(), " keys but the cache keeps statistics of ",
+                cache.has_stats() ? concat("blocks of ", B) : std::string("no blocks"));
   Problem p;
   p.tq = q.dim(0);
   p.tk = cache.size();
@@ -248,27 +238,23 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const C
   p.hkv = cache.kv_heads();
   p.d = cache.head_dim();
   p.group = p.hq / p.hkv;
-  p.scale = opts.softmax_scale > 0.0f ? opts.softmax_scale : 1.0f / std::sqrt(float(p.d));
+  p.scale = softmax_scale > 0.0f ? softmax_scale : 1.0f / std::sqrt(float(p.d));
   p.seqs = {Seq{0, p.tq, 0, p.tk}};
-  if (opts.method == CacheMethod::dense) return dense_over_cache(p, q, cache);
-
-  const int64_t top_k = opts.top_k, B = cache.block_size();
-  const float tau = opts.tau;
-  const StopRule rule = opts.stop_rule;
   const Tensor &k = cache.keys(), &v = cache.values();
-  switch (opts.method) {
-    case CacheMethod::moba:
-    case CacheMethod::topk: {
-      if (opts.method == CacheMethod::topk && opts.token_level)
+  switch (kind) {
+    case AttentionKind::moba:
+    case AttentionKind::topk: {
+      const int64_t top_k = kind == AttentionKind::moba ? spec.get<MobaOptions>().top_k : spec.get<TopkOptions>().top_k;
+      if (kind == AttentionKind::topk && !block_topk)
         return sparse_forward(p, q, k, v, cache.stats(),
                               [top_k](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
                                       std::vector<int32_t>& vis, RowScratch& ws) {
                                 return topk_tokens_row(src, qr, h, pos, top_k, st, vis, ws);
                               },
                               true, 0);
-      const BlockScorer scorer = opts.method == CacheMethod::moba ? moba_block_scores : quest_block_scores;
-      if (p.tq == 1 || opts.group_select) return grouped_selected(p, q, cache, top_k, scorer, opts.group_select);
-      const BlockSelector select = opts.method == CacheMethod::moba ? select_moba_blocks : select_quest_blocks;
+      const BlockScorer scorer = kind == AttentionKind::moba ? moba_block_scores : quest_block_scores;
+      if (p.tq == 1 || group_select) return grouped_selected(p, q, cache, top_k, scorer, group_select);
+      const BlockSelector select = kind == AttentionKind::moba ? select_moba_blocks : select_quest_blocks;
       return sparse_forward(p, q, k, v, cache.stats(),
                             [top_k, select](const SparseSource& src, const float* qr, int h, int64_t pos,
                                             SoftmaxState st, std::vector<int32_t>& vis, RowScratch& ws) {
@@ -276,17 +262,22 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const C
                             },
                             false, B);
     }
-    case CacheMethod::threshold: {
+    case AttentionKind::threshold: {
+      const ThresholdOptions& o = spec.get<ThresholdOptions>();
+      const float tau = o.tau;
+      const StopRule rule = o.stop_rule;
       SparseResult r = sparse_forward(p, q, k, v, cache.stats(),
                                       [tau, rule](const SparseSource& src, const float* qr, int h, int64_t pos,
                                                   SoftmaxState st, std::vector<int32_t>& vis, RowScratch& ws) {
                                         return threshold_row(src, qr, h, pos, tau, rule, st, vis, ws);
                                       },
                                       false, B);
-      r.stop_rule = stop_rule_name(rule);
+      r.stop_rule = enum_name(rule);
       return r;
     }
-    case CacheMethod::dense: break;
+    case AttentionKind::full:
+    case AttentionKind::nsa:
+    case AttentionKind::infini: break;
   }
   return dense_over_cache(p, q, cache);
 }

@@ -14,6 +14,7 @@ KVCache::KVCache(const KVCacheOptions& opts) : opts_(opts) {
   LONGCTX_CHECK(opts.block_size > 0, "KVCache: block_size must be > 0, got ", opts.block_size);
   k_ = Tensor({opts.capacity, opts.kv_heads, opts.head_dim}, opts.dtype);
   v_ = Tensor({opts.capacity, opts.kv_heads, opts.head_dim}, opts.dtype);
+  if (!opts.block_stats) return;
   stats_ = BlockStats(opts.block_size, opts.kv_heads, opts.head_dim);
   stats_.reserve_blocks((opts.capacity + opts.block_size - 1) / opts.block_size);
 }
@@ -36,12 +37,14 @@ void KVCache::append(const Tensor& k, const Tensor& v) {
   };
   store(k, k_);
   store(v, v_);
+  const int64_t start = size_;
+  size_ += n;
+  if (!opts_.block_stats) return;
   std::vector<float> scratch(size_t(n) * d);
   for (int g = 0; g < hkv; ++g) {
-    const attn::Rows kr = attn::load_rows(k_, size_, n, g, scratch.data());
-    for (int64_t i = 0; i < n; ++i) stats_.add_key(size_ + i, g, kr.row(i));
+    const attn::Rows kr = attn::load_rows(k_, start, n, g, scratch.data());
+    for (int64_t i = 0; i < n; ++i) stats_.add_key(start + i, g, kr.row(i));
   }
-  size_ += n;
 }
 
 void KVCache::clear() {

@@ -40,7 +40,7 @@ std::vector<Item> query_tiles(const Problem& p) {
 AttentionResult flash_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                         const Varlen& varlen, const AttentionOptions& opts) {
   const Problem p = make_problem("flash_attention_forward", q, k, v, varlen, opts);
-  AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})};
+  AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), opts};
   const std::vector<Item> items = query_tiles(p);
   const int64_t ld_out = int64_t(p.hq) * p.d;
 
@@ -65,7 +65,8 @@ AttentionResult flash_attention_forward(const Tensor& q, const Tensor& k, const 
 
 AttentionGrads flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                         const AttentionResult& fwd, const Tensor& dout,
-                                        const Varlen& varlen, const AttentionOptions& opts) {
+                                        const Varlen& varlen) {
+  const AttentionOptions& opts = fwd.options;
   const char* who = "flash_attention_backward";
   const Problem p = make_problem(who, q, k, v, varlen, opts);
   check_f32_shape(who, "out", fwd.out, {p.tq, p.hq, p.d});

@@ -3,6 +3,7 @@
 #include <longctx/attention/dense/flash.hpp>
 #include <longctx/attention/infini/infini.hpp>
 #include <longctx/core/error.hpp>
+#include <longctx/core/fields.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +15,10 @@ namespace longctx {
 
 using namespace attn;
 
+void InfiniOptions::validate(const std::string& prefix) const {
+  require(segment_len > 0, prefix, "segment_len", segment_len, "> 0");
+}
+
 namespace {
 
 void check_f32(const char* who, const char* name, const Tensor& t) {
@@ -21,7 +26,7 @@ void check_f32(const char* who, const char* name, const Tensor& t) {
 }
 
 void check_options(const char* who, const InfiniOptions& opts) {
-  LONGCTX_CHECK(opts.segment_len > 0, who, ": segment_len must be > 0, got ", opts.segment_len);
+  opts.validate(std::string(who) + ": ");
   LONGCTX_CHECK(opts.softmax_scale >= 0.0f && std::isfinite(opts.softmax_scale), who,
                 ": softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", opts.softmax_scale);
 }
@@ -86,7 +91,7 @@ InfiniResult infini_forward(const InfiniInputs& in, const std::vector<float>& be
   const Problem p = make_infini_problem(who, in, beta, cu_seqlens, opts);
   const infini::MemoryPass mp{p, in.q, in.k, in.v, gates(beta), opts.segment_len, opts.update};
   const int64_t nseg = mp.total_segments();
-  InfiniResult r{Tensor({p.tq, p.hq, p.d}),
+  InfiniResult r{opts, Tensor({p.tq, p.hq, p.d}),
                  flash_attention_forward(in.q_local ? *in.q_local : in.q, in.k_local ? *in.k_local : in.k, in.v,
                                          segment_varlen(p, opts.segment_len), local_options(opts)),
                  Tensor({nseg, p.hkv, p.d, p.d}), Tensor({nseg, p.hkv, p.d})};
@@ -95,7 +100,8 @@ InfiniResult infini_forward(const InfiniInputs& in, const std::vector<float>& be
 }
 
 InfiniGrads infini_backward(const InfiniInputs& in, const std::vector<float>& beta, const InfiniResult& fwd,
-                            const Tensor& dout, const std::vector<int64_t>& cu_seqlens, const InfiniOptions& opts) {
+                            const Tensor& dout, const std::vector<int64_t>& cu_seqlens) {
+  const InfiniOptions& opts = fwd.opts;
   const char* who = "infini_backward";
   const Problem p = make_infini_problem(who, in, beta, cu_seqlens, opts);
   const infini::MemoryPass mp{p, in.q, in.k, in.v, gates(beta), opts.segment_len, opts.update};
@@ -116,8 +122,7 @@ InfiniGrads infini_backward(const InfiniInputs& in, const std::vector<float>& be
       for (int c = 0; c < p.d; ++c) o[c] = s * g[c];
     }
   AttentionGrads lg = flash_attention_backward(in.q_local ? *in.q_local : in.q, in.k_local ? *in.k_local : in.k, in.v,
-                                               fwd.local, dout_local, segment_varlen(p, opts.segment_len),
-                                               local_options(opts));
+                                               fwd.local, dout_local, segment_varlen(p, opts.segment_len));
   InfiniGrads g;
   g.dv = std::move(lg.dv);
   if (in.q_local) {

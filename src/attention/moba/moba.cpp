@@ -11,6 +11,7 @@
 // own-block queries and the gathered selecting queries; dQ goes to per-thread accumulators.
 #include <longctx/attention/moba/moba.hpp>
 #include <longctx/core/error.hpp>
+#include <longctx/core/fields.hpp>
 
 #include <algorithm>
 #include <limits>
@@ -37,8 +38,7 @@ struct Moba {
 
 Moba make_moba(const char* who, const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
                const MobaOptions& opts) {
-  LONGCTX_CHECK(opts.block_size > 0, who, ": block_size must be > 0, got ", opts.block_size);
-  LONGCTX_CHECK(opts.top_k > 0, who, ": top_k must be > 0, got ", opts.top_k);
+  opts.validate(std::string(who) + ": ");
   AttentionOptions ao;
   ao.softmax_scale = opts.softmax_scale;
   Moba m{make_problem(who, q, k, v, varlen, ao), opts.block_size, opts.top_k - 1, {}};
@@ -184,11 +184,16 @@ std::vector<GatherTile> gather_tiles(const Moba& m, const Selectors& sel, int64_
 
 }  // namespace
 
+void MobaOptions::validate(const std::string& prefix) const {
+  require(block_size > 0, prefix, "block_size", block_size, "> 0");
+  require(top_k > 0, prefix, "top_k", top_k, "> 0");
+}
+
 MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
                                   const MobaOptions& opts) {
   const Moba m = make_moba("moba_attention_forward", q, k, v, varlen, opts);
   const Problem& p = m.p;
-  MobaResult r{{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})}, {}, m.slots};
+  MobaResult r{{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}}, opts, {}, m.slots};
   const std::vector<QTile> tiles = own_block_tiles(m);
   r.selected = select_blocks(m, q, block_means(m, k), tiles);
   const Selectors sel = invert_selection(m, r.selected);
@@ -247,16 +252,16 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
 }
 
 AttentionGrads moba_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const MobaResult& fwd,
-                                       const Tensor& dout, const Varlen& varlen, const MobaOptions& opts) {
+                                       const Tensor& dout, const Varlen& varlen) {
   const char* who = "moba_attention_backward";
-  const Moba m = make_moba(who, q, k, v, varlen, opts);
+  const Moba m = make_moba(who, q, k, v, varlen, fwd.moba);
   const Problem& p = m.p;
   check_f32_shape(who, "out", fwd.out, {p.tq, p.hq, p.d});
   check_f32_shape(who, "lse", fwd.lse, {p.hq, p.tq});
   check_f32_shape(who, "dout", dout, {p.tq, p.hq, p.d});
   LONGCTX_CHECK(fwd.slots == m.slots && fwd.selected.size() == size_t(p.hq) * p.tq * m.slots, who,
                 ": the forward result's selection (", fwd.slots, " slots, ", fwd.selected.size(),
-                " entries) does not match top_k = ", opts.top_k, " and ", p.hq, " heads x ", p.tq, " queries");
+                " entries) does not match top_k = ", fwd.moba.top_k, " and ", p.hq, " heads x ", p.tq, " queries");
   AttentionGrads g{Tensor({p.tq, p.hq, p.d}), Tensor({p.tk, p.hkv, p.d}), Tensor({p.tk, p.hkv, p.d})};
   const std::vector<float> delta = rowsum_dout_out(dout, fwd.out);
   const Selectors sel = invert_selection(m, fwd.selected);

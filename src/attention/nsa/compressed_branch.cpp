@@ -52,7 +52,7 @@ TileMask per_row_mask(int64_t k_pos0, const int64_t* hi) {
 
 AttentionResult compressed_forward(const Problem& p, const Tensor& q, const CompressedView& c, const Geometry& geo,
                                    std::vector<int32_t>& selected) {
-  AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})};
+  AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}};
   selected.assign(size_t(p.tq * p.hkv * geo.n), -1);
   // Items: (sequence, KV head, P positions) with the group's heads stacked, row = position * group
   // + head: the group's probabilities sum into one selection, and decode still fills a tile.

@@ -3,6 +3,7 @@
 #include <longctx/attention/dense/flash.hpp>
 #include <longctx/attention/nsa/nsa.hpp>
 #include <longctx/core/error.hpp>
+#include <longctx/core/fields.hpp>
 
 #include <cmath>
 #include <random>
@@ -53,9 +54,16 @@ void validate(const char* who, const NsaConfig& cfg, const NsaWeights<float>& w,
 
 }  // namespace attn::nsa
 
-NsaCompress nsa_compress_from_name(const std::string& name) {
-  LONGCTX_CHECK(name == "mlp" || name == "mean", "nsa: compress must be 'mlp' or 'mean', got '", name, "'");
-  return name == "mean" ? NsaCompress::mean : NsaCompress::mlp;
+void NsaConfig::validate(const std::string& prefix) const {
+  require(stride > 0, prefix, "stride", stride, "> 0");
+  require(block_len > 0 && block_len % stride == 0, prefix, "block_len", block_len,
+          concat("a positive multiple of stride (", stride, ")"));
+  require(select_len > 0, prefix, "select_len", select_len, "> 0");
+  require(local_blocks >= 0, prefix, "local_blocks", local_blocks, ">= 0");
+  require(top_n >= 1 + local_blocks, prefix, "top_n", top_n,
+          concat(">= 1 + local_blocks (", 1 + local_blocks, "): block 0 and the local blocks are always selected"));
+  require(window > 0, prefix, "window", window, "> 0");
+  if (compress == NsaCompress::mlp) require(hidden > 0, prefix, "hidden", hidden, "> 0");
 }
 
 namespace {
@@ -159,14 +167,16 @@ NsaResult nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const T
                       const NsaConfig& cfg, const Varlen& varlen) {
   const Problem p = checked_problem("nsa_forward", q, k, v, x, w, cfg, varlen);
   NsaResult r;
+  r.cfg = cfg;
   r.compressed = compress_all(p, k, v, w, cfg);
   forward_branches(p, q, k, v, x, w, cfg, varlen, {r.compressed.k.f32(), r.compressed.v.f32(), r.compressed.cu}, r);
   return r;
 }
 
 NsaGrads nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x, const NsaWeights<float>& w,
-                      const NsaConfig& cfg, const NsaResult& fwd, const Tensor& dout, const Varlen& varlen) {
+                      const NsaResult& fwd, const Tensor& dout, const Varlen& varlen) {
   const char* who = "nsa_backward";
+  const NsaConfig& cfg = fwd.cfg;
   const Problem p = checked_problem(who, q, k, v, x, w, cfg, varlen);
   check_f32_shape(who, "dout", dout, {p.tq, p.hq, p.d});
   check_f32_shape(who, "gates", fwd.gates, {p.tq, p.hq, 3});
@@ -209,7 +219,7 @@ NsaGrads nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const T
   compressed_backward(p, q, view, geo, fwd.cmp, dout_b[0], gr.dq, dkc.f32(), dvc.f32());
   AttentionGrads gs;
   selected_backward(p, q, k, v, geo, fwd.selected, fwd.slc, dout_b[1], gs);
-  const AttentionGrads gw = flash_attention_backward(q, k, v, fwd.win, dout_b[2], varlen, window_options(cfg));
+  const AttentionGrads gw = flash_attention_backward(q, k, v, fwd.win, dout_b[2], varlen);
   gr.dk = std::move(gs.dk);
   gr.dv = std::move(gs.dv);
   simd::add_inplace(gr.dq.f32(), gs.dq.f32(), gr.dq.numel());

@@ -50,7 +50,7 @@ void gather_group_rows(const Problem& p, const Seq& s, const Tensor& x, int g, c
 
 AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Geometry& geo, const std::vector<int32_t>& sel) {
-  AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq})};
+  AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}};
   const int64_t chunk = std::max<int64_t>(1, kForwardRows / p.group), rows_max = chunk * p.group;
   struct Item {
     int32_t seq, g;

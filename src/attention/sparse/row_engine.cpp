@@ -141,6 +141,7 @@ SparseResult run_rows(const Problem& p, const Tensor& q, const Tensor& k, const 
   r.lse = Tensor({p.hq, p.tq});
   r.token_level = token_level;
   r.block_size = block_size;
+  r.scale = p.scale;
   const size_t rows = size_t(p.hq) * size_t(p.tq);
   std::vector<std::vector<int32_t>> visited(rows);
   std::vector<int64_t> keys(rows, 0);
@@ -204,10 +205,10 @@ namespace longctx {
 using namespace attn;
 
 AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const SparseResult& fwd,
-                                         const Tensor& dout, const Varlen& varlen, float softmax_scale) {
+                                         const Tensor& dout, const Varlen& varlen) {
   const char* who = "sparse_attention_backward";
   AttentionOptions ao;
-  ao.softmax_scale = softmax_scale;
+  ao.softmax_scale = fwd.scale;
   const Problem p = make_problem(who, q, k, v, varlen, ao);
   check_f32_shape(who, "out", fwd.out, {p.tq, p.hq, p.d});
   check_f32_shape(who, "lse", fwd.lse, {p.hq, p.tq});

@@ -12,7 +12,10 @@
 
 namespace longctx {
 
-const char* stop_rule_name(StopRule r) { return r == StopRule::bound ? "bound" : "heuristic"; }
+void ThresholdOptions::validate(const std::string& prefix) const {
+  require(tau > 0.0f && tau <= 1.0f, prefix, "tau", tau, "in (0, 1]");
+  require(block_size > 0, prefix, "block_size", block_size, "> 0");
+}
 
 namespace attn {
 
@@ -76,8 +79,7 @@ using namespace attn;
 SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
                                          const ThresholdOptions& opts) {
   const char* who = "threshold_attention_forward";
-  LONGCTX_CHECK(opts.tau > 0.0f && opts.tau <= 1.0f, who, ": tau must be in (0, 1], got ", opts.tau);
-  LONGCTX_CHECK(opts.block_size > 0, who, ": block_size must be > 0, got ", opts.block_size);
+  opts.validate(std::string(who) + ": ");
   AttentionOptions ao;
   ao.softmax_scale = opts.softmax_scale;
   const Problem p = make_problem(who, q, k, v, varlen, ao);
@@ -89,7 +91,7 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
       [tau, rule](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
                   std::vector<int32_t>& vis, RowScratch& ws) { return threshold_row(src, qr, h, pos, tau, rule, st, vis, ws); },
       false, opts.block_size);
-  r.stop_rule = stop_rule_name(rule);
+  r.stop_rule = enum_name(rule);
   return r;
 }
 

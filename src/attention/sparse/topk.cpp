@@ -1,6 +1,7 @@
 // Top-k prefill forward: the per-row engine with the block (Quest bound) or token row function.
 #include <longctx/attention/sparse/topk.hpp>
 #include <longctx/core/error.hpp>
+#include <longctx/core/fields.hpp>
 
 #include "attention/sparse/row_engine.hpp"
 
@@ -8,11 +9,15 @@ namespace longctx {
 
 using namespace attn;
 
+void TopkOptions::validate(const std::string& prefix) const {
+  require(top_k > 0, prefix, "top_k", top_k, "> 0");
+  require(block_size > 0, prefix, "block_size", block_size, "> 0");
+}
+
 SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
                                     const TopkOptions& opts) {
   const char* who = "topk_attention_forward";
-  LONGCTX_CHECK(opts.top_k > 0, who, ": top_k must be > 0, got ", opts.top_k);
-  LONGCTX_CHECK(opts.block_size > 0, who, ": block_size must be > 0, got ", opts.block_size);
+  opts.validate(std::string(who) + ": ");
   AttentionOptions ao;
   ao.softmax_scale = opts.softmax_scale;
   const Problem p = make_problem(who, q, k, v, varlen, ao);

@@ -18,6 +18,7 @@ struct KVCacheOptions {
   int head_dim = 0;
   int64_t block_size = 64;  // block of the statistics (MoBA and Quest block)
   DType dtype = DType::bf16;
+  bool block_stats = true;  // keep them (AttentionSpec::stats_block_size() says who reads them)
 };
 
 class KVCache {
@@ -37,7 +38,8 @@ class KVCache {
   DType dtype() const { return opts_.dtype; }
   const Tensor& keys() const { return k_; }    // rows [0, size()) are valid
   const Tensor& values() const { return v_; }
-  const BlockStats& stats() const { return stats_; }
+  bool has_stats() const { return opts_.block_stats; }
+  const BlockStats& stats() const { return stats_; }  // empty without block_stats
   // Bytes held: K and V storage for the full capacity plus the block statistics.
   size_t memory_bytes() const { return k_.nbytes() + v_.nbytes() + stats_.memory_bytes(); }
 

@@ -14,6 +14,6 @@ AttentionResult flash_attention_forward(const Tensor& q, const Tensor& k, const 
 // Deterministic for a fixed thread count.
 AttentionGrads flash_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                         const AttentionResult& fwd, const Tensor& dout,
-                                        const Varlen& varlen = {}, const AttentionOptions& opts = {});
+                                        const Varlen& varlen = {});
 
 }  // namespace longctx

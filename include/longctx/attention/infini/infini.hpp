@@ -22,6 +22,7 @@
 // Storage: fp32 only. The memory M and z are fp32.
 #pragma once
 #include <longctx/attention/common.hpp>
+#include <longctx/core/fields.hpp>
 
 #include <cstdint>
 #include <vector>
@@ -32,11 +33,22 @@ namespace longctx {
 constexpr float kInfiniEps = 1e-6f;
 
 enum class InfiniUpdate { linear, delta };
+template <>
+struct EnumNames<InfiniUpdate> {
+  static constexpr std::array<const char*, 2> names{"linear", "delta"};
+};
 
 struct InfiniOptions {
   int64_t segment_len = 2048;  // N, tokens per segment (> 0)
   InfiniUpdate update = InfiniUpdate::linear;
   float softmax_scale = 0.0f;  // local attention scale; 0 means 1/sqrt(head_dim)
+
+  template <class V>
+  void fields(V&& v) {  // core/fields.hpp
+    v("segment_len", segment_len, "tokens per segment N");
+    v("update", update, "memory update: linear (eq. 4) or delta (eq. 5)");
+  }
+  void validate(const std::string& prefix) const;  // throws "<prefix>segment_len must be > 0, got 0"
 };
 
 // q [T, Hq, d], k and v [T, Hkv, d]; q_local/k_local, when given, have the shapes of q/k.
@@ -49,6 +61,7 @@ struct InfiniInputs {
 };
 
 struct InfiniResult {
+  InfiniOptions opts;     // the options it ran with (the backward's)
   Tensor out;             // [T, Hq, d]
   AttentionResult local;  // A_dot and its LSE, saved for backward
   Tensor memory;          // [segments, Hkv, d, d]: M before each segment (checkpoints for backward)
@@ -69,8 +82,7 @@ InfiniResult infini_forward(const InfiniInputs& in, const std::vector<float>& be
 // per-segment checkpoints (training memory ~ segments * Hkv * d^2, not T^2). Deterministic for a
 // fixed thread count.
 InfiniGrads infini_backward(const InfiniInputs& in, const std::vector<float>& beta, const InfiniResult& fwd,
-                            const Tensor& dout, const std::vector<int64_t>& cu_seqlens = {},
-                            const InfiniOptions& opts = {});
+                            const Tensor& dout, const std::vector<int64_t>& cu_seqlens = {});
 
 // Streaming inference over one sequence: holds only M, z and the current segment's keys/values,
 // so memory use does not depend on how many tokens were fed. feed() takes any number of tokens

@@ -14,6 +14,7 @@
 #include <longctx/attention/common.hpp>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace longctx {
@@ -22,10 +23,18 @@ struct MobaOptions {
   int64_t block_size = 512;
   int64_t top_k = 3;  // blocks per query, own block included
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
+
+  template <class V>
+  void fields(V&& v) {  // core/fields.hpp
+    v("block_size", block_size, "keys per block B");
+    v("top_k", top_k, "blocks per query k, own block included");
+  }
+  void validate(const std::string& prefix) const;  // throws "<prefix>block_size must be > 0, got 0"
 };
 
 // out [total_q, Hq, d] and lse [Hq, total_q] as dense attention, plus the selection.
 struct MobaResult : AttentionResult {
+  MobaOptions moba;  // the options it ran with (the backward's)
   // The past blocks each query chose (sequence-local block indices, ascending, -1 padded):
   // selected[(h * total_q + row) * slots + i], slots = top_k - 1. Kept for the backward, and
   // there for debugging and plots.
@@ -37,6 +46,6 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const MobaOptions& opts = {});
 
 AttentionGrads moba_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const MobaResult& fwd,
-                                       const Tensor& dout, const Varlen& varlen = {}, const MobaOptions& opts = {});
+                                       const Tensor& dout, const Varlen& varlen = {});
 
 }  // namespace longctx

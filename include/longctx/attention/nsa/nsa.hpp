@@ -13,6 +13,7 @@
 // sequence may have fewer queries than keys (its last tokens: chunked prefill, decode).
 #pragma once
 #include <longctx/attention/common.hpp>
+#include <longctx/core/fields.hpp>
 
 #include <cstdint>
 #include <string>
@@ -21,8 +22,10 @@
 namespace longctx {
 
 enum class NsaCompress { mlp, mean };
-// "mlp" or "mean" (as written in model configs and bench options); throws naming any other string.
-NsaCompress nsa_compress_from_name(const std::string& name);
+template <>
+struct EnumNames<NsaCompress> {
+  static constexpr std::array<const char*, 2> names{"mlp", "mean"};
+};
 
 struct NsaConfig {
   int64_t block_len = 32;     // l: compression block length
@@ -32,7 +35,22 @@ struct NsaConfig {
   int64_t local_blocks = 2;   // the latest blocks always selected (with block 0)
   int64_t window = 512;       // w: sliding window
   NsaCompress compress = NsaCompress::mlp;
+  int64_t hidden = 64;        // compressor MLP width of a model layer (nsa_init_weights)
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim), all branches
+
+  template <class V>
+  void fields(V&& v) {  // core/fields.hpp
+    v("block_len", block_len, "compression block length l");
+    v("stride", stride, "compression stride d (divides block_len)");
+    v("select_len", select_len, "selection block length l'");
+    v("top_n", top_n, "selected blocks per query n (block 0 and the local blocks included)");
+    v("local_blocks", local_blocks, "latest selection blocks always selected");
+    v("window", window, "sliding window w");
+    v("compress", compress, "mlp (learned compressor) or mean (parameter-free)");
+    v("hidden", hidden, "compressor MLP width (mlp)");
+  }
+  // Throws "<prefix>stride must be > 0, got 0" and the like.
+  void validate(const std::string& prefix) const;
 };
 
 // phi(block) = W2 silu(W1 vec(K_block + pos) + b1) + b2, vec row-major over [l, head_dim].
@@ -76,6 +94,7 @@ struct NsaCompressedKV {
 };
 
 struct NsaResult {
+  NsaConfig cfg;                         // the config it ran with (the backward's)
   Tensor out;                            // [Tq, Hq, d] gated sum
   AttentionResult cmp, slc, win;         // per-branch out and LSE (saved for backward)
   Tensor gates;                          // [Tq, Hq, 3] sigmoid gates (cmp, slc, win)
@@ -96,7 +115,7 @@ NsaResult nsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const T
 // Gradients of sum(out o dout). The selection is held fixed (no gradient through top-n).
 // Deterministic for a fixed thread count.
 NsaGrads nsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& x,
-                      const NsaWeights<float>& w, const NsaConfig& cfg, const NsaResult& fwd,
+                      const NsaWeights<float>& w, const NsaResult& fwd,
                       const Tensor& dout, const Varlen& varlen = {});
 
 // Decode over one sequence's plain K/V prefix plus NSA's own compressed-key cache: compressed

@@ -13,17 +13,29 @@
 // backward via sparse_attention_backward over the visited keys.
 #pragma once
 #include <longctx/attention/sparse/topk.hpp>
+#include <longctx/core/fields.hpp>
 
 namespace longctx {
 
 enum class StopRule { bound, heuristic };
-const char* stop_rule_name(StopRule r);
+template <>
+struct EnumNames<StopRule> {
+  static constexpr std::array<const char*, 2> names{"bound", "heuristic"};
+};
 
 struct ThresholdOptions {
   int64_t block_size = 64;
   float tau = 0.95f;  // kept attention mass, in (0, 1]
   StopRule stop_rule = StopRule::bound;
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
+
+  template <class V>
+  void fields(V&& v) {  // core/fields.hpp
+    v("block_size", block_size, "keys per block (also the KV cache's statistics block)");
+    v("tau", tau, "kept attention mass, in (0, 1]");
+    v("stop_rule", stop_rule, "bound (Quest bound: a proof) or heuristic (the paper's estimate)");
+  }
+  void validate(const std::string& prefix) const;  // throws "<prefix>tau must be in (0, 1], got 0"
 };
 
 SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen = {},

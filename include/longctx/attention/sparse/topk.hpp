@@ -23,6 +23,7 @@ namespace longctx {
 struct SparseResult : AttentionResult {
   bool token_level = false;
   int64_t block_size = 0;
+  float scale = 0;  // the softmax scale it ran with (resolved; the backward's)
   // Per (h * total_q + row), CSR: visited[row_offset[i] .. row_offset[i + 1]) are the extra
   // blocks (block level; the own block, attended causally, is implicit) or all attended tokens
   // (token level), as sequence-local indices.
@@ -38,6 +39,14 @@ struct TopkOptions {
   int64_t top_k = 8;  // blocks, own block included (block level), or keys (token level)
   bool token_level = false;
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
+
+  template <class V>
+  void fields(V&& v) {  // core/fields.hpp
+    v("block_size", block_size, "keys per block (block level; also the KV cache's statistics block)");
+    v("top_k", top_k, "blocks per query, own block included (block level), or keys (token level)");
+    v("token_level", token_level, "select single keys by q . k instead of blocks by the Quest bound");
+  }
+  void validate(const std::string& prefix) const;  // throws "<prefix>top_k must be > 0, got 0"
 };
 
 SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen = {},
@@ -47,6 +56,6 @@ SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tens
 // (no gradient through the selection). Deterministic: one work item per (sequence, KV head)
 // owns its dK/dV rows and its query heads' dQ rows.
 AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const SparseResult& fwd,
-                                         const Tensor& dout, const Varlen& varlen = {}, float softmax_scale = 0.0f);
+                                         const Tensor& dout, const Varlen& varlen = {});
 
 }  // namespace longctx

@@ -43,7 +43,7 @@ std::vector<std::string> worker_args(const AttentionBenchConfig& cfg, const std:
                                 "--batch", std::to_string(cfg.batch), "--heads", std::to_string(cfg.heads),
                                 "--kv-heads", std::to_string(cfg.kv_heads), "--head-dim", std::to_string(cfg.head_dim),
                                 "--mode", cfg.backward ? "fwdbwd" : cfg.decode ? "decode" : "fwd", "--dtype", cfg.dtype,
-                                "--threads", std::to_string(cfg.threads), "--reps", std::to_string(cfg.reps),
+                                "--threads", std::to_string(parallel::max_threads()), "--reps", std::to_string(cfg.reps),
                                 "--min-seconds", std::to_string(cfg.min_seconds)};
   for (const auto& a : option_args("", cfg.moba, cfg.topk, cfg.threshold)) args.push_back(a);
   for (const auto& a : option_args("nsa-", cfg.nsa)) args.push_back(a);
@@ -58,7 +58,6 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
     LONGCTX_CHECK(attention_methods().count(m), "bench attention: unknown method '", m, "'");
   LONGCTX_CHECK(cfg.heads % cfg.kv_heads == 0, "bench attention: query heads (", cfg.heads,
                 ") must be a multiple of kv heads (", cfg.kv_heads, ")");
-  if (cfg.threads > 0) parallel::set_threads(cfg.threads);
   if (worker) {
     std::puts(run_case(cfg).dump().c_str());
     return;

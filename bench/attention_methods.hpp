@@ -28,7 +28,6 @@ struct AttentionBenchConfig {
   bool backward = false;                 // time forward + backward
   bool decode = false;                   // time one decode step: 1 query per sequence over its prefix
   std::string dtype = "f32";             // storage of q, k, v
-  int threads = 0;                       // 0 = all cores
   int reps = 2;
   double min_seconds = 1.0;
   std::string json;

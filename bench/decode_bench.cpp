@@ -93,7 +93,6 @@ AttentionSpec spec_of(const std::string& method, const DecodeBenchConfig& cfg) {
 }  // namespace
 
 void run_decode_bench(const DecodeBenchConfig& cfg) {
-  if (cfg.threads > 0) parallel::set_threads(cfg.threads);
   const int threads = parallel::max_threads();
   const double gflops = sgemm_gflops();
   const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;

@@ -21,7 +21,6 @@ struct DecodeBenchConfig {
   int64_t chunk = 64;                  // chunked prefill: queries per call
   int64_t chunk_max_length = 65536;    // chunked prefill only at cache lengths up to this
   std::string dtype = "bf16";
-  int threads = 0;
   double min_seconds = 0.5;
   std::string json;
 };

@@ -165,7 +165,7 @@ std::vector<std::string> worker_args(const InfiniBenchConfig& cfg, const std::st
   return {"bench", "infini", "--worker", "--case", kind, "--case-length", std::to_string(n),
           "--heads", std::to_string(cfg.heads), "--kv-heads", std::to_string(cfg.kv_heads),
           "--head-dim", std::to_string(cfg.head_dim), "--segment", std::to_string(cfg.segment),
-          "--chunk", std::to_string(cfg.chunk), "--window", std::to_string(cfg.window), "--update", cfg.update, "--threads", std::to_string(cfg.threads),
+          "--chunk", std::to_string(cfg.chunk), "--window", std::to_string(cfg.window), "--update", cfg.update, "--threads", std::to_string(parallel::max_threads()),
           "--reps", std::to_string(cfg.reps), "--min-seconds", std::to_string(cfg.min_seconds)};
 }
 
@@ -174,7 +174,6 @@ std::vector<std::string> worker_args(const InfiniBenchConfig& cfg, const std::st
 void run_infini_bench(const InfiniBenchConfig& cfg, bool worker) {
   LONGCTX_CHECK(cfg.heads % cfg.kv_heads == 0, "bench infini: --heads (", cfg.heads, ") must be a multiple of --kv-heads (",
                 cfg.kv_heads, ")");
-  if (cfg.threads > 0) parallel::set_threads(cfg.threads);
   if (worker) {
     const int64_t n = cfg.case_length;
     LONGCTX_CHECK(n > 0, "bench infini: --case-length must be > 0, got ", n);

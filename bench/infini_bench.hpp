@@ -16,7 +16,6 @@ struct InfiniBenchConfig {
   int64_t segment = 2048, chunk = 2048;  // segment length N; tokens per feed() call
   int64_t window = 65536;  // best feed() tokens/s among the first / last window of this many tokens
   std::string update = "linear";         // linear or delta
-  int threads = 0;                       // 0 = all cores
   int reps = 1;
   double min_seconds = 2.0;
   std::string json;

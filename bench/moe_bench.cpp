@@ -153,7 +153,7 @@ double sgemm_gflops_per_cpu_s(int reps) {
 
 std::vector<std::string> worker_args(const MoeBenchConfig& cfg, const std::string& spec, const std::string& mode) {
   return {"bench", "moe", "--worker", "--cases", spec, "--modes", mode, "--tokens", std::to_string(cfg.tokens),
-          "--d-model", std::to_string(cfg.d_model), "--threads", std::to_string(cfg.threads),
+          "--d-model", std::to_string(cfg.d_model), "--threads", std::to_string(parallel::max_threads()),
           "--reps", std::to_string(cfg.reps)};
 }
 
@@ -162,7 +162,6 @@ std::vector<std::string> worker_args(const MoeBenchConfig& cfg, const std::strin
 void run_moe_bench(const MoeBenchConfig& cfg, bool worker) {
   LONGCTX_CHECK(!cfg.cases.empty() && !cfg.modes.empty(), "bench moe: need at least one case and mode");
   for (const auto& s : cfg.cases) parse_case(s);
-  if (cfg.threads > 0) parallel::set_threads(cfg.threads);
   gemm::set_blas_threads(parallel::max_threads());
   if (worker) {
     // Keep freed buffers in the heap so repeated steps reuse them, as a training loop's caching

@@ -12,7 +12,6 @@ struct MoeBenchConfig {
   std::vector<std::string> cases{"dense:2816", "moe:8:2:1408", "moe:64:8:352", "dense:11264"};
   std::vector<std::string> modes{"fwd", "fwdbwd"};
   int64_t tokens = 16384, d_model = 512;
-  int threads = 0;  // 0 = all cores
   int reps = 2;
   int rounds = 1;  // the case list is run this many times, interleaved; best time per case is kept
   std::string json;

@@ -21,7 +21,6 @@ void add_bench_attention(CLI::App& bench) {
   bench::add_option_flags(c, "nsa-", cfg->nsa);
   c->add_option("--mode", *mode, "fwd, fwdbwd or decode (one new token over a prefix of each length)")->check(CLI::IsMember({"fwd", "fwdbwd", "decode"}))->capture_default_str();
   c->add_option("--dtype", cfg->dtype, "Storage of q, k, v")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
-  c->add_option("--threads", cfg->threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--reps", cfg->reps, "Minimum timed repetitions (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--min-seconds", cfg->min_seconds, "Minimum total timed seconds per case")->capture_default_str();
   c->add_option("--json", cfg->json, "Also write the rows to this JSON file");

@@ -18,7 +18,6 @@ void add_bench_infini(CLI::App& bench) {
   c->add_option("--chunk", cfg->chunk, "Tokens per feed() call")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--window", cfg->window, "Best feed() tokens/s is reported over the first and last window of this many tokens")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--update", cfg->update, "Memory update rule")->check(CLI::IsMember({"linear", "delta"}))->capture_default_str();
-  c->add_option("--threads", cfg->threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--reps", cfg->reps, "Minimum timed repetitions (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--min-seconds", cfg->min_seconds, "Minimum total timed seconds per case")->capture_default_str();
   c->add_option("--json", cfg->json, "Also write the rows to this JSON file");

@@ -14,7 +14,6 @@ void add_bench_moe(CLI::App& bench) {
   c->add_option("--modes", cfg->modes, "fwd and/or fwdbwd")->delimiter(',')->check(CLI::IsMember({"fwd", "fwdbwd"}))->capture_default_str();
   c->add_option("--tokens", cfg->tokens, "Tokens per step")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--d-model", cfg->d_model, "Model width")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--threads", cfg->threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--reps", cfg->reps, "Minimum timed repetitions (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--rounds", cfg->rounds, "Run the whole case list this many times, interleaved (best per case: robust ratios on a busy machine)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--json", cfg->json, "Also write the rows to this JSON file");

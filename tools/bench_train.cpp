@@ -18,11 +18,9 @@ namespace {
 struct Options {
   std::string config, json;
   int64_t seq_len = 4096, sequences = 1, steps = 3;
-  int threads = 0;
 };
 
 void run(const Options& o) {
-  if (o.threads > 0) parallel::set_threads(o.threads);
   std::ifstream f(o.config);
   LONGCTX_CHECK(f.good(), "bench train: cannot read config '", o.config, "'");
   const nlohmann::json j = nlohmann::json::parse(f);
@@ -66,7 +64,6 @@ void add_bench_train(CLI::App& bench) {
   c->add_option("--seq-len", o->seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--sequences", o->sequences, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--steps", o->steps, "Timed steps (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   c->add_option("--json", o->json, "Also write the result to this JSON file");
   c->callback([o] { run(*o); });
 }

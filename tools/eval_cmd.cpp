@@ -31,7 +31,6 @@ struct Options {
   std::vector<double> passkey_depths{0.0, 0.25, 0.5, 0.75, 1.0};
   int64_t passkey_trials = 5, prefill_chunk = 2048;
   uint64_t passkey_seed = 1;
-  int threads = 0;
 };
 
 // What the checkpoint is: enough to tell runs apart in a table of eval JSONs.
@@ -94,7 +93,6 @@ std::string plot_script() {
 
 void run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (o.threads > 0) parallel::set_threads(o.threads);
   LONGCTX_CHECK(!o.no_loss || o.passkey || !o.passkey_lengths.empty(),
                 "eval: --no-loss without --passkey or --passkey-lengths leaves nothing to evaluate");
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
@@ -154,7 +152,6 @@ void add_eval(CLI::App& app) {
   c->add_option("--passkey-trials", o->passkey_trials, "Examples per (length, depth) cell")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--passkey-seed", o->passkey_seed, "Seed of keys and filler offsets")->capture_default_str();
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call of the passkey decode")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   c->add_option("--json", o->json, "Write everything to this JSON file");
   c->add_option("--plot", o->plot, "Write a PNG (position-wise loss, passkey grid) with scripts/plot_eval.sh (gnuplot)");
   c->callback([o] { run(*o); });

@@ -21,11 +21,9 @@ struct Options {
   int64_t tokens = 200;
   SamplerConfig sampler;
   uint64_t seed = 1;
-  int threads = 0;
 };
 
 void run(const Options& o) {
-  if (o.threads > 0) parallel::set_threads(o.threads);
   std::string tok_spec;
   Transformer model = load_model(o.checkpoint, &tok_spec);
   const auto tok = make_tokenizer(tok_spec);
@@ -70,7 +68,6 @@ void add_generate(CLI::App& app) {
   c->add_option("--top-k", o->sampler.top_k, "Keep the k most likely tokens (0 = all)")->capture_default_str();
   c->add_option("--top-p", o->sampler.top_p, "Nucleus sampling threshold")->capture_default_str();
   c->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
-  c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   c->callback([o] { run(*o); });
 }
 

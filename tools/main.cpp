@@ -2,11 +2,21 @@
 #include <cstdio>
 #include <exception>
 
+#include <longctx/core/threads.hpp>
+
 #include "commands.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"longctx: long-context transformers on CPU: attention kernels, training, generation"};
   app.require_subcommand(1);
+  // One --threads for every command, accepted after the subcommand too (fallthrough is inherited
+  // by the subcommands added below); applied before any subcommand runs.
+  int threads = 0;
+  app.add_option("--threads", threads, "OpenMP threads for every command (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.fallthrough();
+  app.parse_complete_callback([&threads] {
+    if (threads > 0) longctx::parallel::set_threads(threads);
+  });
   CLI::App* bench = app.add_subcommand("bench", "Kernel speed and memory, method vs method");
   bench->require_subcommand(1);
   longctx::cli::add_bench_attention(*bench);

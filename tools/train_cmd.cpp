@@ -39,12 +39,10 @@ struct Options {
   std::string config, data, out = "runs/latest", init_from;
   int64_t steps = 0;
   bool resume = false;
-  int threads = 0;
   uint64_t init_seed = 1234;
 };
 
 void run(const Options& o) {
-  if (o.threads > 0) parallel::set_threads(o.threads);
   std::ifstream cf(o.config);
   LONGCTX_CHECK(cf.good(), "train: cannot read config '", o.config, "'");
   nlohmann::json j;
@@ -139,7 +137,6 @@ void add_train(CLI::App& app) {
   c->add_option("--init-from", o->init_from,
                  "Start from this checkpoint's weights (fresh optimizer, step 0): a fine-tune. A config without "
                  "\"model\" reuses the checkpoint's; with one, it must match but for max_seq_len");
-  c->add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   c->add_option("--init-seed", o->init_seed, "Seed of the weight initialisation")->capture_default_str();
   c->callback([o] { run(*o); });
 }

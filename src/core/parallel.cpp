@@ -10,7 +10,9 @@ namespace longctx::parallel {
 int max_threads() { return omp_get_max_threads(); }
 
 void set_threads(int n) {
-  LONGCTX_CHECK(n >= 1, "threads must be >= 1, got ", n);
+  const int most = 4 * std::max(1, omp_get_num_procs());  // beyond: oversubscription, never faster
+  LONGCTX_CHECK(n >= 1 && n <= most, "threads must be in [1, ", most, "] (4x the ", omp_get_num_procs(),
+                " cores), got ", n);
   omp_set_num_threads(n);
 }
 

@@ -5,7 +5,7 @@
 namespace longctx::parallel {
 
 int max_threads();
-// n >= 1; throws std::invalid_argument naming n otherwise.
+// 1 <= n <= 4x the cores; throws std::invalid_argument naming n otherwise.
 void set_threads(int n);
 
 }  // namespace longctx::parallel

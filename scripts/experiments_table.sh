@@ -33,15 +33,15 @@ rows=$(for run in "${order[@]}"; do
     --slurpfile e1 "$dir/eval.json" --slurpfile e4 "$dir/eval_4x.json" --slurpfile pk "$dir/passkey.json" '
     def acc($i): $pk[0].passkey as $p | [$p.cells[] | select(.length == $p.lengths[$i])] |
       {correct: (map(.correct) | add), trials: (map(.trials) | add)};
-    $e1[0].machine as $m | $m.model.config.layers[0].ffn as $ffn |
+    $e1[0].summary as $m | $m.model.config.layers[0].ffn as $ffn |
     {run: $run, attention: ($m.model.attention | join(",")),
      ffn: ($ffn.kind + (if $ffn.kind == "moe" then " E\($ffn.num_experts) k\($ffn.top_k)" else "" end)),
      params: $m.model.parameters, loss: $m.val_loss, last: $e1[0].rows[-1].loss,
-     loss4: $e4[0].machine.val_loss, last4: $e4[0].rows[-1].loss, pk1: acc(0), pk4: acc(1),
+     loss4: $e4[0].summary.val_loss, last4: $e4[0].rows[-1].loss, pk1: acc(0), pk4: acc(1),
      ft: ([$ft[] | select(has("val_loss"))][-1].val_loss),
      train_tps: (if $bench != null then ($bench | round | tostring) else
        ([$log[] | select(has("val_loss") | not) | .tokens_per_s] | sort | .[length / 2 | floor] | round | tostring) + "*" end),
-     eval_tps: $m.tokens_per_s, eval4_tps: $e4[0].machine.tokens_per_s, rss4: $e4[0].machine.peak_rss_mb}'
+     eval_tps: $m.tokens_per_s, eval4_tps: $e4[0].summary.tokens_per_s, rss4: $e4[0].summary.peak_rss_mb}'
 done | jq -s .)
 
 jq -r '

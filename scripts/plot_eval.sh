@@ -82,7 +82,7 @@ else
     echo "set output '$out'"
     echo "set multiplot layout 1,$n title '$(basename "$f")'"
     if [ "$has_loss" = true ]; then
-      trained=$(jq '.machine.model.trained_max_seq_len // 0' "$f")
+      trained=$(jq '.summary.model.trained_max_seq_len // 0' "$f")
       last=$(jq '.rows[-1].end' "$f")
       if [ "$trained" -gt 0 ] && [ "$trained" -lt "$last" ]; then  # mark where extrapolation begins
         echo "set arrow 1 from $trained, graph 0 to $trained, graph 1 nohead dashtype 2 lc rgb 'gray40'"

@@ -5,7 +5,7 @@
 #include <fstream>
 #include <string>
 
-namespace longctx_test {
+namespace longctx::testing {
 
 struct CliRun {
   int status;
@@ -40,4 +40,4 @@ inline std::filesystem::path tiny_run_dir(const std::string& name = "longctx_cli
   return dir;
 }
 
-}  // namespace longctx_test
+}  // namespace longctx::testing

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <exception>
 
+#include <longctx/core/error.hpp>
 #include <longctx/core/threads.hpp>
 
 #include "commands.hpp"
@@ -33,7 +34,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "longctx: error: %s\n", e.what());
+    std::fprintf(stderr, "longctx: error: %s\n", longctx::message_of(e).c_str());
     return 1;
   }
   return 0;

@@ -6,6 +6,7 @@
 #include <longctx/core/threads.hpp>
 #include <omp.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -13,6 +14,14 @@ namespace longctx::parallel {
 
 // Indices 0..n-1 sorted by descending cost; ties keep index order.
 std::vector<int64_t> heaviest_first(const std::vector<double>& cost);
+// The items reordered by descending cost (cost[i] belongs to items[i]); ties keep their order.
+template <class Item>
+std::vector<Item> heaviest_first(const std::vector<Item>& items, const std::vector<double>& cost) {
+  std::vector<Item> ordered;
+  ordered.reserve(items.size());
+  for (int64_t i : heaviest_first(cost)) ordered.push_back(items[std::size_t(i)]);
+  return ordered;
+}
 
 // Whether a loop over `work` elementwise operations is worth a parallel region: below this, the
 // fork/join (and, on a busy machine, waiting for a descheduled thread at the barrier) costs more

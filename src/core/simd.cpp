@@ -1,5 +1,7 @@
 #include "core/simd.hpp"
 
+#include <longctx/core/tensor.hpp>
+
 #include <limits>
 
 namespace longctx::simd {
@@ -47,12 +49,7 @@ void softmax_grad_inplace(float* dp, const float* p, int64_t n, float d) {
 LONGCTX_SIMD_CLONES
 void bf16_to_f32(const uint16_t* src, float* dst, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u = uint32_t(src[i]) << 16;
-    float f;
-    __builtin_memcpy(&f, &u, 4);
-    dst[i] = f;
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = longctx::bf16_to_f32(src[i]);
 }
 
 LONGCTX_SIMD_CLONES

@@ -2,6 +2,7 @@
 // baseline x86-64 and picked at run time (GCC function multi-versioning), so the binary runs on
 // any x86-64 and uses the widest vectors the machine has. Elsewhere (ARM) it is plain code.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -35,6 +36,11 @@ inline float exp_approx(float x) {
   float y = p * scale;
   return x < lo ? 0.0f : y;
 }
+
+// The logistic function 1 / (1 + e^-x) (gates, SiLU): float through exp_approx (vectorises in
+// the SwiGLU loop), double through std::exp for the float64 references.
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // x[i] = exp(x[i] * scale - shift); returns the sum of the results.
 float exp_scaled_sum(float* x, int64_t n, float scale, float shift);

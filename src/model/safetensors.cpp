@@ -104,7 +104,7 @@ SafetensorsFile load_safetensors(const std::string& path, const std::function<bo
   } catch (const nlohmann::json::exception& e) {
     throw corrupt(std::string("malformed header entry (") + e.what() + ")");
   } catch (const std::invalid_argument& e) {
-    throw corrupt(e.what());
+    throw corrupt(message_of(e));
   }
   std::sort(order.begin(), order.end());
   for (const auto& [off, i] : order) {

@@ -2,14 +2,11 @@
 
 #include <cmath>
 
+#include "core/simd.hpp"
+
 namespace longctx::moe::reference {
 
 namespace {
-
-template <class T>
-T sigmoid(T a) {
-  return T(1) / (T(1) + std::exp(-a));
-}
 
 template <class T>
 std::vector<T> to_vector(const Tensor& t) {
@@ -75,7 +72,7 @@ void expert_forward(int64_t d, int64_t f, const T* w1, const T* w3, const T* w2,
       a += x[i] * w1[i * f + j];
       b += x[i] * w3[i * f + j];
     }
-    const T h = a * sigmoid(a) * b;
+    const T h = a * simd::sigmoid(a) * b;
     for (int64_t i = 0; i < d; ++i) y[i] += scale * h * w2[j * d + i];
   }
 }
@@ -91,7 +88,7 @@ void expert_backward(int64_t d, int64_t f, const T* w1, const T* w3, const T* w2
       b += x[i] * w3[i * f + j];
       dh += dy[i] * w2[j * d + i];
     }
-    const T s = sigmoid(a), silu = a * s;
+    const T s = simd::sigmoid(a), silu = a * s;
     for (int64_t i = 0; i < d; ++i) dw2[j * d + i] += silu * b * dy[i];
     const T da = dh * b * s * (T(1) + a * (T(1) - s)), db = dh * silu;
     for (int64_t i = 0; i < d; ++i) {
@@ -249,7 +246,7 @@ Params<T> backward(const Config& c, const Params<T>& p, const std::vector<T>& x,
         g.w_gate[size_t(i * E + q)] += xt[i] * dh[size_t(q)];
         dxt[i] += dh[size_t(q)] * p.w_gate[size_t(i * E + q)];
         if (noise.empty()) continue;
-        const T dpre = dh[size_t(q)] * noise[size_t(t * E + q)] * sigmoid(tr.pre[size_t(q)]);
+        const T dpre = dh[size_t(q)] * noise[size_t(t * E + q)] * simd::sigmoid(tr.pre[size_t(q)]);
         g.w_noise[size_t(i * E + q)] += xt[i] * dpre;
         dxt[i] += dpre * p.w_noise[size_t(i * E + q)];
       }

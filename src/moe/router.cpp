@@ -6,6 +6,7 @@
 
 #include "core/gemm.hpp"
 #include "core/parallel.hpp"
+#include "core/simd.hpp"
 #include "moe/token_chunks.hpp"
 
 namespace longctx::moe::detail {
@@ -18,8 +19,6 @@ uint64_t splitmix64(uint64_t z) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
-
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // Top-k of scores[0..E) by descending value, ties to the lower index (strict > while scanning up).
 // `taken` is E bytes of scratch, left all zero.
@@ -145,7 +144,7 @@ void router_weight_grads(const Config& cfg, const Weights& w, const Tensor& x, c
   Tensor dpre({n, E});
   for_token_chunks(n, [&](int64_t t0, int64_t t1) {
     for (int64_t i = t0 * E; i < t1 * E; ++i)
-      dpre.f32()[i] = dlogits.f32()[i] * fwd.noise.f32()[i] * float(sigmoid(fwd.noise_pre.f32()[i]));
+      dpre.f32()[i] = dlogits.f32()[i] * fwd.noise.f32()[i] * float(simd::sigmoid(fwd.noise_pre.f32()[i]));
   });
   gemm::sgemm(true, false, d, E, n, 1.0f, x.f32(), d, dpre.f32(), E, 0.0f, g.dw_noise.f32(), E);
   gemm::sgemm(false, true, n, d, E, 1.0f, dpre.f32(), E, w.w_noise.f32(), E, 1.0f, dx.f32(), d);

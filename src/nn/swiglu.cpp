@@ -12,18 +12,16 @@ namespace longctx::swiglu {
 
 namespace {
 
-inline float sigmoid(float a) { return 1.0f / (1.0f + simd::exp_approx(-a)); }
-
 // h = silu(a) o b
 LONGCTX_SIMD_CLONES void gate_forward(const float* a, const float* b, float* h, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) h[i] = a[i] * sigmoid(a[i]) * b[i];
+  for (int64_t i = 0; i < n; ++i) h[i] = a[i] * simd::sigmoid(a[i]) * b[i];
 }
 
 // In: dh in `da`. Out: da = dh o b o silu'(a), db = dh o silu(a), h = silu(a) o b;
-// silu'(a) = s (1 + a (1 - s)), s = sigmoid(a).
+// silu'(a) = s (1 + a (1 - s)), s = simd::sigmoid(a).
 LONGCTX_SIMD_CLONES void gate_backward(const float* a, const float* b, float* da, float* db, float* h, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const float s = sigmoid(a[i]), silu = a[i] * s, dh = da[i];
+    const float s = simd::sigmoid(a[i]), silu = a[i] * s, dh = da[i];
     h[i] = silu * b[i];
     db[i] = dh * silu;
     da[i] = dh * b[i] * s * (1.0f + a[i] * (1.0f - s));

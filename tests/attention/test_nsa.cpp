@@ -321,14 +321,14 @@ TEST(NsaBadInput, ClearErrors) {
   auto run = [&](NsaConfig cfg) { return [&in, cfg] { nsa_forward(in.q, in.k, in.v, in.x, in.w, cfg); }; };
   NsaConfig l_bad = small_config();
   l_bad.block_len = 5;
-  expect_message(run(l_bad), "block_len (l) must be a positive multiple of stride (d), got l = 5, d = 2");
+  expect_message(run(l_bad), "nsa_forward: block_len must be a positive multiple of stride (2), got 5");
   NsaConfig n0 = small_config();
   n0.top_n = 0;
-  expect_message(run(n0), "top_n (n) must be >= 1 + local_blocks");
-  expect_message(run(n0), "got n = 0");
+  expect_message(run(n0), "top_n must be >= 1 + local_blocks (2)");
+  expect_message(run(n0), "got 0");
   NsaConfig w0 = small_config();
   w0.window = 0;
-  expect_message(run(w0), "window (w) must be > 0, got 0");
+  expect_message(run(w0), "window must be > 0, got 0");
   const Tensor bad_x({19, kGateIn});
   expect_message([&] { nsa_forward(in.q, in.k, in.v, bad_x, in.w, c.cfg); }, "x must be f32 [20, gate_in]");
   NsaWeights<float> bad_w = in.w;

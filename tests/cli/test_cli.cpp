@@ -11,9 +11,9 @@
 
 namespace {
 
-using longctx_test::CliRun;
-using longctx_test::run_cli;
-using longctx_test::tiny_run_dir;
+using longctx::testing::CliRun;
+using longctx::testing::run_cli;
+using longctx::testing::tiny_run_dir;
 
 TEST(Cli, BenchAttentionWritesOneRowPerMethodAndLength) {
   const auto path = std::filesystem::temp_directory_path() / "longctx_cli_bench.json";
@@ -106,7 +106,7 @@ TEST(Cli, TrainResumeEvalGenerate) {
   ASSERT_EQ(r.status, 0) << r.output;
   const nlohmann::json ev = nlohmann::json::parse(std::ifstream(dir / "eval.json"));
   EXPECT_EQ(ev["rows"].size(), 4u);
-  EXPECT_GT(ev["machine"]["val_loss"].get<double>(), 0.0);
+  EXPECT_GT(ev["summary"]["val_loss"].get<double>(), 0.0);
 
   r = run_cli("generate --checkpoint " + ckpt + " --prompt 'And God' --tokens 12 --seed 3");
   ASSERT_EQ(r.status, 0) << r.output;

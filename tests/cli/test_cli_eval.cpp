@@ -15,8 +15,8 @@
 namespace {
 
 namespace fs = std::filesystem;
-using longctx_test::CliRun;
-using longctx_test::run_cli;
+using longctx::testing::CliRun;
+using longctx::testing::run_cli;
 
 std::string read(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
@@ -27,7 +27,7 @@ std::string read(const fs::path& p) {
 
 // A tiny run folder with a trained checkpoint (max_seq_len 64) at dir/run.
 fs::path trained(const std::string& name) {
-  const fs::path dir = longctx_test::tiny_run_dir(name);
+  const fs::path dir = longctx::testing::tiny_run_dir(name);
   const CliRun r = run_cli("train --config " + (dir / "config.json").string() + " --data " + (dir / "data").string() +
                            " --out " + (dir / "run").string());
   EXPECT_EQ(r.status, 0) << r.output;
@@ -94,7 +94,7 @@ TEST(CliPasskey, EvalBeyondTrainingLengthWritesJsonAndPlots) {
   EXPECT_NE(r.output.find("ETA"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("peak RSS"), std::string::npos) << r.output;
   const nlohmann::json ev = nlohmann::json::parse(read(dir / "eval.json"));
-  const auto& s = ev["machine"];
+  const auto& s = ev["summary"];
   EXPECT_GT(s["val_loss"].get<double>(), 0.0);
   EXPECT_EQ(s["seq_len"], 128);
   EXPECT_EQ(ev["rows"].size(), 4u);

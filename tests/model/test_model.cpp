@@ -1,5 +1,5 @@
-// The transformer: loss against the double-precision reference, gradients against finite
-// differences of it, config validation, and a tiny model memorising a short text.
+// The transformer: force-full and hybrid switches, config validation, and a tiny model memorising a
+// short text (gradients and decode of every kind: test_model_kinds.cpp).
 #include <longctx/core/error.hpp>
 #include <longctx/model/reference_model.hpp>
 #include <longctx/model/transformer.hpp>
@@ -14,30 +14,11 @@
 namespace longctx {
 namespace {
 
-using testing::check_extend_matches_forward;
 using testing::params_as_double;
 using testing::tiny_batch;
 
-ModelConfig tiny_config(const std::string& attention_kind, const std::string& ffn_kind = "dense") {
-  nlohmann::json ffn{{"kind", ffn_kind}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 6}, {"num_shared", 1},
-                     {"load_balance_weight", 0.1}, {"z_loss_weight", 0.01}};
-  if (ffn_kind == "dense") ffn = {{"kind", "dense"}};
-  return testing::tiny_model(testing::attention_json(attention_kind, {{"block_size", 3}, {"top_k", 2}}), ffn);
-}
-
-void check_gradients(const std::string& kind, const std::string& ffn = "dense") {
-  testing::check_gradients(tiny_config(kind, ffn));
-}
-
-TEST(Model, FullAttentionGradientsMatchFiniteDifferences) { check_gradients("full"); }
-TEST(Model, MobaGradientsMatchFiniteDifferences) { check_gradients("moba"); }
-TEST(Model, MoeGradientsMatchFiniteDifferences) { check_gradients("moba", "moe"); }
-TEST(Model, TopkGradientsMatchFiniteDifferences) { check_gradients("topk"); }
-
-TEST(Model, DecodeOverKvCacheEqualsFullForward) {
-  check_extend_matches_forward(tiny_config("full"));
-  check_extend_matches_forward(tiny_config("moba", "moe"));
-  check_extend_matches_forward(tiny_config("topk"));
+ModelConfig tiny_config(const std::string& attention_kind) {
+  return testing::tiny_model(testing::attention_json(attention_kind, {{"block_size", 3}, {"top_k", 2}}));
 }
 
 TEST(Model, ForceFullSwitchesMobaLayersToDense) {

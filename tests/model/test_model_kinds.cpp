@@ -1,6 +1,7 @@
-// The attention kinds with their own machinery inside the model: mass threshold, NSA (learned
-// compressors and gates) and Infini-attention (compressive memory). Gradients against finite
-// differences of the double reference model, decode against the full forward, config checks.
+// Every attention kind inside the model (full, MoBA, top-k, mass threshold, NSA with learned
+// compressors and gates, Infini-attention's compressive memory; a MoE FFN): gradients against finite
+// differences of the double reference model and decode against the full forward, as one
+// parameterised suite; hybrids, config checks and the kinds' own machinery.
 #include <longctx/core/error.hpp>
 #include <longctx/model/reference_model.hpp>
 #include <longctx/model/transformer.hpp>
@@ -31,16 +32,50 @@ const json kNsaMean{{"kind", "nsa"}, {"block_len", 4}, {"stride", 2},  {"select_
 const json kInfini{{"kind", "infini"}, {"segment_len", 4}, {"update", "linear"}};
 const json kInfiniDelta{{"kind", "infini"}, {"segment_len", 3}, {"update", "delta"}};
 
+const json kDense{{"kind", "dense"}};
+const json kMoe{{"kind", "moe"},      {"num_experts", 4},           {"top_k", 2},          {"d_ff", 6},
+                {"num_shared", 1},    {"load_balance_weight", 0.1}, {"z_loss_weight", 0.01}};
+
+// One model per attention kind (two variants where a kind has two rules), and MoBA with a MoE FFN.
+struct KindCase {
+  std::string name;
+  json attention, ffn;
+};
+std::ostream& operator<<(std::ostream& os, const KindCase& c) { return os << c.name; }
+const KindCase kKindCases[] = {
+    {"full", {{"kind", "full"}}, kDense},
+    {"moba", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kDense},
+    {"moba_moe", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kMoe},
+    {"topk", {{"kind", "topk"}, {"block_size", 3}, {"top_k", 2}}, kDense},
+    {"threshold_bound", kThreshold, kDense},
+    {"threshold_heuristic", kThresholdHeuristic, kDense},
+    {"nsa_mlp", kNsa, kDense},
+    {"nsa_mean", kNsaMean, kDense},
+    {"infini_linear", kInfini, kDense},
+    {"infini_delta", kInfiniDelta, kDense},
+};
+
+class ModelKind : public ::testing::TestWithParam<KindCase> {
+ protected:
+  ModelConfig config() const { return tiny_model(GetParam().attention, GetParam().ffn); }
+};
+
+TEST_P(ModelKind, GradientsMatchFiniteDifferences) { check_gradients(config()); }
+
+// Prompt prefill, a second multi-token chunk (chunked prefill), then one token per step across
+// block / segment boundaries; and token by token from the start.
+TEST_P(ModelKind, DecodeEqualsFullForward) {
+  check_extend_matches_forward(config(), {5, 3});
+  check_extend_matches_forward(config(), {1});
+}
+
+INSTANTIATE_TEST_SUITE_P(AllKinds, ModelKind, ::testing::ValuesIn(kKindCases),
+                         [](const ::testing::TestParamInfo<KindCase>& i) { return i.param.name; });
+
 ModelConfig hybrid() {  // nsa (mean compressor) then infini (delta update)
   return tiny_model(kThreshold, {{"kind", "dense"}}, json::array({{{"attention", kNsaMean}}, {{"attention", kInfiniDelta}}}));
 }
 
-TEST(ModelKinds, ThresholdGradientsMatchFiniteDifferences) {
-  check_gradients(tiny_model(kThreshold));
-  check_gradients(tiny_model(kThresholdHeuristic));
-}
-TEST(ModelKinds, NsaGradientsMatchFiniteDifferences) { check_gradients(tiny_model(kNsa)); }
-TEST(ModelKinds, InfiniGradientsMatchFiniteDifferences) { check_gradients(tiny_model(kInfini)); }
 TEST(ModelKinds, HybridGradientsMatchFiniteDifferences) {
   // three kinds across layers, one with a MoE FFN
   check_gradients(tiny_model(kNsa, {{"kind", "dense"}},
@@ -79,16 +114,7 @@ TEST(ModelKinds, GradcheckConfigsAreReallySparse) {
   }
 }
 
-// Prompt prefill, a second multi-token chunk (chunked prefill), then one token per step across
-// block / segment boundaries.
-TEST(ModelKinds, DecodeEqualsFullForward) {
-  for (const json& a : {kThreshold, kThresholdHeuristic, kNsa, kNsaMean, kInfini, kInfiniDelta}) {
-    SCOPED_TRACE(a.dump());
-    check_extend_matches_forward(tiny_model(a), {5, 3});
-    check_extend_matches_forward(tiny_model(a), {1});  // token by token from the start
-  }
-  check_extend_matches_forward(hybrid(), {6});
-}
+TEST(ModelKinds, HybridDecodeEqualsFullForward) { check_extend_matches_forward(hybrid(), {6}); }
 
 TEST(ModelKinds, InfiniLayerKeepsNoKvCache) {
   Transformer m(hybrid(), 1);

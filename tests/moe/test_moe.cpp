@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "core/parallel.hpp"
-#include "moe_test_util.hpp"
+#include "moe_helpers.hpp"
 
 namespace longctx {
 namespace {

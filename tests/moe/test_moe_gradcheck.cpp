@@ -1,6 +1,6 @@
 // The MoE reference backward against central finite differences of its forward, in double, for
 // every router, both gate normalisations, every aux loss, shared experts and token dropping.
-#include "moe_test_util.hpp"
+#include "moe_helpers.hpp"
 
 namespace longctx {
 namespace {

@@ -13,6 +13,13 @@ std::string concat(const Args&... args) {
   return os.str();
 }
 
+// An exception's message without the library's "longctx: " prefix, for wrapping it in another
+// message (or printing it after the CLI's own "longctx: error: ") without repeating the prefix.
+inline std::string message_of(const std::exception& e) {
+  const std::string what = e.what(), prefix = "longctx: ";
+  return what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what;
+}
+
 }  // namespace longctx
 
 // LONGCTX_CHECK(cond, "what", value, ...) throws std::invalid_argument("longctx: what value ...").

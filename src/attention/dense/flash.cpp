@@ -11,15 +11,9 @@ using namespace attn;
 
 namespace {
 
-// One query tile (forward) or one key tile (backward) of one head of one sequence.
-struct Item {
-  int32_t seq, head;
-  int64_t start, len;  // sequence-local rows of the tile
-};
-
 // Query tiles of every (sequence, head), heaviest (most visible keys) first.
-std::vector<Item> query_tiles(const Problem& p) {
-  std::vector<Item> items;
+std::vector<Tile> query_tiles(const Problem& p) {
+  std::vector<Tile> items;
   std::vector<double> cost;
   for (size_t si = 0; si < p.seqs.size(); ++si) {
     const Seq& s = p.seqs[si];
@@ -30,9 +24,7 @@ std::vector<Item> query_tiles(const Problem& p) {
         cost.push_back(double(rows) * std::max<int64_t>(0, p.key_hi(last, s.lk) - p.key_lo(t + s.offset())));
       }
   }
-  std::vector<Item> ordered;
-  for (int64_t i : parallel::heaviest_first(cost)) ordered.push_back(items[size_t(i)]);
-  return ordered;
+  return parallel::heaviest_first(items, cost);
 }
 
 }  // namespace
@@ -41,14 +33,14 @@ AttentionResult flash_attention_forward(const Tensor& q, const Tensor& k, const 
                                         const Varlen& varlen, const AttentionOptions& opts) {
   const Problem p = make_problem("flash_attention_forward", q, k, v, varlen, opts);
   AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), opts};
-  const std::vector<Item> items = query_tiles(p);
+  const std::vector<Tile> items = query_tiles(p);
   const int64_t ld_out = int64_t(p.hq) * p.d;
 
   parallel::run(
       int64_t(items.size()), parallel::Schedule::dynamic,
       [&](int) { return TileScratch(kQueryTile, kKeyTile, p.d, false); },
       [&](int64_t i, TileScratch& ws) {
-        const Item& it = items[size_t(i)];
+        const Tile& it = items[size_t(i)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const int64_t pos0 = it.start + s.offset(), last = pos0 + it.len - 1;
         const Rows qr = load_rows(q, s.q0 + it.start, it.len, it.head, ws.q.data());
@@ -77,7 +69,7 @@ AttentionGrads flash_attention_backward(const Tensor& q, const Tensor& k, const 
 
   // Items: key tiles of every (sequence, KV head); each owns its dK/dV rows, dQ goes to
   // per-thread accumulators. Cost ~ query rows that see the tile.
-  std::vector<Item> tiles;
+  std::vector<Tile> tiles;
   std::vector<double> cost;
   for (size_t si = 0; si < p.seqs.size(); ++si) {
     const Seq& s = p.seqs[si];
@@ -90,8 +82,7 @@ AttentionGrads flash_attention_backward(const Tensor& q, const Tensor& k, const 
         cost.push_back(double(hi - lo) * n);
       }
   }
-  std::vector<Item> items;
-  for (int64_t i : parallel::heaviest_first(cost)) items.push_back(tiles[size_t(i)]);
+  const std::vector<Tile> items = parallel::heaviest_first(tiles, cost);
 
   DqAccumulators dq_acc(g.dq, parallel::max_threads());
   const BackwardInputs in{q, k, v, dout, fwd.lse.f32(), delta.data()};
@@ -100,7 +91,7 @@ AttentionGrads flash_attention_backward(const Tensor& q, const Tensor& k, const 
       [&](int t) { return std::pair(TileScratch(kQueryTile, kKeyTile, p.d, true), dq_acc.for_thread(t)); },
       [&](int64_t i, auto& state) {
         auto& [ws, dq] = state;
-        const Item& it = items[size_t(i)];
+        const Tile& it = items[size_t(i)];
         const Seq& s = p.seqs[size_t(it.seq)];
         int64_t lo, hi;
         rows_seeing_keys(p, s, it.start, it.len, lo, hi);

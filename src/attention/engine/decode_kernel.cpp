@@ -12,12 +12,7 @@ namespace {
 // A K/V row element as fp32: bf16 widened in the loop, so the cache's bf16 rows are read once
 // and never copied into an fp32 scratch.
 inline float as_f32(float x) { return x; }
-inline float as_f32(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
+inline float as_f32(uint16_t b) { return bf16_to_f32(b); }
 
 // Rows of keys or values of element type E with row stride ld (elements).
 template <class E>

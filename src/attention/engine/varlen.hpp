@@ -39,6 +39,14 @@ Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Te
 // Checks that a tensor is fp32 with the given shape (for saved outputs and incoming gradients).
 void check_f32_shape(const char* who, const char* name, const Tensor& t, const std::vector<int64_t>& shape);
 
+// The work item of the tiled kernels: rows [start, start + len) (sequence-local query or key
+// rows) of one head (a query head, or a KV head for kernels that tile a whole GQA group) of one
+// sequence.
+struct Tile {
+  int32_t seq, head;
+  int64_t start, len;
+};
+
 // fp32 view of `n` consecutive token rows of one head of a [T, H, d] tensor.
 struct Rows {
   const float* p;

@@ -10,6 +10,7 @@
 
 #include "attention/infini/memory.hpp"
 #include "core/parallel.hpp"
+#include "core/simd.hpp"
 
 namespace longctx {
 
@@ -79,7 +80,7 @@ AttentionOptions local_options(const InfiniOptions& opts) {
 
 std::vector<float> gates(const std::vector<float>& beta) {
   std::vector<float> g;
-  for (float b : beta) g.push_back(infini::sigmoid(b));
+  for (float b : beta) g.push_back(simd::sigmoid(b));
   return g;
 }
 

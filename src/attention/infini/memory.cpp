@@ -68,12 +68,12 @@ using namespace kernels;
 namespace {
 
 // (sequence, KV head) pairs of non-empty sequences, longest first.
-struct Item {
+struct SeqHead {
   int64_t seq;
   int g;
 };
-std::vector<Item> items_of(const Problem& p) {
-  std::vector<Item> all;
+std::vector<SeqHead> items_of(const Problem& p) {
+  std::vector<SeqHead> all;
   std::vector<double> cost;
   for (size_t si = 0; si < p.seqs.size(); ++si)
     for (int g = 0; g < p.hkv; ++g)
@@ -81,9 +81,7 @@ std::vector<Item> items_of(const Problem& p) {
         all.push_back({int64_t(si), g});
         cost.push_back(double(p.seqs[si].lq));
       }
-  std::vector<Item> ordered;
-  for (int64_t i : parallel::heaviest_first(cost)) ordered.push_back(all[size_t(i)]);
-  return ordered;
+  return parallel::heaviest_first(all, cost);
 }
 
 // First global segment index of every sequence.
@@ -154,7 +152,7 @@ void memory_forward(const MemoryPass& mp, const Tensor& local_out, float* out, f
   const Problem& p = mp.p;
   const int d = p.d;
   const int64_t dd = int64_t(d) * d, ld_q = int64_t(p.hq) * d;
-  const std::vector<Item> items = items_of(p);
+  const std::vector<SeqHead> items = items_of(p);
   const std::vector<int64_t> seg0 = segment_offsets(mp);
   parallel::run(
       int64_t(items.size()), parallel::Schedule::dynamic,
@@ -190,7 +188,7 @@ std::vector<float> memory_backward(const MemoryPass& mp, const Tensor& local_out
   const Problem& p = mp.p;
   const int d = p.d;
   const int64_t dd = int64_t(d) * d, ld_q = int64_t(p.hq) * d, ld_kv = int64_t(p.hkv) * d;
-  const std::vector<Item> items = items_of(p);
+  const std::vector<SeqHead> items = items_of(p);
   const std::vector<int64_t> seg0 = segment_offsets(mp);
   std::vector<double> dbeta_part(items.size() * size_t(p.group), 0.0);  // per item, reduced in item order
 

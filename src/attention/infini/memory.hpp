@@ -13,8 +13,6 @@
 
 namespace longctx::attn::infini {
 
-inline float sigmoid(float b) { return 1.0f / (1.0f + std::exp(-b)); }
-
 // Scratch of the memory kernels for segments of up to `rows` tokens (the forward kernels only
 // need a block of them; the backward takes whole segments).
 struct MemoryScratch {

@@ -74,12 +74,8 @@ std::vector<float> block_means(const Moba& m, const Tensor& k) {
 }
 
 // Query tiles (sequence, head, rows) that stay inside one block, so all rows share an own block.
-struct QTile {
-  int32_t seq, head;
-  int64_t start, len;
-};
-std::vector<QTile> own_block_tiles(const Moba& m) {
-  std::vector<QTile> tiles;
+std::vector<Tile> own_block_tiles(const Moba& m) {
+  std::vector<Tile> tiles;
   for (size_t si = 0; si < m.p.seqs.size(); ++si) {
     const Seq& s = m.p.seqs[si];
     for (int h = 0; h < m.p.hq; ++h)
@@ -99,7 +95,7 @@ struct GateScratch {
   std::vector<int32_t> order;
 };
 std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::vector<float>& means,
-                                   const std::vector<QTile>& tiles) {
+                                   const std::vector<Tile>& tiles) {
   const Problem& p = m.p;
   std::vector<int32_t> selected(size_t(p.hq) * p.tq * m.slots, -1);
   if (m.slots == 0) return selected;
@@ -108,7 +104,7 @@ std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::ve
       [&](int) { return GateScratch{std::vector<float>(kQueryTile * p.d), {}, {}}; },
       [&](int64_t i, GateScratch& ws) {
         auto& [qbuf, score, order] = ws;
-        const QTile& t = tiles[size_t(i)];
+        const Tile& t = tiles[size_t(i)];
         const Seq& s = p.seqs[size_t(t.seq)];
         const int64_t own = (t.start + s.offset()) / m.B;  // blocks 0..own-1 are eligible
         if (own == 0) return;
@@ -194,7 +190,7 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   const Moba m = make_moba("moba_attention_forward", q, k, v, varlen, opts);
   const Problem& p = m.p;
   MobaResult r{{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}}, opts, {}, m.slots};
-  const std::vector<QTile> tiles = own_block_tiles(m);
+  const std::vector<Tile> tiles = own_block_tiles(m);
   r.selected = select_blocks(m, q, block_means(m, k), tiles);
   const Selectors sel = invert_selection(m, r.selected);
 
@@ -205,7 +201,7 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
 
   // Own block, causal.
   parallel::run(int64_t(tiles.size()), parallel::Schedule::dynamic, scratch, [&](int64_t i, TileScratch& ws) {
-    const QTile& t = tiles[size_t(i)];
+    const Tile& t = tiles[size_t(i)];
     const Seq& s = p.seqs[size_t(t.seq)];
     const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
     const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
@@ -285,8 +281,7 @@ AttentionGrads moba_attention_backward(const Tensor& q, const Tensor& k, const T
           cost.push_back(double(n) * (chosen + p.group * std::min(m.B, s.lk - kp)));
         }
   }
-  std::vector<KTile> items;
-  for (int64_t i : parallel::heaviest_first(cost)) items.push_back(all[size_t(i)]);
+  const std::vector<KTile> items = parallel::heaviest_first(all, cost);
 
   DqAccumulators dq_acc(g.dq, parallel::max_threads());
   const int64_t ld_kv = int64_t(p.hkv) * p.d;

@@ -13,13 +13,8 @@ namespace longctx::attn::nsa {
 namespace {
 
 // Query tiles of every (sequence, head) for the compression branch's backward, heaviest first.
-struct QueryTile {
-  int32_t seq, head;
-  int64_t start, len;
-};
-
-std::vector<QueryTile> compressed_tiles(const Problem& p, const CompressedView& c, const Geometry& geo) {
-  std::vector<QueryTile> tiles;
+std::vector<Tile> compressed_tiles(const Problem& p, const CompressedView& c, const Geometry& geo) {
+  std::vector<Tile> tiles;
   std::vector<double> cost;
   for (size_t si = 0; si < p.seqs.size(); ++si) {
     const Seq& s = p.seqs[si];
@@ -31,9 +26,7 @@ std::vector<QueryTile> compressed_tiles(const Problem& p, const CompressedView& 
         cost.push_back(double(rows) * double(geo.visible(t + rows - 1 + s.offset(), nc) + 1));
       }
   }
-  std::vector<QueryTile> ordered;
-  for (int64_t i : parallel::heaviest_first(cost)) ordered.push_back(tiles[size_t(i)]);
-  return ordered;
+  return parallel::heaviest_first(tiles, cost);
 }
 
 Rows compressed_rows(const float* base, const Problem& p, int64_t row, int g) {
@@ -57,11 +50,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
   // Items: (sequence, KV head, P positions) with the group's heads stacked, row = position * group
   // + head: the group's probabilities sum into one selection, and decode still fills a tile.
   const int64_t P = std::max<int64_t>(1, kQueryTile / p.group), R = P * p.group;
-  struct Item {
-    int32_t seq, g;
-    int64_t start, len;
-  };
-  std::vector<Item> items;
+  std::vector<Tile> items;
   std::vector<double> cost;
   for (size_t si = 0; si < p.seqs.size(); ++si) {
     const Seq& s = p.seqs[si];
@@ -72,8 +61,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
         cost.push_back(double(len) * double(geo.visible(t + len - 1 + s.offset(), c.cu[si + 1] - c.cu[si]) + 1));
       }
   }
-  std::vector<Item> ordered;
-  for (int64_t i : parallel::heaviest_first(cost)) ordered.push_back(items[size_t(i)]);
+  const std::vector<Tile> ordered = parallel::heaviest_first(items, cost);
 
   struct State {
     std::vector<float> q, m, l, acc, lse, s, imp_c, imp_b;
@@ -88,7 +76,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
                      std::vector<int64_t>(size_t(R)), {}};
       },
       [&](int64_t idx, State& st) {
-        const Item& it = ordered[size_t(idx)];
+        const Tile& it = ordered[size_t(idx)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const int64_t nc = c.cu[size_t(it.seq) + 1] - c.cu[size_t(it.seq)], c0 = c.cu[size_t(it.seq)];
         const int64_t rows = it.len * G, nv = geo.visible(it.start + it.len - 1 + s.offset(), nc);
@@ -96,7 +84,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
           const int64_t token = s.q0 + it.start + i;
           for (int hh = 0; hh < G; ++hh) {
             st.hi[i * G + hh] = geo.visible(it.start + i + s.offset(), nc);
-            gather_rows(q, &token, 1, it.g * G + hh, &st.q[(i * G + hh) * d]);
+            gather_rows(q, &token, 1, it.head * G + hh, &st.q[(i * G + hh) * d]);
           }
         }
         // All visible compressed keys in one tile: afterwards s = exp(scale * S - m) with m final,
@@ -105,13 +93,13 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
         run.reset(rows, d);
         st.s.resize(size_t(rows * nv));
         if (nv > 0)
-          tile_forward({st.q.data(), d}, rows, compressed_rows(c.k, p, c0, it.g), compressed_rows(c.v, p, c0, it.g),
+          tile_forward({st.q.data(), d}, rows, compressed_rows(c.k, p, c0, it.head), compressed_rows(c.v, p, c0, it.head),
                        nv, d, p.scale, per_row_mask(0, st.hi.data()), run, st.s.data());
         tile_finalize(run, rows, d, st.acc.data(), d, st.lse.data());
         st.imp_c.assign(size_t(it.len * nv), 0.0f);
         for (int64_t i = 0; i < it.len; ++i)
           for (int hh = 0; hh < G; ++hh) {
-            const int64_t row = i * G + hh, token = s.q0 + it.start + i, h = it.g * G + hh;
+            const int64_t row = i * G + hh, token = s.q0 + it.start + i, h = it.head * G + hh;
             std::copy_n(&st.acc[row * d], d, r.out.f32() + (token * p.hq + h) * d);
             r.lse.f32()[h * p.tq + token] = st.lse[row];
             if (st.l[row] > 0.0f) {
@@ -123,7 +111,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
           const int64_t t = it.start + i + s.offset(), own = t / geo.ls;
           st.imp_b.resize(size_t(own + 1));
           block_importance(&st.imp_c[i * nv], st.hi[i * G], own, geo, st.imp_b.data());
-          top_n(st.imp_b.data(), own, geo, st.rest, &selected[((s.q0 + it.start + i) * p.hkv + it.g) * geo.n]);
+          top_n(st.imp_b.data(), own, geo, st.rest, &selected[((s.q0 + it.start + i) * p.hkv + it.head) * geo.n]);
         }
       });
   return r;
@@ -132,7 +120,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
 void compressed_backward(const Problem& p, const Tensor& q, const CompressedView& c, const Geometry& geo,
                          const AttentionResult& fwd, const Tensor& dout, Tensor& dq, float* dkc, float* dvc) {
   const std::vector<float> delta = rowsum_dout_out(dout, fwd.out);
-  const std::vector<QueryTile> tiles = compressed_tiles(p, c, geo);
+  const std::vector<Tile> tiles = compressed_tiles(p, c, geo);
   const int threads = parallel::max_threads();
   const int64_t tc = c.cu.back(), ld_q = int64_t(p.hq) * p.d, ld_kv = int64_t(p.hkv) * p.d;
   // Each tile owns its dq rows; dkc/dvc go to per-thread buffers summed in thread order after a
@@ -149,7 +137,7 @@ void compressed_backward(const Problem& p, const Tensor& q, const CompressedView
       },
       [&](int64_t i, auto& state) {
         auto& [ws, hi, dk, dv] = state;
-        const QueryTile& it = tiles[size_t(i)];
+        const Tile& it = tiles[size_t(i)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const int64_t nc = c.cu[size_t(it.seq) + 1] - c.cu[size_t(it.seq)], c0 = c.cu[size_t(it.seq)];
         const int g = p.kv_head(it.head);

@@ -4,14 +4,13 @@
 
 #include "attention/nsa/internal.hpp"
 #include "core/gemm.hpp"
+#include "core/simd.hpp"
 
 namespace longctx::attn::nsa {
 
 namespace {
 
 constexpr int64_t kBlockChunk = 256;
-
-float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 // A[b] = vec(rows of block i0 + b) (+ pos when given), [nb, l * d].
 void gather_blocks(const Tensor& x, int64_t k0, int g, int64_t i0, int64_t nb, const NsaConfig& cfg,
@@ -35,7 +34,7 @@ void hidden_layer(const float* a, int64_t nb, int64_t L, const NsaCompressor<flo
     for (int64_t j = 0; j < H; ++j) {
       float& z = pre[b * H + j];
       z += c.b1[j];
-      act[b * H + j] = z * sigmoid(z);
+      act[b * H + j] = z * simd::sigmoid(z);
     }
 }
 
@@ -95,7 +94,7 @@ void compress_blocks_backward(const Tensor& x, int64_t k0, int g, int64_t i0, in
     gemm::sgemm(false, false, nb, H, d, 1.0f, dy, ld, c.w2.data(), H, 0.0f, dpre.data(), H);
     // silu'(z) = s (1 + z (1 - s))
     for (int64_t m = 0; m < nb * H; ++m) {
-      const float s = sigmoid(pre[m]);
+      const float s = simd::sigmoid(pre[m]);
       dpre[m] *= s * (1.0f + pre[m] * (1.0f - s));
     }
     for (int64_t b = 0; b < nb; ++b)

@@ -21,16 +21,7 @@ using namespace attn::nsa;
 namespace attn::nsa {
 
 void validate(const char* who, const NsaConfig& cfg, const NsaWeights<float>& w, const Problem& p, const Tensor& x) {
-  LONGCTX_CHECK(cfg.stride > 0, who, ": stride (d) must be > 0, got ", cfg.stride);
-  LONGCTX_CHECK(cfg.block_len > 0 && cfg.block_len % cfg.stride == 0, who,
-                ": block_len (l) must be a positive multiple of stride (d), got l = ", cfg.block_len,
-                ", d = ", cfg.stride);
-  LONGCTX_CHECK(cfg.select_len > 0, who, ": select_len (l') must be > 0, got ", cfg.select_len);
-  LONGCTX_CHECK(cfg.local_blocks >= 0, who, ": local_blocks must be >= 0, got ", cfg.local_blocks);
-  LONGCTX_CHECK(cfg.top_n >= 1 + cfg.local_blocks, who,
-                ": top_n (n) must be >= 1 + local_blocks (block 0 and the local blocks are always selected), got n = ",
-                cfg.top_n, ", local_blocks = ", cfg.local_blocks);
-  LONGCTX_CHECK(cfg.window > 0, who, ": window (w) must be > 0, got ", cfg.window);
+  cfg.validate(std::string(who) + ": ");
   for (const Seq& s : p.seqs)
     LONGCTX_CHECK(s.lq <= s.lk, who, ": a sequence has ", s.lq, " queries but only ", s.lk,
                   " keys (NSA queries are the last tokens of their sequence)");
@@ -84,8 +75,6 @@ Problem checked_problem(const char* who, const Tensor& q, const Tensor& k, const
   return p;
 }
 
-float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
-
 NsaCompressedKV compress_all(const Problem& p, const Tensor& k, const Tensor& v, const NsaWeights<float>& w,
                              const NsaConfig& cfg) {
   const Geometry geo(cfg);
@@ -125,7 +114,7 @@ void forward_branches(const Problem& p, const Tensor& q, const Tensor& k, const 
       float* o = r.out.f32() + (t * p.hq + h) * p.d;
       for (int b = 0; b < 3; ++b) {
         float& g = gates[t * G + h * 3 + b];
-        g = sigmoid(g + w.gate_b[size_t(h * 3 + b)]);
+        g = simd::sigmoid(g + w.gate_b[size_t(h * 3 + b)]);
         const float* ob = outs[b] + (t * p.hq + h) * p.d;
         for (int e = 0; e < p.d; ++e) o[e] += g * ob[e];
       }

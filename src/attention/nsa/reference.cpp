@@ -8,15 +8,11 @@
 #include <limits>
 
 #include "attention/engine/varlen.hpp"
+#include "core/simd.hpp"
 
 namespace longctx::reference {
 
 namespace {
-
-template <class T>
-T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
 
 // phi of compressed block i of the rows starting at k0 (KV head g) into out[d].
 template <class T>
@@ -39,7 +35,7 @@ void compress_block(const std::vector<T>& x, int hkv, int d, int64_t k0, int64_t
   for (int64_t j = 0; j < H; ++j) {
     T pre = c.b1[j];
     for (int64_t m = 0; m < L; ++m) pre += c.w1[j * L + m] * (in[m] + c.pos[m]);
-    a[j] = pre * sigmoid(pre);
+    a[j] = pre * simd::sigmoid(pre);
   }
   for (int e = 0; e < d; ++e) {
     T acc = c.b2[e];
@@ -67,7 +63,7 @@ void compress_block_backward(const std::vector<T>& x, int hkv, int d, int64_t k0
     for (int64_t m = 0; m < L; ++m) pre[j] += c.w1[j * L + m] * in[m];
   }
   for (int64_t j = 0; j < H; ++j) {
-    const T sg = sigmoid(pre[j]), a = pre[j] * sg;
+    const T sg = simd::sigmoid(pre[j]), a = pre[j] * sg;
     T da = 0;
     for (int e = 0; e < d; ++e) {
       da += dout[e] * c.w2[e * H + j];
@@ -211,7 +207,7 @@ NsaForward<T> nsa_forward(const Shape& s, const std::vector<T>& q, const std::ve
         const int64_t gr = h * 3 + b;
         T logit = w.gate_b[gr];
         for (int e = 0; e < gate_in; ++e) logit += x[t * gate_in + e] * w.gate_w[gr * gate_in + e];
-        const T g = sigmoid(logit);
+        const T g = simd::sigmoid(logit);
         f.gates[(t * s.hq + h) * 3 + b] = g;
         for (int e = 0; e < d; ++e) f.out[(t * s.hq + h) * d + e] += g * (*outs[b])[(t * s.hq + h) * d + e];
       }

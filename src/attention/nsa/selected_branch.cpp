@@ -52,11 +52,7 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
                                  const Geometry& geo, const std::vector<int32_t>& sel) {
   AttentionResult r{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}};
   const int64_t chunk = std::max<int64_t>(1, kForwardRows / p.group), rows_max = chunk * p.group;
-  struct Item {
-    int32_t seq, g;
-    int64_t start, len;
-  };
-  std::vector<Item> items;
+  std::vector<Tile> items;  // head = KV head: the group's query heads share the selection
   for (size_t si = 0; si < p.seqs.size(); ++si)
     for (int g = 0; g < p.hkv; ++g)
       for (int64_t t = 0; t < p.seqs[si].lq; t += chunk)
@@ -77,7 +73,7 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
                      {}, {}, {}};
       },
       [&](int64_t idx, State& st) {
-        const Item& it = items[size_t(idx)];
+        const Tile& it = items[size_t(idx)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const int64_t R = it.len * p.group;
         SoftmaxState run{st.m.data(), st.l.data(), st.acc.data(), d};
@@ -86,7 +82,7 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
         st.pairs.clear();
         for (int64_t i = it.start; i < it.start + it.len; ++i)
           for (int64_t c = 0; c < geo.n; ++c) {
-            const int32_t j = sel[((s.q0 + i) * p.hkv + it.g) * geo.n + c];
+            const int32_t j = sel[((s.q0 + i) * p.hkv + it.head) * geo.n + c];
             if (j >= 0) st.pairs.push_back({j, i});
           }
         std::sort(st.pairs.begin(), st.pairs.end());
@@ -96,7 +92,7 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
           for (; a < st.pairs.size() && st.pairs[a].first == j; ++a) st.pos.push_back(st.pairs[a].second);
           const int64_t np = int64_t(st.pos.size()), rows = np * p.group, k0 = int64_t(j) * geo.ls;
           const int64_t nk = std::min(geo.ls, s.lk - k0);
-          gather_group_rows(p, s, q, it.g, st.pos.data(), np, st.ws.q.data(), st.tokens);
+          gather_group_rows(p, s, q, it.head, st.pos.data(), np, st.ws.q.data(), st.tokens);
           // Gather the rows' running state; local row of (position i, head hh) = (i - start) * group + hh.
           for (int hh = 0; hh < p.group; ++hh)
             for (int64_t c = 0; c < np; ++c) {
@@ -106,8 +102,8 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
               std::copy_n(&st.acc[lr * d], d, &st.ws.acc[r * d]);
               st.ws.hi[r] = st.pos[c] + s.offset() + 1;
             }
-          const Rows kr = load_rows(k, s.k0 + k0, nk, it.g, st.ws.k.data());
-          const Rows vr = load_rows(v, s.k0 + k0, nk, it.g, st.ws.v.data());
+          const Rows kr = load_rows(k, s.k0 + k0, nk, it.head, st.ws.k.data());
+          const Rows vr = load_rows(v, s.k0 + k0, nk, it.head, st.ws.v.data());
           tile_forward({st.ws.q.data(), d}, rows, kr, vr, nk, d, p.scale, causal_rows(k0, st.ws.hi.data()),
                        {st.ws.m.data(), st.ws.l.data(), st.ws.acc.data(), d}, st.ws.s.data());
           for (int hh = 0; hh < p.group; ++hh)
@@ -121,7 +117,7 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
         tile_finalize(run, R, d, st.out.data(), d, st.lse.data());
         for (int64_t i = 0; i < it.len; ++i)
           for (int hh = 0; hh < p.group; ++hh) {
-            const int64_t lr = i * p.group + hh, row = s.q0 + it.start + i, h = it.g * p.group + hh;
+            const int64_t lr = i * p.group + hh, row = s.q0 + it.start + i, h = it.head * p.group + hh;
             std::copy_n(&st.out[lr * d], d, r.out.f32() + (row * p.hq + h) * d);
             r.lse.f32()[h * p.tq + row] = st.lse[lr];
           }
@@ -136,11 +132,11 @@ void selected_backward(const Problem& p, const Tensor& q, const Tensor& k, const
   const int d = p.d;
   // Inverse of the selection: for every (sequence, KV head, block) the positions that chose it,
   // ascending (CSR). Each (sequence, KV head, block) item owns its dk/dv rows.
-  struct Item {
+  struct BlockUsers {
     int32_t seq, g;
     int64_t block, begin, end;  // positions list[begin, end)
   };
-  std::vector<Item> items;
+  std::vector<BlockUsers> items;
   std::vector<double> cost;
   std::vector<int64_t> list;
   for (size_t si = 0; si < p.seqs.size(); ++si) {
@@ -169,8 +165,7 @@ void selected_backward(const Problem& p, const Tensor& q, const Tensor& k, const
         }
     }
   }
-  std::vector<Item> ordered;
-  for (int64_t i : parallel::heaviest_first(cost)) ordered.push_back(items[size_t(i)]);
+  const std::vector<BlockUsers> ordered = parallel::heaviest_first(items, cost);
 
   g = {Tensor({p.tq, p.hq, d}), Tensor({p.tk, p.hkv, d}), Tensor({p.tk, p.hkv, d})};
   const int64_t chunk = std::max<int64_t>(1, kBackwardRows / p.group), rows_max = chunk * p.group;
@@ -180,7 +175,7 @@ void selected_backward(const Problem& p, const Tensor& q, const Tensor& k, const
       [&](int t) { return std::tuple(Scratch(rows_max, geo.ls, d, true), dq_acc.for_thread(t), std::vector<int64_t>()); },
       [&](int64_t idx, auto& state) {
         auto& [ws, dq, tokens] = state;
-        const Item& it = ordered[size_t(idx)];
+        const BlockUsers& it = ordered[size_t(idx)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const int64_t k0 = it.block * geo.ls, nk = std::min(geo.ls, s.lk - k0);
         const Rows kr = load_rows(k, s.k0 + k0, nk, it.g, ws.k.data());

@@ -145,11 +145,7 @@ SparseResult run_rows(const Problem& p, const Tensor& q, const Tensor& k, const 
   const size_t rows = size_t(p.hq) * size_t(p.tq);
   std::vector<std::vector<int32_t>> visited(rows);
   std::vector<int64_t> keys(rows, 0);
-  struct Item {
-    int32_t seq, head;
-    int64_t start, len;
-  };
-  std::vector<Item> items;
+  std::vector<Tile> items;
   for (size_t si = 0; si < p.seqs.size(); ++si)
     for (int h = 0; h < p.hq; ++h)
       for (int64_t t = 0; t < p.seqs[si].lq; t += kRowsPerItem)
@@ -158,7 +154,7 @@ SparseResult run_rows(const Problem& p, const Tensor& q, const Tensor& k, const 
   run_items(
       int64_t(items.size()), int64_t(rows) * p.tk * p.d, [&](int) { return RowScratch(p.d); },
       [&](int64_t i, RowScratch& ws) {
-        const Item& it = items[size_t(i)];
+        const Tile& it = items[size_t(i)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const SparseSource src{p, s, k, v, stats_of(size_t(it.seq))};
         std::vector<float> qbuf(size_t(p.d));

@@ -17,7 +17,8 @@ using namespace attn;
 
 namespace {
 
-// Dense decode, flash-decoding style: the cache is split into one contiguous key range per
+// Dense decode, Flash-Decoding style (Dao et al. 2023, split-KV decoding: partial results of key
+// ranges merged by their LSE): the cache is split into one contiguous key range per
 // thread; each range runs every KV head tile by tile (so the interleaved [T, Hkv, d] rows stream
 // from memory once), with the GQA group's heads as the rows of each tile. The partial softmax
 // states are merged in range order (deterministic for a fixed thread count).

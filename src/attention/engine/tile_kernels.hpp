@@ -1,6 +1,7 @@
 // The one online-softmax core every attention kernel runs: a tile of query rows against a tile of
 // key/value rows, forward (running max/sum/accumulator, merged tile by tile as in FlashAttention)
-// and backward (FlashAttention-2: P recomputed from the saved LSE, D = rowsum(dO o O)).
+// and backward (FlashAttention-2, Dao, arXiv 2307.08691, section 3.1.2: P recomputed from the
+// saved LSE, D = rowsum(dO o O)).
 // Products go to OpenBLAS; masks are per-row key ranges.
 #pragma once
 #include <cstdint>

@@ -1,6 +1,7 @@
 // Per-block key summaries shared by the block-sparse methods, in prefill and in the KV cache:
 // the running key sum (MoBA's block mean = sum / block_size) and the elementwise key min/max
-// (Quest's bound: max over the block of q . k <= sum_i max(q_i * min_i, q_i * max_i)).
+// (Quest, Tang et al., arXiv 2406.10774, section 3: max over the block of q . k <=
+// sum_i max(q_i * min_i, q_i * max_i)).
 // Blocks are `block_size` consecutive keys from the sequence start; fp32, per KV head.
 #pragma once
 #include <cstddef>

@@ -2,7 +2,7 @@
 //   template <class V> void fields(V&& v) { v("block_size", block_size, "keys per block"); ... }
 // naming every user-settable field with its help text; the default is the member's initializer.
 // One list then drives config JSON read/write, the unknown-field check and bench flags
-// (src/core/json_fields.hpp, bench/flags.hpp), so a field is never spelt twice.
+// (src/core/json_fields.hpp, bench/option_flags.hpp), so a field is never spelt twice.
 // Enum fields name their values through EnumNames<E> (values 0, 1, ... in order).
 #pragma once
 #include <longctx/core/error.hpp>

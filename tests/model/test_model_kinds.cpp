@@ -73,12 +73,12 @@ INSTANTIATE_TEST_SUITE_P(AllKinds, ModelKind, ::testing::ValuesIn(kKindCases),
                          [](const ::testing::TestParamInfo<KindCase>& i) { return i.param.name; });
 
 ModelConfig hybrid() {  // nsa (mean compressor) then infini (delta update)
-  return tiny_model(kThreshold, {{"kind", "dense"}}, json::array({{{"attention", kNsaMean}}, {{"attention", kInfiniDelta}}}));
+  return tiny_model(kThreshold, kDense, json::array({{{"attention", kNsaMean}}, {{"attention", kInfiniDelta}}}));
 }
 
 TEST(ModelKinds, HybridGradientsMatchFiniteDifferences) {
   // three kinds across layers, one with a MoE FFN
-  check_gradients(tiny_model(kNsa, {{"kind", "dense"}},
+  check_gradients(tiny_model(kNsa, kDense,
                              json::array({{{"attention", kThreshold}},
                                           {{"attention", kInfiniDelta},
                                            {"ffn", {{"kind", "moe"}, {"num_experts", 3}, {"top_k", 2}, {"d_ff", 5}}}}})));
@@ -146,7 +146,7 @@ TEST(ModelKinds, ParamsAreNamedAndDecayOnMatricesOnly) {
 }
 
 TEST(ModelKinds, ForceFullKeepsNsaAndInfini) {
-  const ModelConfig cfg = tiny_model(kThreshold, {{"kind", "dense"}}, json::array({json::object(), {{"attention", kInfini}}}));
+  const ModelConfig cfg = tiny_model(kThreshold, kDense, json::array({json::object(), {{"attention", kInfini}}}));
   Transformer m(cfg, 3);
   m.force_full_attention(true);
   EXPECT_EQ(std::string(enum_name(m.attention_kind(0))), "full");
@@ -161,7 +161,7 @@ TEST(ModelKinds, ForceFullKeepsNsaAndInfini) {
 }
 
 TEST(ModelKinds, ConfigRoundTrips) {
-  const ModelConfig c = tiny_model(kNsa, {{"kind", "dense"}}, json::array({{{"attention", kThresholdHeuristic}},
+  const ModelConfig c = tiny_model(kNsa, kDense, json::array({{{"attention", kThresholdHeuristic}},
                                                                             {{"attention", kInfiniDelta}}}));
   const json j = c.to_json();
   EXPECT_EQ(j["layers"][0]["attention"], kThresholdHeuristic);

@@ -93,8 +93,9 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
         run.reset(rows, d);
         st.s.resize(size_t(rows * nv));
         if (nv > 0)
-          tile_forward({st.q.data(), d}, rows, compressed_rows(c.k, p, c0, it.head), compressed_rows(c.v, p, c0, it.head),
-                       nv, d, p.scale, per_row_mask(0, st.hi.data()), run, st.s.data());
+          tile_forward({st.q.data(), d}, rows, compressed_rows(c.k, p, c0, it.head),
+                       compressed_rows(c.v, p, c0, it.head), nv, d, p.scale, per_row_mask(0, st.hi.data()), run,
+                       st.s.data());
         tile_finalize(run, rows, d, st.acc.data(), d, st.lse.data());
         st.imp_c.assign(size_t(it.len * nv), 0.0f);
         for (int64_t i = 0; i < it.len; ++i)

@@ -1,15 +1,151 @@
 #include "core/gemm.hpp"
 
 #include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <stdexcept>
+
+#include "core/gemm_isa.hpp"
+
+extern "C" char* openblas_get_corename(void);
 
 namespace longctx::gemm {
+namespace {
 
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c,
-              blasint(ldc));
+bool cpu_runs(Isa isa) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  switch (isa) {
+    case Isa::portable: return true;
+    case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::avx512: return __builtin_cpu_supports("avx512f");
+    case Isa::avx512_bf16: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  }
+  return false;
+#else
+  return isa == Isa::portable;
+#endif
+}
+
+std::atomic<Isa> g_isa{best_isa()};
+std::atomic<Backend> g_backend{Backend::native};
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float, FreeDeleter>;
+Buffer aligned_floats(int64_t n) { return Buffer(static_cast<float*>(std::aligned_alloc(64, size_t(n) * sizeof(float)))); }
+
+// Per-thread packing buffers, allocated on a thread's first call.
+struct Scratch {
+  Buffer a = aligned_floats(detail::kPackA), b = aligned_floats(detail::kPackB);
+};
+
+void run_one_thread(const detail::Call& c) {
+  thread_local Scratch s;
+  float *pa = s.a.get(), *pb = s.b.get();
+#if defined(__x86_64__)
+  switch (g_isa.load(std::memory_order_relaxed)) {
+    case Isa::avx512_bf16:
+      if (c.bf16) return detail::run_avx512_bf16(c, pa, pb);
+      return detail::run_avx512(c, pa, pb);
+    case Isa::avx512: return detail::run_avx512(c, pa, pb);
+    case Isa::avx2: return detail::run_avx2(c, pa, pb);
+    case Isa::portable: break;
+  }
+#endif
+  detail::run_portable(c, pa, pb);
+}
+
+// Splits C into `threads` slabs of whole rows (or whole columns when C is wide), in multiples of
+// every kernel's tile, and runs them side by side; each element's sum is the same as one thread's.
+void run_threaded(const detail::Call& c, int threads) {
+  const bool by_rows = c.m >= c.n;
+  const int64_t unit = by_rows ? 12 : 64, extent = by_rows ? c.m : c.n;
+  const int64_t units = (extent + unit - 1) / unit, per = (units + threads - 1) / threads * unit;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t lo = omp_get_thread_num() * per, hi = std::min(extent, lo + per);
+    if (lo < hi) {
+      detail::Call part = c;
+      if (by_rows) {
+        part.m = hi - lo;
+        part.a += c.trans_a ? lo : lo * c.lda;
+        part.c += lo * c.ldc;
+      } else {
+        part.n = hi - lo;
+        part.b += c.trans_b ? lo * c.ldb : lo;
+        part.c += lo;
+      }
+      run_one_thread(part);
+    }
+  }
+}
+
+}  // namespace
+
+Isa best_isa() {
+  for (Isa isa : {Isa::avx512_bf16, Isa::avx512, Isa::avx2})
+    if (cpu_runs(isa)) return isa;
+  return Isa::portable;
+}
+
+Isa current_isa() { return g_isa.load(); }
+
+void set_isa(Isa isa) {
+  if (!cpu_runs(isa)) throw std::invalid_argument("gemm: this CPU cannot run the " + isa_name(isa) + " kernels");
+  g_isa.store(isa);
+}
+
+std::string isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::portable: return "portable";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::avx512_bf16: return "avx512_bf16";
+  }
+  return "?";
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512_bf16})
+    if (isa_name(isa) == name) return isa;
+  throw std::invalid_argument("gemm: unknown instruction set '" + name +
+                              "' (expected avx512_bf16, avx512, avx2 or portable)");
+}
+
+Backend current_backend() { return g_backend.load(); }
+void set_backend(Backend backend) { g_backend.store(backend); }
+
+std::string describe() {
+  if (current_backend() == Backend::openblas) return std::string("openblas/") + openblas_get_corename();
+  return "native/" + isa_name(current_isa());
+}
+
+void gemm(Precision precision, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {  // C = beta * C
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  const bool bf16 = precision == Precision::bf16;
+  if (!bf16 && current_backend() == Backend::openblas) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
+    return;
+  }
+  const detail::Call call{trans_a, trans_b, bf16, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc};
+  // Below ~2 M multiply-adds a fork/join costs more than it saves.
+  const int threads = omp_in_parallel() || m * n * k < (int64_t(1) << 21) ? 1 : omp_get_max_threads();
+  if (threads > 1)
+    run_threaded(call, threads);
+  else
+    run_one_thread(call);
 }
 
 void set_blas_threads(int n) { openblas_set_num_threads(n); }

@@ -1,14 +1,43 @@
-// Row-major sgemm on OpenBLAS. Called from inside our own OpenMP regions, where the OpenMP
-// build of OpenBLAS runs single-threaded (it checks omp_in_parallel), so tiles never nest threads.
+// Row-major GEMM for every product in longctx: our own cache-blocked, register-blocked kernels
+// (core/gemm_blocked.hpp), picked at run time for the widest instructions the CPU has
+// (AVX512_BF16, AVX-512F, AVX2+FMA, portable), or OpenBLAS when asked (for comparison).
+// A call from inside an OpenMP region runs on the calling thread only, so tiles never nest
+// threads; a call from outside splits C between the threads. Every element of C is summed in
+// the same order whatever the thread count: results are deterministic.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace longctx::gemm {
 
+// fp32: fp32 products. bf16: A and B rounded to bf16 (round to nearest even), products summed in
+// fp32 (vdpbf16ps where the CPU has AVX512_BF16, the same rounding and fp32 FMAs elsewhere).
+enum class Precision { f32, bf16 };
+
 // C[m x n] = alpha * op(A) * op(B) + beta * C; op(X) = X^T when the flag is set.
-// lda/ldb/ldc are row strides of the matrices as stored.
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// lda/ldb/ldc are row strides of the matrices as stored. C is not read when beta == 0.
+void gemm(Precision precision, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm(Precision::f32, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Instruction sets of our kernels, widest last. The default is the widest the CPU runs.
+enum class Isa { portable, avx2, avx512, avx512_bf16 };
+Isa best_isa();                    // what this CPU supports
+Isa current_isa();                 // what gemm() uses now
+void set_isa(Isa isa);             // throws std::invalid_argument if the CPU cannot run it
+std::string isa_name(Isa isa);     // "avx512_bf16", "avx512", "avx2", "portable"
+Isa parse_isa(const std::string& name);  // the inverse; throws on an unknown name
+
+// Who runs gemm(): our kernels (default) or OpenBLAS (fp32 only; bf16 calls stay ours).
+enum class Backend { native, openblas };
+Backend current_backend();
+void set_backend(Backend backend);
+// "native/avx512_bf16", "openblas/Haswell" and the like: the backend and the kernels it picked.
+std::string describe();
 
 // Threads OpenBLAS may use for a call made outside any parallel region.
 void set_blas_threads(int n);

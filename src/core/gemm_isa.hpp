@@ -1,0 +1,36 @@
+// The interface between the GEMM front end (gemm.cpp: dispatch, threads, scratch) and the
+// per-ISA translation units, each compiled with its own target flags (CMakeLists.txt).
+#pragma once
+#include <cstdint>
+
+namespace longctx::gemm::detail {
+
+// One single-threaded GEMM: C[m x n] = alpha * op(A) op(B) + beta * C, row-major strides.
+// bf16: A and B are rounded to bf16 as they are packed; products accumulate in fp32.
+struct Call {
+  bool trans_a, trans_b, bf16;
+  int64_t m, n, k;
+  float alpha;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float beta;
+  float* c;
+  int64_t ldc;
+};
+
+// Cache blocking shared by every ISA (Goto/BLIS loop order: NC columns of B, KC deep, then MR rows
+// of A at a time). KC = 256: an MR x KC panel of A (6 KB) stays in L1 while the KC x NC block of B
+// (512 KB) streams from L2 (1 MB per core on Zen 4/5).
+constexpr int64_t kKC = 256, kNC = 512;
+// Scratch floats per thread: one packed panel of A (at most 16 rows x KC) and the packed block of
+// B (KC x NC), each 64-byte aligned.
+constexpr int64_t kPackA = 16 * kKC, kPackB = kKC * kNC;
+
+void run_avx512_bf16(const Call& c, float* pack_a, float* pack_b);
+void run_avx512(const Call& c, float* pack_a, float* pack_b);
+void run_avx2(const Call& c, float* pack_a, float* pack_b);
+void run_portable(const Call& c, float* pack_a, float* pack_b);
+
+}  // namespace longctx::gemm::detail

@@ -1,0 +1,154 @@
+// Our GEMM kernels against a float64 loop, on every instruction set this CPU runs, both
+// precisions, every transpose, and shapes that are not multiples of any tile.
+#include <gtest/gtest.h>
+#include <longctx/core/tensor.hpp>
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/gemm.hpp"
+
+namespace longctx::testing {
+namespace {
+
+struct Shape {
+  int64_t m, n, k;
+};
+
+// Restores the instruction set and backend a test changed.
+struct GemmSettings {
+  gemm::Isa isa = gemm::current_isa();
+  gemm::Backend backend = gemm::current_backend();
+  ~GemmSettings() {
+    gemm::set_isa(isa);
+    gemm::set_backend(backend);
+  }
+};
+
+std::vector<float> random_floats(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+float as_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+// Checks gemm() on one case against C = alpha op(A) op(B) + beta C0 summed in float64 over the
+// inputs as the kernel sees them (rounded to bf16 for the bf16 precision). Tolerance: a few ulps of
+// fp32 times the sum of |terms| (the fp32 accumulation's error bound).
+void check_case(gemm::Precision pr, bool ta, bool tb, Shape s, float alpha, float beta, uint64_t seed) {
+  const int64_t lda = (ta ? s.m : s.k) + 3, ldb = (tb ? s.k : s.n) + 5, ldc = s.n + 2;
+  const int64_t a_rows = ta ? s.k : s.m, b_rows = tb ? s.n : s.k;
+  const auto a = random_floats(size_t(a_rows * lda), seed), b = random_floats(size_t(b_rows * ldb), seed + 1);
+  auto c = random_floats(size_t(s.m * ldc), seed + 2);
+  if (beta == 0.0f)  // BLAS semantics: C is not read, so NaNs in it must not leak
+    for (float& x : c) x = std::numeric_limits<float>::quiet_NaN();
+  const auto c0 = c;
+  gemm::gemm(pr, ta, tb, s.m, s.n, s.k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+  const auto in = [&](float x) { return pr == gemm::Precision::bf16 ? double(as_bf16(x)) : double(x); };
+  for (int64_t i = 0; i < s.m; ++i)
+    for (int64_t j = 0; j < s.n; ++j) {
+      double sum = 0, mag = 0;
+      for (int64_t p = 0; p < s.k; ++p) {
+        const double x = in(ta ? a[p * lda + i] : a[i * lda + p]) * in(tb ? b[j * ldb + p] : b[p * ldb + j]);
+        sum += x;
+        mag += std::fabs(x);
+      }
+      double want = alpha * sum, tol = 4e-7 * (std::fabs(alpha) * mag + 1.0);
+      if (beta != 0.0f) {
+        want += beta * double(c0[i * ldc + j]);
+        tol += 4e-7 * std::fabs(beta * c0[i * ldc + j]);
+      }
+      ASSERT_NEAR(c[i * ldc + j], want, tol) << "i=" << i << " j=" << j;
+    }
+  for (int64_t i = 0; i < s.m; ++i)  // the padding between rows of C is untouched
+    for (int64_t j = s.n; j < ldc; ++j) {
+      const float x = c[i * ldc + j], x0 = c0[i * ldc + j];
+      ASSERT_TRUE(x == x0 || (std::isnan(x) && std::isnan(x0)));
+    }
+}
+
+std::vector<gemm::Isa> runnable_isas() {
+  std::vector<gemm::Isa> out;
+  for (gemm::Isa isa : {gemm::Isa::portable, gemm::Isa::avx2, gemm::Isa::avx512, gemm::Isa::avx512_bf16})
+    if (int(isa) <= int(gemm::best_isa())) out.push_back(isa);
+  return out;
+}
+
+class GemmIsa : public ::testing::TestWithParam<std::tuple<gemm::Isa, gemm::Precision>> {};
+
+TEST_P(GemmIsa, MatchesFloat64OnAwkwardShapes) {
+  GemmSettings restore;
+  const auto [isa, pr] = GetParam();
+  gemm::set_isa(isa);
+  // 1x1x1; below one tile; one past the tile in each dimension; past MC, NC and KC; odd k (bf16 pads
+  // a pair); long k (several KC blocks); big enough for the threaded split (~2 M multiply-adds).
+  const Shape shapes[] = {{1, 1, 1},    {5, 3, 7},     {7, 65, 1},    {13, 17, 129}, {97, 513, 33},
+                          {6, 64, 256}, {31, 70, 257}, {9, 11, 1031}, {130, 257, 75}};
+  uint64_t seed = 11;
+  for (const Shape& s : shapes)
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        SCOPED_TRACE(gemm::isa_name(isa) + " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) +
+                     " m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k));
+        check_case(pr, ta, tb, s, 1.0f, 0.0f, seed++);
+        check_case(pr, ta, tb, s, -0.5f, 1.0f, seed++);
+        check_case(pr, ta, tb, s, 2.0f, 0.25f, seed++);
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(RunnableIsas, GemmIsa,
+                         ::testing::Combine(::testing::ValuesIn(runnable_isas()),
+                                            ::testing::Values(gemm::Precision::f32, gemm::Precision::bf16)),
+                         [](const auto& info) {
+                           return gemm::isa_name(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) == gemm::Precision::f32 ? "_f32" : "_bf16");
+                         });
+
+TEST(Gemm, ThreadedSplitEqualsOneThreadBitForBit) {
+  const Shape s{301, 257, 300};  // both split directions are exercised by the two transposes below
+  for (bool wide : {false, true}) {
+    const int64_t m = wide ? 40 : s.m, n = wide ? 700 : s.n;
+    const auto a = random_floats(size_t(m * s.k), 3), b = random_floats(size_t(s.k * n), 4);
+    std::vector<float> one(size_t(m * n)), two(size_t(m * n));
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gemm::sgemm(false, false, m, n, s.k, 1.0f, a.data(), s.k, b.data(), n, 0.0f, one.data(), n);
+    omp_set_num_threads(std::max(2, threads));
+    gemm::sgemm(false, false, m, n, s.k, 1.0f, a.data(), s.k, b.data(), n, 0.0f, two.data(), n);
+    omp_set_num_threads(threads);
+    EXPECT_EQ(one, two) << (wide ? "split by columns" : "split by rows");
+  }
+}
+
+TEST(Gemm, ZeroDepthScalesC) {
+  std::vector<float> c{1.0f, 2.0f, 3.0f, 4.0f};
+  gemm::sgemm(false, false, 2, 2, 0, 1.0f, nullptr, 1, nullptr, 2, 0.5f, c.data(), 2);
+  EXPECT_EQ(c, (std::vector<float>{0.5f, 1.0f, 1.5f, 2.0f}));
+  gemm::sgemm(false, false, 2, 2, 0, 1.0f, nullptr, 1, nullptr, 2, 0.0f, c.data(), 2);
+  EXPECT_EQ(c, (std::vector<float>(4, 0.0f)));
+}
+
+TEST(Gemm, OpenBlasBackendAgrees) {
+  GemmSettings restore;
+  gemm::set_backend(gemm::Backend::openblas);
+  EXPECT_EQ(gemm::describe().rfind("openblas/", 0), 0u);
+  check_case(gemm::Precision::f32, false, true, {37, 45, 129}, 1.0f, 0.5f, 99);
+}
+
+TEST(Gemm, NamesRoundTripAndUnknownIsRefused) {
+  for (gemm::Isa isa : {gemm::Isa::portable, gemm::Isa::avx2, gemm::Isa::avx512, gemm::Isa::avx512_bf16})
+    EXPECT_EQ(gemm::parse_isa(gemm::isa_name(isa)), isa);
+  EXPECT_THROW(gemm::parse_isa("sse9"), std::invalid_argument);
+  EXPECT_EQ(gemm::current_isa(), gemm::best_isa());
+}
+
+}  // namespace
+}  // namespace longctx::testing

@@ -167,16 +167,44 @@ void run_program(const std::vector<std::string>& args) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("failed: " + cmd);
 }
 
-nlohmann::json machine_info(int threads, double gflops) {
-  std::string model = "unknown";
+namespace {
+
+// The first line of `cmd`'s output ("" if it fails).
+std::string first_line_of(const std::string& cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    char buf[256];
+    if (std::fgets(buf, sizeof buf, f)) out = buf;
+    if (pclose(f) != 0) out.clear();
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json machine_info(int threads, const Peaks& peaks) {
+  std::string model = "unknown", flags;
   std::ifstream cpu("/proc/cpuinfo");
-  for (std::string line; std::getline(cpu, line);)
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      break;
-    }
-  return {{"cpu", model}, {"cores", std::thread::hardware_concurrency()}, {"threads", threads},
-          {"sgemm_gflops", gflops}};
+  for (std::string line; std::getline(cpu, line);) {
+    if (line.rfind("model name", 0) == 0 && model == "unknown") model = line.substr(line.find(':') + 2);
+    if (line.rfind("flags", 0) == 0 && flags.empty()) flags = line.substr(line.find(':') + 1) + " ";
+  }
+  nlohmann::json vector_flags = nlohmann::json::array();
+  for (const char* f : {"fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16"})
+    if (flags.find(std::string(" ") + f + " ") != std::string::npos) vector_flags.push_back(f);
+  const std::string src = LONGCTX_SOURCE_DIR;
+  std::string commit = first_line_of("git -C '" + src + "' rev-parse --short HEAD 2>/dev/null");
+  if (!commit.empty() && !first_line_of("git -C '" + src + "' status --porcelain -uno 2>/dev/null").empty())
+    commit += "-dirty";
+  return {{"cpu", model},
+          {"cpu_flags", vector_flags},
+          {"cores", std::thread::hardware_concurrency()},
+          {"threads", threads},
+          {"gemm", gemm::describe()},
+          {"commit", commit.empty() ? "unknown" : commit},
+          {"peaks", peaks.to_json()},
+          {"sgemm_gflops", peaks.sgemm_gflops}};
 }
 
 }  // namespace longctx::bench

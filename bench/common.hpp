@@ -8,12 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "peaks.hpp"
+
 namespace longctx::bench {
 
 // Best-of wall time in seconds of fn(): at least `min_reps` runs and `min_seconds` in total.
 double time_best(const std::function<void()>& fn, int min_reps = 3, double min_seconds = 0.5);
 
-// GFLOP/s of one large fp32 sgemm (n x n x n) with OpenBLAS on all threads: the compute peak.
+// GFLOP/s of one large fp32 sgemm (n x n x n) on all threads, with the GEMM backend in use.
 double sgemm_gflops(int n = 2048);
 
 // GB/s of a streaming read (sum) over `bytes` of memory on all threads: the bandwidth peak.
@@ -45,7 +47,8 @@ double peak_rss_mb();
 // throws naming the command if it cannot start or exits non-zero.
 void run_program(const std::vector<std::string>& argv);
 
-// cores, threads, CPU model and the measured sgemm peak, for reports
-nlohmann::json machine_info(int threads, double sgemm_gflops);
+// What a result was measured on: CPU model and its vector flags, cores, threads, the GEMM backend
+// and kernels, the git commit of the source tree, and the peaks measured in the same run.
+nlohmann::json machine_info(int threads, const Peaks& peaks);
 
 }  // namespace longctx::bench

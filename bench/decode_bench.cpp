@@ -149,7 +149,7 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
                      {"gbps", "GB/s", "{:.2f}"},
                      {"stream_gbps", "stream GB/s", "{:.2f}"},
                      {"bw_fraction", "of stream", "{:.2f}"}});
-  if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, gflops), rows);
+  if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, Peaks{.sgemm_gflops = gflops}), rows);
 }
 
 namespace {
@@ -210,7 +210,7 @@ void run_threshold_bench(const ThresholdBenchConfig& cfg) {
                      {"keys_frac", "keys_mean/causal", "{:.3f}"},
                      {"keys_max_frac", "keys_max/N", "{:.3f}"},
                      {"seconds", "seconds", "{:.2f}"}});
-  if (!cfg.json.empty()) write_json(cfg.json, machine_info(parallel::max_threads(), 0.0), rows);
+  if (!cfg.json.empty()) write_json(cfg.json, machine_info(parallel::max_threads(), Peaks{}), rows);
 }
 
 }  // namespace longctx::bench

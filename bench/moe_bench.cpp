@@ -215,7 +215,7 @@ void run_moe_bench(const MoeBenchConfig& cfg, bool worker) {
                      {"experts_gflops", "expert_GFLOP/s", "{:.1f}"}, {"experts_frac_sgemm", "expert_of_sgemm", "{:.2f}"},
                      {"experts_cpu_frac_sgemm", "expert_cpu_of_sgemm", "{:.2f}"},
                      {"max_load_over_mean", "max_load", "{:.2f}"}, {"peak_rss_mb", "peak_MB", "{:.0f}"}});
-  if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, peak), rows);
+  if (!cfg.json.empty()) write_json(cfg.json, machine_info(threads, Peaks{.sgemm_gflops = peak}), rows);
 }
 
 }  // namespace longctx::bench

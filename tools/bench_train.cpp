@@ -44,13 +44,14 @@ void run(const Options& o) {
     clip_grad_norm(model.params(), 1.0);
     opt.step(model.params(), 1e-4);
   };
+  const bench::Peaks peaks = bench::measure_peaks(false);
   step();  // warm-up: first-touch of every buffer
   const double t = bench::time_best(step, int(o.steps), 0.0);
   const double tps = double(b.size()) / t;
   fmt::print("longctx train step: {} params, {} x {} tokens, {} threads: {:.3f} s/step, {:.0f} tokens/s\n",
              model.num_params(), o.sequences, o.seq_len, parallel::max_threads(), t, tps);
   if (!o.json.empty())
-    bench::write_json(o.json, bench::machine_info(parallel::max_threads(), 0.0),
+    bench::write_json(o.json, bench::machine_info(parallel::max_threads(), peaks),
                       {{{"engine", "longctx"}, {"seconds_per_step", t}, {"tokens_per_s", tps},
                         {"params", model.num_params()}, {"tokens", b.size()}}});
 }

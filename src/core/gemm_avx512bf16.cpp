@@ -15,10 +15,11 @@ struct KernelBf16 {
   static void pack(uint32_t* out, const float* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc, bool) {
     pack_bf16_pairs<R>(out, x, rs, cs, rows, kc);
   }
-  static constexpr bool reads_a_in_place = false;  // A is always packed: converted to bf16 pairs
-  template <bool>
-  static void tile(int64_t kpairs, const uint32_t* __restrict ap, int64_t, int64_t, const uint32_t* __restrict bp,
-                   float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
+  // A element pair (i, kp) at ap[i * a_rs + kp * a_cs] (convert_a_bf16's layouts).
+  template <bool KContiguous>
+  static void tile(int64_t kpairs, const uint32_t* __restrict ap, int64_t a_rs, int64_t a_cs,
+                   const uint32_t* __restrict bp, float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha,
+                   float beta) {
     using V = VecOf<16>::type;
     V acc[MR][NV] = {};
     for (int64_t kp = 0; kp < kpairs; ++kp) {
@@ -27,7 +28,8 @@ struct KernelBf16 {
       for (int j = 0; j < NV; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + kp * NR + j * 16);
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        const __m512bh a = (__m512bh)_mm512_set1_epi32(int(ap[kp * MR + i]));
+        const uint32_t pair = KContiguous ? ap[i * a_rs + kp] : ap[kp * a_cs + i];
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(int(pair));
 #pragma GCC unroll 8
         for (int j = 0; j < NV; ++j) acc[i][j] = (V)_mm512_dpbf16_ps((__m512)acc[i][j], a, b[j]);
       }

@@ -80,19 +80,70 @@ void pack_f32(float* out, const float* x, int64_t rs, int64_t cs, int64_t rows, 
   }
 }
 
+inline uint32_t bf16_pair(float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | uint32_t(f32_to_bf16(hi)) << 16; }
+
 // As pack_f32, for vdpbf16ps: k in pairs, out[kp * R + r] = bf16 X(r, 2kp) | bf16 X(r, 2kp+1) << 16
 // (an odd kc is padded with a zero).
 template <int R>
 void pack_bf16_pairs(uint32_t* out, const float* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc) {
-  for (int64_t kp = 0; kp < (kc + 1) / 2; ++kp) {
+  const int64_t pairs = kc / 2;
+  int64_t kp = 0;
+  if (rows == R && rs == 1) {  // X(., k) contiguous: two source rows interleave
+    for (; kp < pairs; ++kp) {
+      const float *lo = x + 2 * kp * cs, *hi = lo + cs;
+#pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) out[kp * R + r] = bf16_pair(lo[r], hi[r]);
+    }
+  } else if (rows == R && R % 16 == 0) {  // X(r, .) contiguous: convert 16 x 16 pairs, then transpose
+    alignas(64) uint32_t t[16][16];
+    for (; kp + 16 <= pairs; kp += 16)
+      for (int r0 = 0; r0 < R; r0 += 16) {
+        for (int r = 0; r < 16; ++r) {
+          const float* src = x + (r0 + r) * rs + 2 * kp;
+          for (int c = 0; c < 16; ++c) t[r][c] = bf16_pair(src[2 * c], src[2 * c + 1]);
+        }
+        transpose16<false>(reinterpret_cast<const float*>(&t[0][0]), 16, reinterpret_cast<float*>(out + kp * R + r0), R);
+      }
+  }
+  for (; kp < (kc + 1) / 2; ++kp) {
     const int64_t k0 = 2 * kp;
     const bool has_hi = k0 + 1 < kc;
     for (int r = 0; r < R; ++r) {
       const float lo = r < rows ? x[r * rs + k0 * cs] : 0.0f;
       const float hi = r < rows && has_hi ? x[r * rs + (k0 + 1) * cs] : 0.0f;
-      out[kp * R + r] = uint32_t(f32_to_bf16(lo)) | uint32_t(f32_to_bf16(hi)) << 16;
+      out[kp * R + r] = bf16_pair(lo, hi);
     }
   }
+}
+
+// A block of `rows` rows of A (X(r, k) = x[r * rs + k * cs], k < kc) as bf16 pairs the bf16 kernel
+// broadcasts from, in the layout the source has, so the conversion reads and writes contiguously:
+// row-major out[r * ld + kp] (cs == 1, returns ld = pairs) or pair-major out[kp * ld + r]
+// (rs == 1, returns ld = padded rows). Rows up to `padded_rows` are zero.
+inline int64_t convert_a_bf16(uint32_t* out, const float* x, int64_t rs, int64_t cs, int64_t rows,
+                              int64_t padded_rows, int64_t kc) {
+  const int64_t pairs = (kc + 1) / 2, even = kc / 2;
+  if (cs == 1) {
+    for (int64_t r = 0; r < padded_rows; ++r) {
+      uint32_t* o = out + r * pairs;
+      const float* src = x + r * rs;
+      if (r >= rows) {
+        for (int64_t kp = 0; kp < pairs; ++kp) o[kp] = 0;
+        continue;
+      }
+      for (int64_t kp = 0; kp < even; ++kp) o[kp] = bf16_pair(src[2 * kp], src[2 * kp + 1]);
+      if (pairs > even) o[even] = bf16_pair(src[kc - 1], 0.0f);
+    }
+    return pairs;
+  }
+  for (int64_t kp = 0; kp < pairs; ++kp) {
+    uint32_t* o = out + kp * padded_rows;
+    const float *lo = x + 2 * kp * cs, *hi = lo + cs;
+    const bool has_hi = 2 * kp + 1 < kc;
+    for (int64_t r = 0; r < rows; ++r) o[r] = bf16_pair(lo[r], has_hi ? hi[r] : 0.0f);
+    for (int64_t r = rows; r < padded_rows; ++r) o[r] = 0;
+  }
+  return padded_rows;
 }
 
 // C[mr x nr] = alpha * acc + beta * C (C not read when beta == 0, as in BLAS).
@@ -139,8 +190,7 @@ struct KernelF32 {
       pack_f32<R, false>(out, x, rs, cs, rows, kc);
   }
   // A element (i, k) at a[i * a_rs + k * a_cs]: a packed panel (a_rs = 1, a_cs = MR) or, for full
-  // panels, A itself in place (the fp32 kernel broadcasts straight from it: no packing).
-  static constexpr bool reads_a_in_place = true;
+  // panels, A itself in place (the kernel broadcasts straight from it: no packing).
   template <bool KContiguous>
   static void tile(int64_t kc, const float* __restrict ap, int64_t a_rs, int64_t a_cs, const float* __restrict bp,
                    float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
@@ -180,11 +230,27 @@ void run_blocked(const Call& g, float* pack_a, float* pack_b) {
         Kernel::template pack<NR>(bp + jr * ku, g.b + (jc + jr) * b_rs + pc * b_cs, b_rs, b_cs,
                                   nc - jr < NR ? nc - jr : NR, kc, g.bf16);
       const float beta = pc == 0 ? g.beta : 1.0f;
+      if constexpr (KS == 2) {  // bf16 pairs: convert kMC rows of A at a time, then broadcast from them
+        for (int64_t ic = 0; ic < g.m; ic += kMC) {
+          const int64_t mc = g.m - ic < kMC ? g.m - ic : kMC, padded = (mc + MR - 1) / MR * MR;
+          const int64_t ld = convert_a_bf16(ap, g.a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, padded, kc);
+          for (int64_t ir = 0; ir < mc; ir += MR)
+            for (int64_t jr = 0; jr < nc; jr += NR) {
+              float* c = g.c + (ic + ir) * g.ldc + jc + jr;
+              const int64_t mr = mc - ir < MR ? mc - ir : MR, nr = nc - jr < NR ? nc - jr : NR;
+              if (a_cs == 1)
+                Kernel::template tile<true>(ku, ap + ir * ld, ld, 1, bp + jr * ku, c, g.ldc, mr, nr, g.alpha, beta);
+              else
+                Kernel::template tile<false>(ku, ap + ir, 1, ld, bp + jr * ku, c, g.ldc, mr, nr, g.alpha, beta);
+            }
+        }
+        continue;
+      }
       for (int64_t ir = 0; ir < g.m; ir += MR) {
         const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
         const float* a = g.a + ir * a_rs + pc * a_cs;
         float* c = g.c + ir * g.ldc + jc;
-        if (Kernel::reads_a_in_place && mr == MR && !g.bf16) {
+        if (mr == MR && !g.bf16) {
           for (int64_t jr = 0; jr < nc; jr += NR)
             if (a_cs == 1)
               Kernel::template tile<true>(kc, reinterpret_cast<const E*>(a), a_rs, 1, bp + jr * ku, c + jr, g.ldc,

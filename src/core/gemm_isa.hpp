@@ -23,10 +23,11 @@ struct Call {
 // Cache blocking shared by every ISA (Goto/BLIS loop order: NC columns of B, KC deep, then MR rows
 // of A at a time). KC = 256: an MR x KC panel of A (6 KB) stays in L1 while the KC x NC block of B
 // (512 KB) streams from L2 (1 MB per core on Zen 4/5).
-constexpr int64_t kKC = 256, kNC = 512;
-// Scratch floats per thread: one packed panel of A (at most 16 rows x KC) and the packed block of
-// B (KC x NC), each 64-byte aligned.
-constexpr int64_t kPackA = 16 * kKC, kPackB = kKC * kNC;
+// bf16 converts A kMC rows at a time.
+constexpr int64_t kKC = 256, kNC = 512, kMC = 192;
+// Scratch floats per thread, each 64-byte aligned: A (a packed MR-row panel, or kMC rows of bf16
+// pairs) and the packed block of B (KC x NC).
+constexpr int64_t kPackA = kMC * kKC / 2, kPackB = kKC * kNC;
 
 void run_avx512_bf16(const Call& c, float* pack_a, float* pack_b);
 void run_avx512(const Call& c, float* pack_a, float* pack_b);

@@ -70,6 +70,11 @@ void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<P
   rope.apply(q.f32(), T, q.dim(1), pos.data(), false);
   rope.apply(k.f32(), T, k.dim(1), pos.data(), false);
   a.q = std::move(q), a.k = std::move(k), a.v = std::move(v);
+  if (cfg.matmul_precision == DType::bf16 && a.kind != AttentionKind::infini) {
+    // mixed precision: bf16 q, k, v make the kernels run their tile products on bf16 inputs
+    // (attention/engine/varlen.hpp Problem::products); gradients come back in fp32
+    a.q = a.q.to(DType::bf16), a.k = a.k.to(DType::bf16), a.v = a.v.to(DType::bf16);
+  }
   switch (a.kind) {
     case AttentionKind::full:
       static_cast<AttentionResult&>(a.dense) = flash_attention_forward(a.q, a.k, a.v, varlen, s.get<AttentionOptions>());

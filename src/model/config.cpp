@@ -54,8 +54,8 @@ FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
 ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   LONGCTX_CHECK(j.is_object(), "model config must be a JSON object");
   check_known_fields(j, {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
-                         "rope_theta", "norm_eps", "tie_embeddings", "attention", "ffn", "layers",
-                         "full_attention_last_n"},
+                         "rope_theta", "norm_eps", "tie_embeddings", "matmul_precision", "attention", "ffn",
+                         "layers", "full_attention_last_n"},
                      "model config");
   ModelConfig c;
   try {
@@ -69,6 +69,10 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     c.rope_theta = j.value("rope_theta", c.rope_theta);
     c.norm_eps = j.value("norm_eps", c.norm_eps);
     c.tie_embeddings = j.value("tie_embeddings", c.tie_embeddings);
+    const std::string mp = j.value("matmul_precision", std::string("f32"));
+    LONGCTX_CHECK(mp == "f32" || mp == "bf16", "model config: matmul_precision must be \"f32\" or \"bf16\", got \"", mp,
+                  "\"");
+    c.matmul_precision = mp == "bf16" ? DType::bf16 : DType::f32;
     LONGCTX_CHECK(c.n_layers >= 1, "model config: n_layers must be >= 1, got ", c.n_layers);
     const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()), AttentionSpec{});
     const FfnSpec ffn = ffn_from_json(j.value("ffn", nlohmann::json::object()), {});
@@ -123,7 +127,8 @@ nlohmann::json ModelConfig::to_json() const {
   }
   return {{"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers}, {"n_heads", n_heads},
           {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len}, {"rope_theta", rope_theta},
-          {"norm_eps", norm_eps}, {"tie_embeddings", tie_embeddings}, {"layers", layers}};
+          {"norm_eps", norm_eps}, {"tie_embeddings", tie_embeddings},
+          {"matmul_precision", matmul_precision == DType::bf16 ? "bf16" : "f32"}, {"layers", layers}};
 }
 
 void ModelConfig::validate() const {

@@ -31,10 +31,15 @@ struct LayerActs {
   moe::Forward moe;  // moe FFN layers
 };
 
+gemm::Precision matmul_precision(const ModelConfig& c) {
+  return c.matmul_precision == DType::bf16 ? gemm::Precision::bf16 : gemm::Precision::f32;
+}
+
 // The dense SwiGLU FFN of a layer over its T rows h2, with the saved a = h2 W1 and b = h2 W3.
-swiglu::Group dense_ffn(const LayerParams& P, LayerActs& L, int64_t T) {
+swiglu::Group dense_ffn(const LayerParams& P, LayerActs& L, int64_t T, gemm::Precision pr) {
   swiglu::Group g = swiglu::group_of(T, L.h2.f32(), P.w1->value.f32(), P.w3->value.f32(), P.w2->value.f32());
   g.a = L.a.f32(), g.b = L.b.f32();
+  g.precision = pr;
   return g;
 }
 
@@ -217,6 +222,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
   const int64_t T = batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
   const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
   const float eps = float(cfg_.norm_eps);
+  const gemm::Precision pr = matmul_precision(cfg_);
   std::vector<int64_t> pos = positions_of(batch);
   const Varlen varlen{batch.cu_seqlens, batch.cu_seqlens};
 
@@ -232,9 +238,9 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     L.rstd1.resize(size_t(T));
     nn::rmsnorm_forward(x.f32(), P.attn_norm->value.f32(), T, D, eps, L.h1.f32(), L.rstd1.data());
     Tensor q({T, Hq, dh}), k({T, Hkv, dh}), v({T, Hkv, dh});
-    nn::linear_forward(L.h1.f32(), T, D, P.wq->value.f32(), Hq * dh, q.f32());
-    nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32());
-    nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32());
+    nn::linear_forward(L.h1.f32(), T, D, P.wq->value.f32(), Hq * dh, q.f32(), pr);
+    nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32(), pr);
+    nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32(), pr);
     const AttentionSpec spec = running_spec(l);
     if (state)  // inference: attend over the layer's decode state, which takes these tokens in
       attention_layer::decode(spec, A.rope, pos, state->layers[size_t(l)], std::move(q), std::move(k), std::move(v),
@@ -244,7 +250,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
                                L.h1, L.attn);
     L.x_in = std::move(x);
     L.x_mid = Tensor({T, D});
-    nn::linear_forward(L.attn.out.f32(), T, Hq * dh, P.wo->value.f32(), D, L.x_mid.f32());
+    nn::linear_forward(L.attn.out.f32(), T, Hq * dh, P.wo->value.f32(), D, L.x_mid.f32(), pr);
     add_into(L.x_mid, L.x_in);  // residual
     L.h2 = Tensor({T, D});
     L.rstd2.resize(size_t(T));
@@ -257,7 +263,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
       L.a = Tensor({T, F});
       L.b = Tensor({T, F});
       x = Tensor({T, D});
-      swiglu::Group ffn = dense_ffn(P, L, T);
+      swiglu::Group ffn = dense_ffn(P, L, T, pr);
       ffn.y = x.f32();
       swiglu::forward({ffn}, D, F);
     }
@@ -268,7 +274,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
   std::vector<float> rstd(static_cast<size_t>(T));
   nn::rmsnorm_forward(x.f32(), A.norm->value.f32(), T, D, eps, h.f32(), rstd.data());
   logits_out = Tensor({T, V});
-  gemm::sgemm(false, true, T, V, D, 1.0f, h.f32(), D, A.head->value.f32(), D, 0.0f, logits_out.f32(), V);
+  gemm::gemm(pr, false, true, T, V, D, 1.0f, h.f32(), D, A.head->value.f32(), D, 0.0f, logits_out.f32(), V);
   if (train) {
     A.batch = batch;
     A.positions = std::move(pos);
@@ -340,12 +346,14 @@ void Transformer::backward() {
   A.ready = false;
   const int64_t T = A.batch.size(), D = cfg_.d_model, dh = cfg_.head_dim(), Hq = cfg_.n_heads, Hkv = cfg_.n_kv_heads;
   const int64_t F = cfg_.d_ff, V = cfg_.vocab_size;
+  const gemm::Precision pr = matmul_precision(cfg_);
   const std::vector<int64_t>& pos = A.positions;
 
   // LM head: logits = h E^T
   Tensor dh_final({T, D}), dx({T, D});
-  gemm::sgemm(false, false, T, D, V, 1.0f, A.dlogits.f32(), V, A.head->value.f32(), D, 0.0f, dh_final.f32(), D);
-  gemm::sgemm(true, false, V, D, T, 1.0f, A.dlogits.f32(), V, A.h_final.f32(), D, 1.0f, A.head->grad.f32(), D);
+  gemm::gemm(pr, false, false, T, D, V, 1.0f, A.dlogits.f32(), V, A.head->value.f32(), D, 0.0f, dh_final.f32(), D);
+  gemm::gemm(pr, true, false, V, D, T, 1.0f, A.dlogits.f32(), V, A.h_final.f32(), D, 1.0f, A.head->grad.f32(),
+             D);
   nn::rmsnorm_backward(A.x_final.f32(), A.norm->value.f32(), A.rstd_final.data(), dh_final.f32(), T, D, dx.f32(), false,
                        A.norm->grad.f32());
 
@@ -367,7 +375,7 @@ void Transformer::backward() {
         add_into(P.shared_w2->grad, mg.dshared_w2);
       }
     } else {
-      swiglu::Group ffn = dense_ffn(P, L, T);
+      swiglu::Group ffn = dense_ffn(P, L, T, pr);
       ffn.dy = dx.f32(), ffn.dx = dh2.f32();
       ffn.dw1 = dw1.f32(), ffn.dw3 = dw3.f32(), ffn.dw2 = dw2.f32();
       swiglu::backward({ffn}, D, F);  // overwrites: add the weight gradients into the accumulators
@@ -380,13 +388,16 @@ void Transformer::backward() {
     // Attention branch: x_mid = x_in + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo
     Tensor dout({T, Hq, dh});
     nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
-                        P.wo->grad.f32());
+                        P.wo->grad.f32(), pr);
     attention_layer::Grads g = attention_layer::backward(cfg_, P.attention, A.rope, pos, A.varlen, L.attn, dout, L.h1);
     const bool gate_grad = !g.dh1.empty();  // nsa: its gate's input is h1 too
     Tensor dh1 = gate_grad ? std::move(g.dh1) : Tensor({T, D});
-    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad, P.wq->grad.f32());
-    nn::linear_backward(L.h1.f32(), g.dk.f32(), T, D, P.wk->value.f32(), Hkv * dh, dh1.f32(), true, P.wk->grad.f32());
-    nn::linear_backward(L.h1.f32(), g.dv.f32(), T, D, P.wv->value.f32(), Hkv * dh, dh1.f32(), true, P.wv->grad.f32());
+    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad, P.wq->grad.f32(),
+                        pr);
+    nn::linear_backward(L.h1.f32(), g.dk.f32(), T, D, P.wk->value.f32(), Hkv * dh, dh1.f32(), true, P.wk->grad.f32(),
+                        pr);
+    nn::linear_backward(L.h1.f32(), g.dv.f32(), T, D, P.wv->value.f32(), Hkv * dh, dh1.f32(), true, P.wv->grad.f32(),
+                        pr);
     nn::rmsnorm_backward(L.x_in.f32(), P.attn_norm->value.f32(), L.rstd1.data(), dh1.f32(), T, D, dx.f32(), true,
                          P.attn_norm->grad.f32());
     L = LayerActs{};  // free as we go

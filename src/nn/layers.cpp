@@ -11,14 +11,15 @@
 
 namespace longctx::nn {
 
-void linear_forward(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* y) {
-  gemm::sgemm(false, false, T, out, in, 1.0f, x, in, w, out, 0.0f, y, out);
+void linear_forward(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* y,
+                    gemm::Precision pr) {
+  gemm::gemm(pr, false, false, T, out, in, 1.0f, x, in, w, out, 0.0f, y, out);
 }
 
 void linear_backward(const float* x, const float* dy, int64_t T, int64_t in, const float* w, int64_t out, float* dx,
-                     bool accumulate, float* dw) {
-  if (dx) gemm::sgemm(false, true, T, in, out, 1.0f, dy, out, w, out, accumulate ? 1.0f : 0.0f, dx, in);
-  gemm::sgemm(true, false, in, out, T, 1.0f, x, in, dy, out, 1.0f, dw, out);
+                     bool accumulate, float* dw, gemm::Precision pr) {
+  if (dx) gemm::gemm(pr, false, true, T, in, out, 1.0f, dy, out, w, out, accumulate ? 1.0f : 0.0f, dx, in);
+  gemm::gemm(pr, true, false, in, out, T, 1.0f, x, in, dy, out, 1.0f, dw, out);
 }
 
 void rmsnorm_forward(const float* x, const float* w, int64_t T, int64_t D, float eps, float* y, float* rstd) {

@@ -1,18 +1,21 @@
 // The model's building blocks, forward next to backward: linear maps, RMSNorm, RoPE and the
 // cross-entropy loss (the SwiGLU FFN is nn/swiglu.hpp, shared with the MoE experts). Row-major activations [tokens, features]; weights of
-// linear maps are stored [in, out] so y = x W. Products use multi-threaded OpenBLAS (these are
+// linear maps are stored [in, out] so y = x W. Products use core/gemm, threaded (these are
 // called outside parallel regions); elementwise work is split over tokens with OpenMP.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "core/gemm.hpp"
+
 namespace longctx::nn {
 
-// y[T, out] = x[T, in] W[in, out]
-void linear_forward(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* y);
+// y[T, out] = x[T, in] W[in, out]; `pr` is the products' input precision (core/gemm.hpp).
+void linear_forward(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* y,
+                    gemm::Precision pr = gemm::Precision::f32);
 // dx[T, in] = dy W^T (added to dx when accumulate), dw[in, out] += x^T dy
 void linear_backward(const float* x, const float* dy, int64_t T, int64_t in, const float* w, int64_t out, float* dx,
-                     bool accumulate, float* dw);
+                     bool accumulate, float* dw, gemm::Precision pr = gemm::Precision::f32);
 
 // y = x / sqrt(mean(x^2) + eps) * w per row; rstd[t] = 1 / sqrt(mean(x_t^2) + eps) is saved.
 void rmsnorm_forward(const float* x, const float* w, int64_t T, int64_t D, float eps, float* y, float* rstd);

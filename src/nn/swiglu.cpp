@@ -57,10 +57,10 @@ void forward(const std::vector<Group>& groups, int64_t d, int64_t f) {
         const Group& g = groups[size_t(t.group)];
         const float* x = g.x + t.row0 * d;
         float *a = g.a + t.row0 * f, *b = g.b + t.row0 * f;
-        gemm::sgemm(false, false, t.rows, f, d, 1.0f, x, d, g.w1, f, 0.0f, a, f);
-        gemm::sgemm(false, false, t.rows, f, d, 1.0f, x, d, g.w3, f, 0.0f, b, f);
+        gemm::gemm(g.precision, false, false, t.rows, f, d, 1.0f, x, d, g.w1, f, 0.0f, a, f);
+        gemm::gemm(g.precision, false, false, t.rows, f, d, 1.0f, x, d, g.w3, f, 0.0f, b, f);
         gate_forward(a, b, h.get(), t.rows * f);
-        gemm::sgemm(false, false, t.rows, d, f, 1.0f, h.get(), f, g.w2, d, 0.0f, g.y + t.row0 * d, d);
+        gemm::gemm(g.precision, false, false, t.rows, d, f, 1.0f, h.get(), f, g.w2, d, 0.0f, g.y + t.row0 * d, d);
       });
 }
 
@@ -80,16 +80,20 @@ void backward(const std::vector<Group>& groups, int64_t d, int64_t f) {
     const Tile& t = tiles[size_t(i)];
     const Group& g = groups[size_t(t.group)];
     const int64_t r = (offset[size_t(t.group)] + t.row0) * f, n = t.rows;
-    gemm::sgemm(false, true, n, f, d, 1.0f, g.dy + t.row0 * d, d, g.w2, d, 0.0f, da.get() + r, f);
+    gemm::gemm(g.precision, false, true, n, f, d, 1.0f, g.dy + t.row0 * d, d, g.w2, d, 0.0f, da.get() + r, f);
     gate_backward(g.a + t.row0 * f, g.b + t.row0 * f, da.get() + r, db.get() + r, h.get() + r, n * f);
     float* dx = g.dx + t.row0 * d;
-    gemm::sgemm(false, true, n, d, f, 1.0f, da.get() + r, f, g.w1, f, 0.0f, dx, d);
-    gemm::sgemm(false, true, n, d, f, 1.0f, db.get() + r, f, g.w3, f, 1.0f, dx, d);
+    gemm::gemm(g.precision, false, true, n, d, f, 1.0f, da.get() + r, f, g.w1, f, 0.0f, dx, d);
+    gemm::gemm(g.precision, false, true, n, d, f, 1.0f, db.get() + r, f, g.w3, f, 1.0f, dx, d);
   });
 
   // Phase 2, column slices of d_ff: dW1[:, s] = x^T da[:, s], dW3[:, s] = x^T db[:, s],
-  // dW2[s, :] = h[:, s]^T dy. The reduction over rows runs inside one sgemm per slice.
-  const int64_t slice = std::min<int64_t>(f, 256), slices = (f + slice - 1) / slice;
+  // dW2[s, :] = h[:, s]^T dy. The reduction over rows runs inside one GEMM per slice. At least two
+  // slices per thread (so a dense FFN's 3 slices do not leave a thread idle a third of the phase);
+  // the slicing does not change any element's sum, so results do not depend on the thread count.
+  const int64_t per_group = std::max<int64_t>(1, 2 * parallel::max_threads() / int64_t(groups.size()));
+  const int64_t slice = std::min<int64_t>(256, (f + per_group - 1) / per_group + 15) / 16 * 16;
+  const int64_t slices = (f + slice - 1) / slice;
   parallel::run(int64_t(groups.size()) * slices, parallel::Schedule::dynamic, [](int) { return 0; },
                 [&](int64_t i, int) {
                   const Group& g = groups[size_t(i / slices)];
@@ -103,9 +107,11 @@ void backward(const std::vector<Group>& groups, int64_t d, int64_t f) {
                     std::memset(g.dw2 + f0 * d, 0, size_t(fs * d) * 4);
                     return;
                   }
-                  gemm::sgemm(true, false, d, fs, g.rows, 1.0f, g.x, d, da.get() + r + f0, f, 0.0f, g.dw1 + f0, f);
-                  gemm::sgemm(true, false, d, fs, g.rows, 1.0f, g.x, d, db.get() + r + f0, f, 0.0f, g.dw3 + f0, f);
-                  gemm::sgemm(true, false, fs, d, g.rows, 1.0f, h.get() + r + f0, f, g.dy, d, 0.0f, g.dw2 + f0 * d, d);
+                  const gemm::Precision pr = g.precision;
+                  gemm::gemm(pr, true, false, d, fs, g.rows, 1.0f, g.x, d, da.get() + r + f0, f, 0.0f, g.dw1 + f0, f);
+                  gemm::gemm(pr, true, false, d, fs, g.rows, 1.0f, g.x, d, db.get() + r + f0, f, 0.0f, g.dw3 + f0, f);
+                  gemm::gemm(pr, true, false, fs, d, g.rows, 1.0f, h.get() + r + f0, f, g.dy, d, 0.0f, g.dw2 + f0 * d,
+                             d);
                 });
 }
 

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/gemm.hpp"
+
 namespace longctx::swiglu {
 
 struct Group {
@@ -18,6 +20,7 @@ struct Group {
   const float* dy = nullptr;                                    // [rows, d] (backward)
   float* dx = nullptr;                                          // [rows, d] overwritten (backward)
   float *dw1 = nullptr, *dw3 = nullptr, *dw2 = nullptr;         // overwritten; zero if rows == 0
+  gemm::Precision precision = gemm::Precision::f32;             // of the products' inputs
 };
 
 // A group of `rows` input rows x with weights w1, w3, w2; the caller sets the other fields.

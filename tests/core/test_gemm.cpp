@@ -88,10 +88,10 @@ TEST_P(GemmIsa, MatchesFloat64OnAwkwardShapes) {
   GemmSettings restore;
   const auto [isa, pr] = GetParam();
   gemm::set_isa(isa);
-  // 1x1x1; below one tile; one past the tile in each dimension; past MC, NC and KC; odd k (bf16 pads
+  // 1x1x1; below one tile; one past the tile in each dimension; past NC, KC and the bf16 row block (192); odd k (bf16 pads
   // a pair); long k (several KC blocks); big enough for the threaded split (~2 M multiply-adds).
   const Shape shapes[] = {{1, 1, 1},    {5, 3, 7},     {7, 65, 1},    {13, 17, 129}, {97, 513, 33},
-                          {6, 64, 256}, {31, 70, 257}, {9, 11, 1031}, {130, 257, 75}};
+                          {6, 64, 256}, {31, 70, 257}, {9, 11, 1031}, {130, 257, 75}, {200, 70, 40}};
   uint64_t seed = 11;
   for (const Shape& s : shapes)
     for (bool ta : {false, true})

@@ -33,6 +33,11 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;
   bool tie_embeddings = true;
+  // Inputs of the model's matrix products (JSON "matmul_precision": "f32" or "bf16"): bf16 is mixed
+  // precision, the linear layers, dense SwiGLU FFNs, the LM head and the attention tile products
+  // take bf16-rounded inputs and sum in fp32, while weights, optimizer state, norms and softmax
+  // stay fp32 (MoE experts and Infini-attention stay fp32 in this version).
+  DType matmul_precision = DType::f32;
   // One per layer: the kind and its kernel's options (JSON: {"kind": ..., <that kind's fields>}).
   std::vector<AttentionSpec> attention;
   std::vector<FfnSpec> ffn;              // one per layer

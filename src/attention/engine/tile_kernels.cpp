@@ -54,9 +54,9 @@ void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int
   into.m[i] = m;
 }
 
-void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale,
+void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, gemm::Precision products,
                   const TileMask& mask, SoftmaxState st, float* s) {
-  gemm::sgemm(false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, s, n);
+  gemm::gemm(products, false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, s, n);
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * n;
     int64_t lo, hi;
@@ -69,7 +69,7 @@ void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float 
     std::fill(si + hi, si + n, 0.0f);
     fold_scores(st, i, si + lo, hi - lo, scale, d);
   }
-  gemm::sgemm(false, false, rows, d, n, 1.0f, s, n, v.p, v.ld, 1.0f, st.acc, st.ld_acc);
+  gemm::gemm(products, false, false, rows, d, n, 1.0f, s, n, v.p, v.ld, 1.0f, st.acc, st.ld_acc);
 }
 
 void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_out, float* lse) {
@@ -88,10 +88,10 @@ void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_
 }
 
 void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k,
-                   Rows v, int64_t n, int d, float scale, const TileMask& mask, float* dq,
+                   Rows v, int64_t n, int d, float scale, gemm::Precision products, const TileMask& mask, float* dq,
                    int64_t ld_dq, float* dk, float* dv, int64_t ld_dkv, float* p, float* dp) {
   // P = exp(scale * Q K^T - lse), zero outside the mask.
-  gemm::sgemm(false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, p, n);
+  gemm::gemm(products, false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, p, n);
   for (int64_t i = 0; i < rows; ++i) {
     float* pi = p + i * n;
     int64_t lo, hi;
@@ -105,11 +105,11 @@ void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int6
     simd::exp_scaled_sum(pi + lo, hi - lo, scale, lse[i]);
   }
   // dV += P^T dO;  dP = dO V^T;  dS = P o (dP - D);  dK += scale dS^T Q;  dQ += scale dS K.
-  gemm::sgemm(true, false, n, d, rows, 1.0f, p, n, dout.p, dout.ld, 1.0f, dv, ld_dkv);
-  gemm::sgemm(false, true, rows, n, d, 1.0f, dout.p, dout.ld, v.p, v.ld, 0.0f, dp, n);
+  gemm::gemm(products, true, false, n, d, rows, 1.0f, p, n, dout.p, dout.ld, 1.0f, dv, ld_dkv);
+  gemm::gemm(products, false, true, rows, n, d, 1.0f, dout.p, dout.ld, v.p, v.ld, 0.0f, dp, n);
   for (int64_t i = 0; i < rows; ++i) simd::softmax_grad_inplace(dp + i * n, p + i * n, n, delta[i]);
-  gemm::sgemm(true, false, n, d, rows, scale, dp, n, q.p, q.ld, 1.0f, dk, ld_dkv);
-  gemm::sgemm(false, false, rows, d, n, scale, dp, n, k.p, k.ld, 1.0f, dq, ld_dq);
+  gemm::gemm(products, true, false, n, d, rows, scale, dp, n, q.p, q.ld, 1.0f, dk, ld_dkv);
+  gemm::gemm(products, false, false, rows, d, n, scale, dp, n, k.p, k.ld, 1.0f, dq, ld_dq);
 }
 
 }  // namespace longctx::attn
@@ -179,7 +179,7 @@ void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Ten
     const Rows kr = load_rows(k, s.k0 + kp, n, g, ws.k.data());
     const Rows vr = load_rows(v, s.k0 + kp, n, g, ws.v.data());
     const TileMask mask = all_visible ? TileMask{} : make_tile_mask(p, pos0, rows, kp, n, s.lk);
-    tile_forward(q, rows, kr, vr, n, p.d, p.scale, mask, st, ws.s.data());
+    tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data());
   }
 }
 
@@ -195,7 +195,7 @@ void backward_key_tile(const Problem& p, const Seq& s, const BackwardInputs& in,
       const Rows qr = load_rows(in.q, row0, rows, h, ws.q.data());
       const Rows dor = load_rows(in.dout, row0, rows, h, ws.dout.data());
       const int64_t stat = int64_t(h) * p.tq + row0;
-      tile_backward(qr, dor, in.lse + stat, in.delta + stat, rows, kr, vr, n, p.d, p.scale,
+      tile_backward(qr, dor, in.lse + stat, in.delta + stat, rows, kr, vr, n, p.d, p.scale, p.products,
                     make_tile_mask(p, t + s.offset(), rows, k_pos0, n, s.lk), dq + (row0 * p.hq + h) * p.d,
                     ld_q, dk, dv, ld_kv, ws.s.data(), ws.dp.data());
     }

@@ -2,7 +2,7 @@
 // key/value rows, forward (running max/sum/accumulator, merged tile by tile as in FlashAttention)
 // and backward (FlashAttention-2, Dao, arXiv 2307.08691, section 3.1.2: P recomputed from the
 // saved LSE, D = rowsum(dO o O)).
-// Products go to OpenBLAS; masks are per-row key ranges.
+// Products go to core/gemm (fp32, or bf16 inputs with fp32 sums); masks are per-row key ranges.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -46,7 +46,7 @@ void fold_scores(SoftmaxState st, int64_t i, float* s, int64_t n, float scale, i
 void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int d);
 
 // Folds keys k[0..n) / values v[0..n) into the state of q[0..rows). `s` is scratch of rows * n.
-void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale,
+void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, gemm::Precision products,
                   const TileMask& mask, SoftmaxState st, float* s);
 
 // out = acc / l and lse = m + log(l) per row (out written in place of acc when out == acc);
@@ -57,7 +57,7 @@ void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_
 // dq[rows x d] (stride ld_dq), dk[n x d] and dv[n x d] (stride ld_dkv). lse and delta
 // (= rowsum(dO o O)) are per query row. `p` and `dp` are scratch of rows * n each.
 void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k,
-                   Rows v, int64_t n, int d, float scale, const TileMask& mask, float* dq,
+                   Rows v, int64_t n, int d, float scale, gemm::Precision products, const TileMask& mask, float* dq,
                    int64_t ld_dq, float* dk, float* dv, int64_t ld_dkv, float* p, float* dp);
 
 }  // namespace longctx::attn

@@ -71,6 +71,7 @@ Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Te
   p.scale = opts.softmax_scale > 0.0f ? opts.softmax_scale : 1.0f / std::sqrt(float(p.d));
   p.causal = opts.causal;
   p.window = opts.window;
+  p.products = k.dtype() == DType::bf16 ? gemm::Precision::bf16 : gemm::Precision::f32;
 
   LONGCTX_CHECK(varlen.cu_q.empty() == varlen.cu_k.empty(), who,
                 ": give both cu_seqlens_q and cu_seqlens_k, or neither");

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/gemm.hpp"
+
 namespace longctx::attn {
 
 struct Seq {
@@ -21,6 +23,9 @@ struct Problem {
   float scale = 1.0f;
   bool causal = true;
   int64_t window = 0;
+  // Inputs of the tile products: bf16 when K and V are stored in bf16 (Q and P are then rounded to
+  // bf16 per tile, the products summed in fp32: vdpbf16ps), fp32 otherwise.
+  gemm::Precision products = gemm::Precision::f32;
   std::vector<Seq> seqs;
 
   int kv_head(int h) const { return h / group; }

@@ -104,7 +104,7 @@ AttentionResult selected_forward(const Problem& p, const Tensor& q, const Tensor
             }
           const Rows kr = load_rows(k, s.k0 + k0, nk, it.head, st.ws.k.data());
           const Rows vr = load_rows(v, s.k0 + k0, nk, it.head, st.ws.v.data());
-          tile_forward({st.ws.q.data(), d}, rows, kr, vr, nk, d, p.scale, causal_rows(k0, st.ws.hi.data()),
+          tile_forward({st.ws.q.data(), d}, rows, kr, vr, nk, d, p.scale, p.products, causal_rows(k0, st.ws.hi.data()),
                        {st.ws.m.data(), st.ws.l.data(), st.ws.acc.data(), d}, st.ws.s.data());
           for (int hh = 0; hh < p.group; ++hh)
             for (int64_t c = 0; c < np; ++c) {
@@ -195,7 +195,7 @@ void selected_backward(const Problem& p, const Tensor& q, const Tensor& k, const
             }
           std::fill_n(ws.dq.data(), rows * d, 0.0f);
           tile_backward({ws.q.data(), d}, {ws.dout.data(), d}, ws.lse.data(), ws.delta.data(), rows, kr, vr, nk, d,
-                        p.scale, causal_rows(k0, ws.hi.data()), ws.dq.data(), d, g.dk.f32() + kv_off,
+                        p.scale, p.products, causal_rows(k0, ws.hi.data()), ws.dq.data(), d, g.dk.f32() + kv_off,
                         g.dv.f32() + kv_off, int64_t(p.hkv) * d, ws.s.data(), ws.dp.data());
           for (int hh = 0; hh < p.group; ++hh)
             for (int64_t c = 0; c < np; ++c) {

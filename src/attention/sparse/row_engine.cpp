@@ -125,7 +125,7 @@ int64_t topk_tokens_row(const SparseSource& src, const float* q, int h, int64_t 
     for (int64_t i = 0; i < n; ++i) ws.flat[size_t(i)] = (src.s.k0 + visited[first + size_t(c + i)]) * src.p.hkv + g;
     gather_rows(src.k, ws.flat.data(), n, ws.tile.k.data());
     gather_rows(src.v, ws.flat.data(), n, ws.tile.v.data());
-    tile_forward(Rows{q, d}, 1, Rows{ws.tile.k.data(), d}, Rows{ws.tile.v.data(), d}, n, d, src.p.scale, TileMask{}, st,
+    tile_forward(Rows{q, d}, 1, Rows{ws.tile.k.data(), d}, Rows{ws.tile.v.data(), d}, n, d, src.p.scale, src.p.products, TileMask{}, st,
                  ws.tile.s.data());
   });
   return n_sel;
@@ -249,7 +249,7 @@ AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const
               for_key_chunks(begin, end, [&](int64_t kp, int64_t n) {
                 const Rows kr = load_rows(k, s.k0 + kp, n, gi, ws.k.data());
                 const Rows vr = load_rows(v, s.k0 + kp, n, gi, ws.v.data());
-                tile_backward(qr, dor, lse, &delta[size_t(stat)], 1, kr, vr, n, p.d, p.scale, TileMask{}, dq, p.d,
+                tile_backward(qr, dor, lse, &delta[size_t(stat)], 1, kr, vr, n, p.d, p.scale, p.products, TileMask{}, dq, p.d,
                               dk0 + kp * ld_kv, dv0 + kp * ld_kv, ld_kv, ws.s.data(), ws.dp.data());
               });
             };
@@ -266,7 +266,7 @@ AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const
               std::fill_n(sc.dk.data(), n * p.d, 0.0f);
               std::fill_n(sc.dv.data(), n * p.d, 0.0f);
               tile_backward(qr, dor, lse, &delta[size_t(stat)], 1, Rows{ws.k.data(), p.d}, Rows{ws.v.data(), p.d}, n,
-                            p.d, p.scale, TileMask{}, dq, p.d, sc.dk.data(), sc.dv.data(), p.d, ws.s.data(),
+                            p.d, p.scale, p.products, TileMask{}, dq, p.d, sc.dk.data(), sc.dv.data(), p.d, ws.s.data(),
                             ws.dp.data());
               for (int64_t i = 0; i < n; ++i) {
                 simd::add_inplace(dk0 + vis[c + i] * ld_kv, &sc.dk[size_t(i * p.d)], p.d);

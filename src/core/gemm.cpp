@@ -73,11 +73,11 @@ void run_threaded(const detail::Call& c, int threads) {
       detail::Call part = c;
       if (by_rows) {
         part.m = hi - lo;
-        part.a += c.trans_a ? lo : lo * c.lda;
+        part.a = c.a.shifted(c.a.trans ? lo : lo * c.a.ld);
         part.c += lo * c.ldc;
       } else {
         part.n = hi - lo;
-        part.b += c.trans_b ? lo * c.ldb : lo;
+        part.b = c.b.shifted(c.b.trans ? lo * c.b.ld : lo);
         part.c += lo;
       }
       run_one_thread(part);
@@ -125,21 +125,23 @@ std::string describe() {
   return "native/" + isa_name(current_isa());
 }
 
-void gemm(Precision precision, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+void gemm(Precision precision, int64_t m, int64_t n, int64_t k, float alpha, const Operand& a, const Operand& b,
+          float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {  // C = beta * C
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
+  if (bool(a.f32) == bool(a.bf16) || bool(b.f32) == bool(b.bf16))
+    throw std::invalid_argument("gemm: each operand needs exactly one of its fp32 / bf16 pointers");
   const bool bf16 = precision == Precision::bf16;
-  if (!bf16 && current_backend() == Backend::openblas) {
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
+  if (!bf16 && a.f32 && b.f32 && current_backend() == Backend::openblas) {
+    cblas_sgemm(CblasRowMajor, a.trans ? CblasTrans : CblasNoTrans, b.trans ? CblasTrans : CblasNoTrans, blasint(m),
+                blasint(n), blasint(k), alpha, a.f32, blasint(a.ld), b.f32, blasint(b.ld), beta, c, blasint(ldc));
     return;
   }
-  const detail::Call call{trans_a, trans_b, bf16, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc};
+  const detail::Call call{bf16, m, n, k, alpha, a, b, beta, c, ldc};
   // Below ~2 M multiply-adds a fork/join costs more than it saves.
   const int threads = omp_in_parallel() || m * n * k < (int64_t(1) << 21) ? 1 : omp_get_max_threads();
   if (threads > 1)

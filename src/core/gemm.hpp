@@ -14,10 +14,28 @@ namespace longctx::gemm {
 // fp32 (vdpbf16ps where the CPU has AVX512_BF16, the same rounding and fp32 FMAs elsewhere).
 enum class Precision { f32, bf16 };
 
-// C[m x n] = alpha * op(A) * op(B) + beta * C; op(X) = X^T when the flag is set.
-// lda/ldb/ldc are row strides of the matrices as stored. C is not read when beta == 0.
-void gemm(Precision precision, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// One input matrix as stored: fp32 or bf16 (exactly one of the pointers set), row stride ld, and
+// whether the product uses its transpose.
+struct Operand {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  int64_t ld = 0;
+  bool trans = false;
+  // The same matrix seen from stored element `e` on (a row or column offset).
+  Operand shifted(int64_t e) const { return {f32 ? f32 + e : nullptr, bf16 ? bf16 + e : nullptr, ld, trans}; }
+};
+
+// C[m x n] = alpha * op(A) * op(B) + beta * C, op(X) = X^T when X.trans. C is not read when
+// beta == 0. bf16 operands are read as stored (no copy to fp32): with Precision::bf16 a bf16 A in
+// row-major order is broadcast by the kernel straight from memory.
+void gemm(Precision precision, int64_t m, int64_t n, int64_t k, float alpha, const Operand& a, const Operand& b,
+          float beta, float* c, int64_t ldc);
+
+// The same with fp32 operands: lda/ldb/ldc are row strides of the matrices as stored.
+inline void gemm(Precision precision, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm(precision, m, n, k, alpha, Operand{a, nullptr, lda, trans_a}, Operand{b, nullptr, ldb, trans_b}, beta, c, ldc);
+}
 
 inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {

@@ -10,15 +10,14 @@ namespace {
 
 struct KernelBf16 {
   static constexpr int MR = 6, NV = 4, NR = NV * 16, k_per_elem = 2;
-  using Elem = uint32_t;
-  template <int R>
-  static void pack(uint32_t* out, const float* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc, bool) {
+  template <int R, class S>
+  static void pack(pair_t* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc, bool) {
     pack_bf16_pairs<R>(out, x, rs, cs, rows, kc);
   }
   // A element pair (i, kp) at ap[i * a_rs + kp * a_cs] (convert_a_bf16's layouts).
   template <bool KContiguous>
-  static void tile(int64_t kpairs, const uint32_t* __restrict ap, int64_t a_rs, int64_t a_cs,
-                   const uint32_t* __restrict bp, float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha,
+  static void tile(int64_t kpairs, const pair_t* __restrict ap, int64_t a_rs, int64_t a_cs,
+                   const pair_t* __restrict bp, float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha,
                    float beta) {
     using V = VecOf<16>::type;
     V acc[MR][NV] = {};
@@ -40,6 +39,6 @@ struct KernelBf16 {
 
 }  // namespace
 
-void run_avx512_bf16(const Call& c, float* pack_a, float* pack_b) { run_blocked<KernelBf16>(c, pack_a, pack_b); }
+void run_avx512_bf16(const Call& c, float* pack_a, float* pack_b) { run_stored<KernelBf16>(c, pack_a, pack_b); }
 
 }  // namespace longctx::gemm::detail

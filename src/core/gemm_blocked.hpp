@@ -2,14 +2,16 @@
 // "Anatomy of High-Performance Matrix Multiplication", ACM TOMS 2008) around an MR x NR
 // register-blocked micro-kernel. The fp32 kernel is written with GCC vector extensions, so this
 // one source compiles to AVX-512, AVX2+FMA and portable code; the bf16 kernel (vdpbf16ps) lives in
-// gemm_avx512bf16.cpp and plugs into the same driver. Included only by the per-ISA .cpp files,
-// each built with its own target flags; everything here has internal linkage so those copies
-// never merge at link time.
+// gemm_avx512bf16.cpp and plugs into the same driver. Operands are fp32 or bf16 as stored (S =
+// float or uint16_t below). Included only by the per-ISA .cpp files, each built with its own
+// target flags; everything here has internal linkage so those copies never merge at link time.
 #pragma once
 #include <longctx/core/tensor.hpp>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "core/gemm_isa.hpp"
 
@@ -21,11 +23,38 @@ struct VecOf {
   typedef float type __attribute__((vector_size(W * sizeof(float))));
 };
 
-inline float round_to_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+// A bf16 pair (k even in the low half, k odd in the high half), as vdpbf16ps reads it; may alias
+// the uint16_t storage it is read from in place.
+typedef uint32_t pair_t __attribute__((may_alias));
 
-// dst[c * ld_dst + r] = src[r * ld_src + c] for a 16 x 16 block, in registers: in round s = 1, 2,
-// 4, 8, rows r and r + s (r / s even) swap their off-diagonal s-wide blocks, the recursive block
-// transpose; each round is one two-input shuffle per row (vpermt2ps on AVX-512).
+inline float widen(float x) { return x; }
+inline float widen(uint16_t b) { return bf16_to_f32(b); }
+inline uint32_t bf16_bits(float x) { return f32_to_bf16(x); }
+inline uint32_t bf16_bits(uint16_t b) { return b; }
+inline float round_to_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+template <class S>
+inline uint32_t bf16_pair(S lo, S hi) {
+  return bf16_bits(lo) | bf16_bits(hi) << 16;
+}
+
+// Shuffle indices of transpose16's four rounds (s = 1, 2, 4, 8) into the lanes of (a, b), b's
+// lanes being 16..31: row r keeps its own lanes where (c / s) is even and takes b's lanes c - s
+// elsewhere (kTransposeLo); row r + s the mirror (kTransposeHi).
+constexpr std::array<std::array<int, 16>, 4> transpose_indices(bool hi) {
+  std::array<std::array<int, 16>, 4> idx{};
+  for (int round = 0, s = 1; round < 4; ++round, s *= 2)
+    for (int c = 0; c < 16; ++c) {
+      const bool first = (c / s) % 2 == 0;
+      idx[size_t(round)][size_t(c)] = hi ? (first ? c + s : 16 + c) : (first ? c : 16 + c - s);
+    }
+  return idx;
+}
+alignas(64) constexpr std::array<std::array<int, 16>, 4> kTransposeLo = transpose_indices(false),
+                                                           kTransposeHi = transpose_indices(true);
+
+// dst[c * ld_dst + r] = src[r * ld_src + c] for a 16 x 16 block of 32-bit values, in registers: in
+// round s = 1, 2, 4, 8, rows r and r + s (r / s even) swap their off-diagonal s-wide blocks, the
+// recursive block transpose; each round is one two-input shuffle per row (vpermt2ps on AVX-512).
 template <bool Round>
 inline void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
   using V = VecOf<16>::type;
@@ -33,13 +62,11 @@ inline void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld
   V v[16];
   for (int r = 0; r < 16; ++r) std::memcpy(&v[r], src + r * ld_src, sizeof(V));
 #pragma GCC unroll 4
-  for (int s = 1; s < 16; s *= 2) {
-    I lo, hi;  // indices into (a, b): b's lanes are 16..31
-    for (int c = 0; c < 16; ++c) {
-      const bool first = (c / s) % 2 == 0;
-      lo[c] = first ? c : 16 + c - s;
-      hi[c] = first ? c + s : 16 + c;
-    }
+  for (int round = 0; round < 4; ++round) {
+    const int s = 1 << round;
+    I lo, hi;
+    std::memcpy(&lo, kTransposeLo[size_t(round)].data(), sizeof lo);
+    std::memcpy(&hi, kTransposeHi[size_t(round)].data(), sizeof hi);
 #pragma GCC unroll 16
     for (int r = 0; r < 16; ++r)
       if ((r / s) % 2 == 0) {
@@ -59,88 +86,94 @@ inline void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld
 // X(r, kk) = x[r * rs + kk * cs] for r < rows and 0 past them (zero padding keeps the micro-kernel
 // branch-free). One of rs, cs is 1. Round: the values are rounded to bf16 (the bf16 precision on
 // machines without vdpbf16ps).
-template <int R, bool Round>
-void pack_f32(float* out, const float* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc) {
-  const auto val = [](float v) { return Round ? round_to_bf16(v) : v; };
+template <int R, bool Round, class S>
+void pack_f32(float* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc) {
+  const auto val = [](S v) { return Round ? round_to_bf16(widen(v)) : widen(v); };
   if (rows == R && rs == 1) {  // X(., kk) contiguous: a straight copy per kk
     for (int64_t kk = 0; kk < kc; ++kk)
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) out[kk * R + r] = val(x[kk * cs + r]);
-  } else if (rows == R) {  // X(r, .) contiguous: a transpose
+    return;
+  }
+  if (rows == R) {  // X(r, .) contiguous: a transpose
     int64_t kk = 0;
-    if constexpr (R % 16 == 0)
+    if constexpr (R % 16 == 0 && std::is_same_v<S, float>)
       for (; kk + 16 <= kc; kk += 16)
         for (int r = 0; r < R; r += 16) transpose16<Round>(x + r * rs + kk, rs, out + kk * R + r, R);
     for (; kk < kc; ++kk)
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) out[kk * R + r] = val(x[r * rs + kk]);
-  } else {
-    for (int64_t kk = 0; kk < kc; ++kk)
-      for (int r = 0; r < R; ++r) out[kk * R + r] = r < rows ? val(x[r * rs + kk * cs]) : 0.0f;
+    return;
   }
+  for (int64_t kk = 0; kk < kc; ++kk)
+    for (int r = 0; r < R; ++r) out[kk * R + r] = r < rows ? val(x[r * rs + kk * cs]) : 0.0f;
 }
-
-inline uint32_t bf16_pair(float lo, float hi) { return uint32_t(f32_to_bf16(lo)) | uint32_t(f32_to_bf16(hi)) << 16; }
 
 // As pack_f32, for vdpbf16ps: k in pairs, out[kp * R + r] = bf16 X(r, 2kp) | bf16 X(r, 2kp+1) << 16
 // (an odd kc is padded with a zero).
-template <int R>
-void pack_bf16_pairs(uint32_t* out, const float* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc) {
+template <int R, class S>
+void pack_bf16_pairs(pair_t* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc) {
   const int64_t pairs = kc / 2;
   int64_t kp = 0;
   if (rows == R && rs == 1) {  // X(., k) contiguous: two source rows interleave
     for (; kp < pairs; ++kp) {
-      const float *lo = x + 2 * kp * cs, *hi = lo + cs;
+      const S *lo = x + 2 * kp * cs, *hi = lo + cs;
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) out[kp * R + r] = bf16_pair(lo[r], hi[r]);
     }
-  } else if (rows == R && R % 16 == 0) {  // X(r, .) contiguous: convert 16 x 16 pairs, then transpose
-    alignas(64) uint32_t t[16][16];
+  } else if (rows == R && R % 16 == 0) {  // X(r, .) contiguous: 16 x 16 pairs at a time, transposed
+    alignas(64) pair_t t[16][16];
     for (; kp + 16 <= pairs; kp += 16)
       for (int r0 = 0; r0 < R; r0 += 16) {
         for (int r = 0; r < 16; ++r) {
-          const float* src = x + (r0 + r) * rs + 2 * kp;
+          const S* src = x + (r0 + r) * rs + 2 * kp;
           for (int c = 0; c < 16; ++c) t[r][c] = bf16_pair(src[2 * c], src[2 * c + 1]);
         }
-        transpose16<false>(reinterpret_cast<const float*>(&t[0][0]), 16, reinterpret_cast<float*>(out + kp * R + r0), R);
+        transpose16<false>(reinterpret_cast<const float*>(&t[0][0]), 16, reinterpret_cast<float*>(out + kp * R + r0),
+                           R);
       }
   }
   for (; kp < (kc + 1) / 2; ++kp) {
     const int64_t k0 = 2 * kp;
     const bool has_hi = k0 + 1 < kc;
     for (int r = 0; r < R; ++r) {
-      const float lo = r < rows ? x[r * rs + k0 * cs] : 0.0f;
-      const float hi = r < rows && has_hi ? x[r * rs + (k0 + 1) * cs] : 0.0f;
+      const S zero{};
+      const S lo = r < rows ? x[r * rs + k0 * cs] : zero;
+      const S hi = r < rows && has_hi ? x[r * rs + (k0 + 1) * cs] : zero;
       out[kp * R + r] = bf16_pair(lo, hi);
     }
   }
 }
 
-// A block of `rows` rows of A (X(r, k) = x[r * rs + k * cs], k < kc) as bf16 pairs the bf16 kernel
+// `rows` rows of A (X(r, k) = x[r * rs + k * cs], k < kc) as bf16 pairs the bf16 kernel
 // broadcasts from, in the layout the source has, so the conversion reads and writes contiguously:
 // row-major out[r * ld + kp] (cs == 1, returns ld = pairs) or pair-major out[kp * ld + r]
 // (rs == 1, returns ld = padded rows). Rows up to `padded_rows` are zero.
-inline int64_t convert_a_bf16(uint32_t* out, const float* x, int64_t rs, int64_t cs, int64_t rows,
-                              int64_t padded_rows, int64_t kc) {
+template <class S>
+int64_t convert_a_bf16(pair_t* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t padded_rows,
+                       int64_t kc) {
   const int64_t pairs = (kc + 1) / 2, even = kc / 2;
+  const S zero{};
   if (cs == 1) {
     for (int64_t r = 0; r < padded_rows; ++r) {
-      uint32_t* o = out + r * pairs;
-      const float* src = x + r * rs;
+      pair_t* o = out + r * pairs;
+      const S* src = x + r * rs;
       if (r >= rows) {
         for (int64_t kp = 0; kp < pairs; ++kp) o[kp] = 0;
         continue;
       }
       for (int64_t kp = 0; kp < even; ++kp) o[kp] = bf16_pair(src[2 * kp], src[2 * kp + 1]);
-      if (pairs > even) o[even] = bf16_pair(src[kc - 1], 0.0f);
+      if (pairs > even) o[even] = bf16_pair(src[kc - 1], zero);
     }
     return pairs;
   }
   for (int64_t kp = 0; kp < pairs; ++kp) {
-    uint32_t* o = out + kp * padded_rows;
-    const float *lo = x + 2 * kp * cs, *hi = lo + cs;
-    const bool has_hi = 2 * kp + 1 < kc;
-    for (int64_t r = 0; r < rows; ++r) o[r] = bf16_pair(lo[r], has_hi ? hi[r] : 0.0f);
+    pair_t* o = out + kp * padded_rows;
+    const S *lo = x + 2 * kp * cs, *hi = lo + cs;
+    if (2 * kp + 1 < kc)
+      for (int64_t r = 0; r < rows; ++r) o[r] = bf16_pair(lo[r], hi[r]);
+    else
+      for (int64_t r = 0; r < rows; ++r) o[r] = bf16_pair(lo[r], zero);
     for (int64_t r = rows; r < padded_rows; ++r) o[r] = 0;
   }
   return padded_rows;
@@ -177,20 +210,20 @@ inline void store_tile(typename VecOf<W>::type (&acc)[MR][NV], float* c, int64_t
 }
 
 // fp32 micro-kernel: MR rows x NV vectors of W lanes; per k, NV vector loads of packed B and MR
-// broadcasts of packed A feed MR * NV independent FMA chains (enough to hide the FMA latency).
+// broadcasts of A feed MR * NV independent FMA chains (enough to hide the FMA latency).
 template <int W, int MR_, int NV>
 struct KernelF32 {
   static constexpr int MR = MR_, NR = NV * W, k_per_elem = 1;
   using Elem = float;
-  template <int R>
-  static void pack(float* out, const float* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc, bool bf16) {
+  template <int R, class S>
+  static void pack(float* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t kc, bool bf16) {
     if (bf16)
       pack_f32<R, true>(out, x, rs, cs, rows, kc);
     else
       pack_f32<R, false>(out, x, rs, cs, rows, kc);
   }
   // A element (i, k) at a[i * a_rs + k * a_cs]: a packed panel (a_rs = 1, a_cs = MR) or, for full
-  // panels, A itself in place (the kernel broadcasts straight from it: no packing).
+  // panels of fp32 A, A itself in place (the kernel broadcasts straight from it: no packing).
   template <bool KContiguous>
   static void tile(int64_t kc, const float* __restrict ap, int64_t a_rs, int64_t a_cs, const float* __restrict bp,
                    float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
@@ -211,15 +244,16 @@ struct KernelF32 {
   }
 };
 
-// The blocked driver for one thread: loops NC / KC around a packed KC x NC block of B, then for each
-// MR-row panel of A (read in place or packed) runs the kernel along the block.
-template <class Kernel>
-void run_blocked(const Call& g, float* pack_a, float* pack_b) {
+// The blocked driver for one thread, A and B stored as SA / SB: loops NC / KC around a packed
+// KC x NC block of B, then for each MR-row panel of A (read in place, packed or converted to bf16
+// pairs) runs the kernel along the block.
+template <class Kernel, class SA, class SB>
+void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* pack_b) {
   constexpr int MR = Kernel::MR, NR = Kernel::NR, KS = Kernel::k_per_elem;
-  using E = typename Kernel::Elem;
+  using E = std::conditional_t<KS == 2, pair_t, float>;
   // Panels of A are rows of op(A); panels of B are columns of op(B), i.e. X(j, p) = op(B)(p, j).
-  const int64_t a_rs = g.trans_a ? 1 : g.lda, a_cs = g.trans_a ? g.lda : 1;
-  const int64_t b_rs = g.trans_b ? g.ldb : 1, b_cs = g.trans_b ? 1 : g.ldb;
+  const int64_t a_rs = g.a.trans ? 1 : g.a.ld, a_cs = g.a.trans ? g.a.ld : 1;
+  const int64_t b_rs = g.b.trans ? g.b.ld : 1, b_cs = g.b.trans ? 1 : g.b.ld;
   E* const ap = reinterpret_cast<E*>(pack_a);
   E* const bp = reinterpret_cast<E*>(pack_b);
   for (int64_t jc = 0; jc < g.n; jc += kNC) {
@@ -227,46 +261,69 @@ void run_blocked(const Call& g, float* pack_a, float* pack_b) {
     for (int64_t pc = 0; pc < g.k; pc += kKC) {
       const int64_t kc = g.k - pc < kKC ? g.k - pc : kKC, ku = (kc + KS - 1) / KS;
       for (int64_t jr = 0; jr < nc; jr += NR)
-        Kernel::template pack<NR>(bp + jr * ku, g.b + (jc + jr) * b_rs + pc * b_cs, b_rs, b_cs,
+        Kernel::template pack<NR>(bp + jr * ku, B + (jc + jr) * b_rs + pc * b_cs, b_rs, b_cs,
                                   nc - jr < NR ? nc - jr : NR, kc, g.bf16);
       const float beta = pc == 0 ? g.beta : 1.0f;
-      if constexpr (KS == 2) {  // bf16 pairs: convert kMC rows of A at a time, then broadcast from them
+      const auto along_block = [&](const E* a, int64_t rs, int64_t cs, int64_t row0, int64_t mr, bool k_contiguous) {
+        float* c = g.c + row0 * g.ldc + jc;
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int64_t nr = nc - jr < NR ? nc - jr : NR;
+          if (k_contiguous)
+            Kernel::template tile<true>(ku, a, rs, 1, bp + jr * ku, c + jr, g.ldc, mr, nr, g.alpha, beta);
+          else
+            Kernel::template tile<false>(ku, a, 1, cs, bp + jr * ku, c + jr, g.ldc, mr, nr, g.alpha, beta);
+        }
+      };
+      if constexpr (KS == 2) {
+        // bf16 A in row-major order with whole pairs is broadcast in place; other A is converted
+        // kMC rows at a time.
+        if constexpr (std::is_same_v<SA, uint16_t>)
+          if (a_cs == 1 && a_rs % 2 == 0 && pc % 2 == 0 && kc % 2 == 0 && uintptr_t(A) % 4 == 0) {
+            for (int64_t ir = 0; ir < g.m; ir += MR) {
+              const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
+              const uint16_t* a = A + ir * a_rs + pc;
+              if (mr == MR)
+                along_block(reinterpret_cast<const pair_t*>(a), a_rs / 2, 1, ir, mr, true);
+              else
+                along_block(ap, convert_a_bf16(ap, a, a_rs, 1, mr, MR, kc), 1, ir, mr, true);
+            }
+            continue;
+          }
         for (int64_t ic = 0; ic < g.m; ic += kMC) {
           const int64_t mc = g.m - ic < kMC ? g.m - ic : kMC, padded = (mc + MR - 1) / MR * MR;
-          const int64_t ld = convert_a_bf16(ap, g.a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, padded, kc);
-          for (int64_t ir = 0; ir < mc; ir += MR)
-            for (int64_t jr = 0; jr < nc; jr += NR) {
-              float* c = g.c + (ic + ir) * g.ldc + jc + jr;
-              const int64_t mr = mc - ir < MR ? mc - ir : MR, nr = nc - jr < NR ? nc - jr : NR;
-              if (a_cs == 1)
-                Kernel::template tile<true>(ku, ap + ir * ld, ld, 1, bp + jr * ku, c, g.ldc, mr, nr, g.alpha, beta);
-              else
-                Kernel::template tile<false>(ku, ap + ir, 1, ld, bp + jr * ku, c, g.ldc, mr, nr, g.alpha, beta);
-            }
-        }
-        continue;
-      }
-      for (int64_t ir = 0; ir < g.m; ir += MR) {
-        const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
-        const float* a = g.a + ir * a_rs + pc * a_cs;
-        float* c = g.c + ir * g.ldc + jc;
-        if (mr == MR && !g.bf16) {
-          for (int64_t jr = 0; jr < nc; jr += NR)
+          const int64_t ld = convert_a_bf16(ap, A + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, padded, kc);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t mr = mc - ir < MR ? mc - ir : MR;
             if (a_cs == 1)
-              Kernel::template tile<true>(kc, reinterpret_cast<const E*>(a), a_rs, 1, bp + jr * ku, c + jr, g.ldc,
-                                          mr, nc - jr < NR ? nc - jr : NR, g.alpha, beta);
+              along_block(ap + ir * ld, ld, 1, ic + ir, mr, true);
             else
-              Kernel::template tile<false>(kc, reinterpret_cast<const E*>(a), 1, a_cs, bp + jr * ku, c + jr, g.ldc,
-                                           mr, nc - jr < NR ? nc - jr : NR, g.alpha, beta);
-          continue;
+              along_block(ap + ir, 1, ld, ic + ir, mr, false);
+          }
         }
-        Kernel::template pack<MR>(ap, a, a_rs, a_cs, mr, kc, g.bf16);
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          Kernel::template tile<false>(ku, ap, 1, MR, bp + jr * ku, c + jr, g.ldc, mr, nc - jr < NR ? nc - jr : NR,
-                                       g.alpha, beta);
+      } else {
+        for (int64_t ir = 0; ir < g.m; ir += MR) {
+          const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
+          const SA* a = A + ir * a_rs + pc * a_cs;
+          if constexpr (std::is_same_v<SA, float>)
+            if (mr == MR && !g.bf16) {
+              along_block(a, a_rs, a_cs, ir, mr, a_cs == 1);
+              continue;
+            }
+          Kernel::template pack<MR>(ap, a, a_rs, a_cs, mr, kc, g.bf16);
+          along_block(ap, 1, MR, ir, mr, false);
+        }
       }
     }
   }
+}
+
+// Runs the driver for the storage types of the call's operands.
+template <class Kernel>
+void run_stored(const Call& g, float* pack_a, float* pack_b) {
+  if (g.a.f32 && g.b.f32) return run_blocked<Kernel>(g, g.a.f32, g.b.f32, pack_a, pack_b);
+  if (g.a.f32) return run_blocked<Kernel>(g, g.a.f32, g.b.bf16, pack_a, pack_b);
+  if (g.b.f32) return run_blocked<Kernel>(g, g.a.bf16, g.b.f32, pack_a, pack_b);
+  run_blocked<Kernel>(g, g.a.bf16, g.b.bf16, pack_a, pack_b);
 }
 
 }  // namespace

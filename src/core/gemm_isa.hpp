@@ -3,18 +3,18 @@
 #pragma once
 #include <cstdint>
 
+#include "core/gemm.hpp"
+
 namespace longctx::gemm::detail {
 
-// One single-threaded GEMM: C[m x n] = alpha * op(A) op(B) + beta * C, row-major strides.
-// bf16: A and B are rounded to bf16 as they are packed; products accumulate in fp32.
+// One single-threaded GEMM: C[m x n] = alpha * op(A) op(B) + beta * C (gemm.hpp's semantics).
+// bf16: the inputs are rounded to bf16 as they are packed (bf16 operands are already); products
+// accumulate in fp32.
 struct Call {
-  bool trans_a, trans_b, bf16;
+  bool bf16;
   int64_t m, n, k;
   float alpha;
-  const float* a;
-  int64_t lda;
-  const float* b;
-  int64_t ldb;
+  Operand a, b;
   float beta;
   float* c;
   int64_t ldc;

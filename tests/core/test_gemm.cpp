@@ -41,17 +41,26 @@ std::vector<float> random_floats(size_t n, uint64_t seed) {
 float as_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 // Checks gemm() on one case against C = alpha op(A) op(B) + beta C0 summed in float64 over the
-// inputs as the kernel sees them (rounded to bf16 for the bf16 precision). Tolerance: a few ulps of
-// fp32 times the sum of |terms| (the fp32 accumulation's error bound).
-void check_case(gemm::Precision pr, bool ta, bool tb, Shape s, float alpha, float beta, uint64_t seed) {
-  const int64_t lda = (ta ? s.m : s.k) + 3, ldb = (tb ? s.k : s.n) + 5, ldc = s.n + 2;
+// inputs as the kernel sees them (rounded to bf16 for the bf16 precision, as stored for bf16
+// operands). Tolerance: a few ulps of fp32 times the sum of |terms| (the fp32 accumulation's
+// error bound). `pad` widens the row strides (odd and even strides take different bf16 paths).
+void check_case(gemm::Precision pr, bool ta, bool tb, Shape s, float alpha, float beta, uint64_t seed,
+                bool a_bf16 = false, bool b_bf16 = false, int64_t pad = 3) {
+  const int64_t lda = (ta ? s.m : s.k) + pad, ldb = (tb ? s.k : s.n) + pad + 2, ldc = s.n + 2;
   const int64_t a_rows = ta ? s.k : s.m, b_rows = tb ? s.n : s.k;
-  const auto a = random_floats(size_t(a_rows * lda), seed), b = random_floats(size_t(b_rows * ldb), seed + 1);
+  auto a = random_floats(size_t(a_rows * lda), seed), b = random_floats(size_t(b_rows * ldb), seed + 1);
+  std::vector<uint16_t> a16, b16;
+  for (auto [stored, x, x16] : {std::tuple{a_bf16, &a, &a16}, std::tuple{b_bf16, &b, &b16}})
+    if (stored) {
+      for (float& v : *x) x16->push_back(f32_to_bf16(v)), v = bf16_to_f32(x16->back());
+    }
   auto c = random_floats(size_t(s.m * ldc), seed + 2);
   if (beta == 0.0f)  // BLAS semantics: C is not read, so NaNs in it must not leak
     for (float& x : c) x = std::numeric_limits<float>::quiet_NaN();
   const auto c0 = c;
-  gemm::gemm(pr, ta, tb, s.m, s.n, s.k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+  const gemm::Operand oa{a_bf16 ? nullptr : a.data(), a_bf16 ? a16.data() : nullptr, lda, ta};
+  const gemm::Operand ob{b_bf16 ? nullptr : b.data(), b_bf16 ? b16.data() : nullptr, ldb, tb};
+  gemm::gemm(pr, s.m, s.n, s.k, alpha, oa, ob, beta, c.data(), ldc);
   const auto in = [&](float x) { return pr == gemm::Precision::bf16 ? double(as_bf16(x)) : double(x); };
   for (int64_t i = 0; i < s.m; ++i)
     for (int64_t j = 0; j < s.n; ++j) {
@@ -101,7 +110,23 @@ TEST_P(GemmIsa, MatchesFloat64OnAwkwardShapes) {
         check_case(pr, ta, tb, s, 1.0f, 0.0f, seed++);
         check_case(pr, ta, tb, s, -0.5f, 1.0f, seed++);
         check_case(pr, ta, tb, s, 2.0f, 0.25f, seed++);
+        // bf16 storage for either operand; even and odd strides (bf16 A is read in place only with
+        // whole pairs per row)
+        for (int64_t pad : {3, 4}) {
+          check_case(pr, ta, tb, s, 1.0f, 0.0f, seed++, true, false, pad);
+          check_case(pr, ta, tb, s, 1.0f, 0.5f, seed++, false, true, pad);
+          check_case(pr, ta, tb, s, -1.0f, 0.0f, seed++, true, true, pad);
+        }
       }
+}
+
+TEST(Gemm, OperandWithBothOrNoPointersIsRefused) {
+  float x = 1.0f, c = 0.0f;
+  const uint16_t x16 = f32_to_bf16(1.0f);
+  EXPECT_THROW(gemm::gemm(gemm::Precision::f32, 1, 1, 1, 1.0f, {&x, &x16, 1}, {&x, nullptr, 1}, 0.0f, &c, 1),
+               std::invalid_argument);
+  EXPECT_THROW(gemm::gemm(gemm::Precision::f32, 1, 1, 1, 1.0f, {&x, nullptr, 1}, {}, 0.0f, &c, 1),
+               std::invalid_argument);
 }
 
 INSTANTIATE_TEST_SUITE_P(RunnableIsas, GemmIsa,
@@ -109,7 +134,7 @@ INSTANTIATE_TEST_SUITE_P(RunnableIsas, GemmIsa,
                                             ::testing::Values(gemm::Precision::f32, gemm::Precision::bf16)),
                          [](const auto& info) {
                            return gemm::isa_name(std::get<0>(info.param)) +
-                                  (std::get<1>(info.param) == gemm::Precision::f32 ? "_f32" : "_bf16");
+                                  (std::get<1>(info.param) == gemm::Precision::f32 ? "_products_f32" : "_products_bf16");
                          });
 
 TEST(Gemm, ThreadedSplitEqualsOneThreadBitForBit) {

@@ -43,7 +43,7 @@ AttentionResult flash_attention_forward(const Tensor& q, const Tensor& k, const 
         const Tile& it = items[size_t(i)];
         const Seq& s = p.seqs[size_t(it.seq)];
         const int64_t pos0 = it.start + s.offset(), last = pos0 + it.len - 1;
-        const Rows qr = load_rows(q, s.q0 + it.start, it.len, it.head, ws.q.data());
+        const Rows qr = tile_rows(p, q, s.q0 + it.start, it.len, it.head, ws.q.data());
         float* out = r.out.f32() + ((s.q0 + it.start) * p.hq + it.head) * p.d;
         SoftmaxState st{ws.m.data(), ws.l.data(), out, ld_out};
         st.reset(it.len, p.d);

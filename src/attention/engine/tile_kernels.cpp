@@ -54,22 +54,68 @@ void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int
   into.m[i] = m;
 }
 
+namespace {
+
+// Rows per strip on tiles the mask cuts, multiples of the GEMM kernel's 6 rows: forward strips of 48
+// skip ~40% of a causal diagonal tile's products; the backward's strips are taller because two of
+// its products sum over the strip's rows, which must stay long enough to run at speed.
+constexpr int64_t kForwardStripRows = 48, kBackwardStripRows = 96;
+
+// The keys [lo, hi) that rows [r0, r0 + sr) of the tile see between them (hi <= lo: none).
+void strip_span(const TileMask& mask, int64_t r0, int64_t sr, int64_t n, int64_t& lo, int64_t& hi) {
+  lo = n, hi = 0;
+  for (int64_t i = r0; i < r0 + sr; ++i) {
+    int64_t l, h;
+    mask.range(i, n, l, h);
+    if (h > l) lo = std::min(lo, l), hi = std::max(hi, h);
+  }
+}
+
+// Runs body(r0, sr, lo, w) over the tile in strips: the whole tile when every row sees every key,
+// else strip_rows rows at a time over the keys [lo, lo + w) each strip sees (the causal diagonal
+// computes only its lower part). Rows of a strip that sees no key get zero scores in `s`.
+template <class Body>
+void for_each_strip(const TileMask& mask, int64_t strip_rows, int64_t rows, int64_t n, float* s, Body&& body) {
+  if (mask.all) return body(int64_t(0), rows, int64_t(0), n);
+  for (int64_t r0 = 0; r0 < rows; r0 += strip_rows) {
+    const int64_t sr = std::min(strip_rows, rows - r0);
+    int64_t lo, hi;
+    strip_span(mask, r0, sr, n, lo, hi);
+    if (hi > lo)
+      body(r0, sr, lo, hi - lo);
+    else
+      std::fill_n(s + r0 * n, sr * n, 0.0f);
+  }
+}
+
+// Row i of the tile's scores s[rows x n] after its strip's product over keys [lo, lo + w): the
+// entries outside the row's visible keys set to 0; returns the visible range [l, h) (h <= l: none).
+void mask_row(const TileMask& mask, float* s, int64_t i, int64_t n, int64_t& l, int64_t& h) {
+  float* si = s + i * n;
+  mask.range(i, n, l, h);
+  if (h <= l) {
+    std::fill_n(si, n, 0.0f);
+    return;
+  }
+  std::fill(si, si + l, 0.0f);
+  std::fill(si + h, si + n, 0.0f);
+}
+
+}  // namespace
+
 void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, gemm::Precision products,
                   const TileMask& mask, SoftmaxState st, float* s) {
-  gemm::gemm(products, false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, s, n);
-  for (int64_t i = 0; i < rows; ++i) {
-    float* si = s + i * n;
-    int64_t lo, hi;
-    mask.range(i, n, lo, hi);
-    if (hi <= lo) {
-      std::fill_n(si, n, 0.0f);
-      continue;
+  for_each_strip(mask, kForwardStripRows, rows, n, s, [&](int64_t r0, int64_t sr, int64_t lo, int64_t w) {
+    float* ss = s + r0 * n + lo;  // the strip's scores keep the tile's row stride n
+    gemm::gemm(products, sr, w, d, 1.0f, q.from(r0).operand(false), k.from(lo).operand(true), 0.0f, ss, n);
+    for (int64_t i = r0; i < r0 + sr; ++i) {
+      int64_t l, h;
+      mask_row(mask, s, i, n, l, h);
+      if (h > l) fold_scores(st, i, s + i * n + l, h - l, scale, d);
     }
-    std::fill(si, si + lo, 0.0f);
-    std::fill(si + hi, si + n, 0.0f);
-    fold_scores(st, i, si + lo, hi - lo, scale, d);
-  }
-  gemm::gemm(products, false, false, rows, d, n, 1.0f, s, n, v.p, v.ld, 1.0f, st.acc, st.ld_acc);
+    gemm::gemm(products, sr, d, w, 1.0f, {ss, nullptr, n}, v.from(lo).operand(false), 1.0f, st.acc + r0 * st.ld_acc,
+               st.ld_acc);
+  });
 }
 
 void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_out, float* lse) {
@@ -90,26 +136,25 @@ void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_
 void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k,
                    Rows v, int64_t n, int d, float scale, gemm::Precision products, const TileMask& mask, float* dq,
                    int64_t ld_dq, float* dk, float* dv, int64_t ld_dkv, float* p, float* dp) {
-  // P = exp(scale * Q K^T - lse), zero outside the mask.
-  gemm::gemm(products, false, true, rows, n, d, 1.0f, q.p, q.ld, k.p, k.ld, 0.0f, p, n);
-  for (int64_t i = 0; i < rows; ++i) {
-    float* pi = p + i * n;
-    int64_t lo, hi;
-    mask.range(i, n, lo, hi);
-    if (hi <= lo || lse[i] == kNegInf) {
-      std::fill_n(pi, n, 0.0f);
-      continue;
+  for_each_strip(mask, kBackwardStripRows, rows, n, p, [&](int64_t r0, int64_t sr, int64_t lo, int64_t w) {
+    const Rows qs = q.from(r0), dos = dout.from(r0), ks = k.from(lo), vs = v.from(lo);
+    float *ps = p + r0 * n + lo, *dps = dp + r0 * n + lo;  // strips keep the tile's row stride n
+    // P = exp(scale * Q K^T - lse), zero outside the mask.
+    gemm::gemm(products, sr, w, d, 1.0f, qs.operand(false), ks.operand(true), 0.0f, ps, n);
+    for (int64_t i = r0; i < r0 + sr; ++i) {
+      int64_t l, h;
+      mask_row(mask, p, i, n, l, h);
+      if (h > l && lse[i] == kNegInf) std::fill_n(p + i * n, n, 0.0f);
+      if (h > l && lse[i] != kNegInf) simd::exp_scaled_sum(p + i * n + l, h - l, scale, lse[i]);
     }
-    std::fill(pi, pi + lo, 0.0f);
-    std::fill(pi + hi, pi + n, 0.0f);
-    simd::exp_scaled_sum(pi + lo, hi - lo, scale, lse[i]);
-  }
-  // dV += P^T dO;  dP = dO V^T;  dS = P o (dP - D);  dK += scale dS^T Q;  dQ += scale dS K.
-  gemm::gemm(products, true, false, n, d, rows, 1.0f, p, n, dout.p, dout.ld, 1.0f, dv, ld_dkv);
-  gemm::gemm(products, false, true, rows, n, d, 1.0f, dout.p, dout.ld, v.p, v.ld, 0.0f, dp, n);
-  for (int64_t i = 0; i < rows; ++i) simd::softmax_grad_inplace(dp + i * n, p + i * n, n, delta[i]);
-  gemm::gemm(products, true, false, n, d, rows, scale, dp, n, q.p, q.ld, 1.0f, dk, ld_dkv);
-  gemm::gemm(products, false, false, rows, d, n, scale, dp, n, k.p, k.ld, 1.0f, dq, ld_dq);
+    // dV += P^T dO;  dP = dO V^T;  dS = P o (dP - D);  dK += scale dS^T Q;  dQ += scale dS K.
+    float *dks = dk + lo * ld_dkv, *dvs = dv + lo * ld_dkv;
+    gemm::gemm(products, w, d, sr, 1.0f, {ps, nullptr, n, true}, dos.operand(false), 1.0f, dvs, ld_dkv);
+    gemm::gemm(products, sr, w, d, 1.0f, dos.operand(false), vs.operand(true), 0.0f, dps, n);
+    for (int64_t i = r0; i < r0 + sr; ++i) simd::softmax_grad_inplace(dps + (i - r0) * n, ps + (i - r0) * n, w, delta[i]);
+    gemm::gemm(products, w, d, sr, scale, {dps, nullptr, n, true}, qs.operand(false), 1.0f, dks, ld_dkv);
+    gemm::gemm(products, sr, d, w, scale, {dps, nullptr, n}, ks.operand(false), 1.0f, dq + r0 * ld_dq, ld_dq);
+  });
 }
 
 }  // namespace longctx::attn
@@ -176,8 +221,8 @@ void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Ten
                       TileScratch& ws, bool all_visible) {
   for (int64_t kp = k_begin; kp < k_end; kp += kKeyTile) {
     const int64_t n = std::min(kKeyTile, k_end - kp);
-    const Rows kr = load_rows(k, s.k0 + kp, n, g, ws.k.data());
-    const Rows vr = load_rows(v, s.k0 + kp, n, g, ws.v.data());
+    const Rows kr = tile_rows(p, k, s.k0 + kp, n, g, ws.k.data());
+    const Rows vr = tile_rows(p, v, s.k0 + kp, n, g, ws.v.data());
     const TileMask mask = all_visible ? TileMask{} : make_tile_mask(p, pos0, rows, kp, n, s.lk);
     tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data());
   }
@@ -186,13 +231,13 @@ void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Ten
 void backward_key_tile(const Problem& p, const Seq& s, const BackwardInputs& in, int g, int64_t k_pos0,
                        int64_t n, int64_t q_lo, int64_t q_hi, float* dk, float* dv, float* dq,
                        TileScratch& ws) {
-  const Rows kr = load_rows(in.k, s.k0 + k_pos0, n, g, ws.k.data());
-  const Rows vr = load_rows(in.v, s.k0 + k_pos0, n, g, ws.v.data());
+  const Rows kr = tile_rows(p, in.k, s.k0 + k_pos0, n, g, ws.k.data());
+  const Rows vr = tile_rows(p, in.v, s.k0 + k_pos0, n, g, ws.v.data());
   const int64_t ld_q = int64_t(p.hq) * p.d, ld_kv = int64_t(p.hkv) * p.d;
   for (int h = g * p.group; h < (g + 1) * p.group; ++h)
     for (int64_t t = q_lo; t < q_hi; t += kQueryTile) {
       const int64_t rows = std::min(kQueryTile, q_hi - t), row0 = s.q0 + t;
-      const Rows qr = load_rows(in.q, row0, rows, h, ws.q.data());
+      const Rows qr = tile_rows(p, in.q, row0, rows, h, ws.q.data());
       const Rows dor = load_rows(in.dout, row0, rows, h, ws.dout.data());
       const int64_t stat = int64_t(h) * p.tq + row0;
       tile_backward(qr, dor, in.lse + stat, in.delta + stat, rows, kr, vr, n, p.d, p.scale, p.products,

@@ -98,6 +98,12 @@ Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {
   return {scratch, d};
 }
 
+Rows tile_rows(const Problem& p, const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {
+  if (x.dtype() == DType::bf16 && p.products == gemm::Precision::bf16)
+    return {nullptr, x.dim(1) * x.dim(2), x.bf16() + (t0 * x.dim(1) + h) * x.dim(2)};
+  return load_rows(x, t0, n, h, scratch);
+}
+
 namespace {
 // Row `flat` (token * H + head) of a [T, H, d] tensor as fp32.
 void copy_row(const Tensor& x, int64_t flat, float* dst) {

@@ -52,14 +52,23 @@ struct Tile {
   int64_t start, len;
 };
 
-// fp32 view of `n` consecutive token rows of one head of a [T, H, d] tensor.
+// fp32 view of `n` consecutive token rows of one head of a [T, H, d] tensor, or (bf16 set, p null)
+// the rows as stored in bf16, for the tile products only (tile_rows).
 struct Rows {
   const float* p;
   int64_t ld;
+  const uint16_t* bf16 = nullptr;
   const float* row(int64_t i) const { return p + i * ld; }
+  // The rows from row i on.
+  Rows from(int64_t i) const { return {p ? p + i * ld : nullptr, ld, bf16 ? bf16 + i * ld : nullptr}; }
+  // The rows as a GEMM input (their transpose when `trans`).
+  gemm::Operand operand(bool trans) const { return {p, bf16, ld, trans}; }
 };
 // fp32 rows point straight into the tensor; bf16 rows are converted into `scratch` (n * d floats).
 Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
+// As load_rows, for rows that only feed the tile products: bf16 rows under bf16 products are
+// viewed as stored (the GEMM reads bf16 directly), not converted.
+Rows tile_rows(const Problem& p, const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
 // Gathers rows of a [T, H, d] tensor by flat (token * H + head) index into a dense [n x d]
 // fp32 buffer.
 void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst);

@@ -90,8 +90,10 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   peaks = peaks.max(measure_peaks(false));
   // bf16 storage runs the tile products on bf16 inputs: judged against the bf16 dot peak.
   const double peak = cfg.dtype == "bf16" && peaks.bf16_gflops > 0 ? peaks.bf16_gflops : peaks.fma_gflops;
-  fmt::print("peaks (same run, {} threads): fp32 FMA {:.0f}, bf16 dot {:.0f}, sgemm {:.0f} GFLOP/s ({})\n", threads,
-             peaks.fma_gflops, peaks.bf16_gflops, peaks.sgemm_gflops, gemm::describe());
+  fmt::print("peaks (same run, {} threads): fp32 FMA {:.0f}, bf16 dot {:.0f}, sgemm {:.0f} ({}), OpenBLAS sgemm {:.0f} "
+             "GFLOP/s\n",
+             threads, peaks.fma_gflops, peaks.bf16_gflops, peaks.sgemm_gflops, gemm::describe(),
+             peaks.openblas_sgemm_gflops);
   for (auto& r : rows) {
     r["frac_sgemm"] = r["gflops"].get<double>() / peaks.sgemm_gflops;
     r["frac_peak"] = r["gflops"].get<double>() / peak;

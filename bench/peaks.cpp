@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "common.hpp"
 #include "core/gemm.hpp"
@@ -82,6 +83,14 @@ double all_threads_gflops(Loop loop, double flops_per_iter) {
 }
 #endif
 
+std::string openblas_describe() {
+  const gemm::Backend in_use = gemm::current_backend();
+  gemm::set_backend(gemm::Backend::openblas);
+  std::string d = gemm::describe();
+  gemm::set_backend(in_use);
+  return d;
+}
+
 }  // namespace
 
 double fma_peak_gflops() {
@@ -105,17 +114,23 @@ Peaks measure_peaks(bool with_stream) {
   p.fma_gflops = fma_peak_gflops();
   p.bf16_gflops = bf16_peak_gflops();
   p.sgemm_gflops = sgemm_gflops();
+  const gemm::Backend in_use = gemm::current_backend();
+  gemm::set_backend(gemm::Backend::openblas);
+  p.openblas_sgemm_gflops = sgemm_gflops();
+  gemm::set_backend(in_use);
   if (with_stream) p.stream_gbps = stream_read_gbps(size_t(1) << 30);
   return p;
 }
 
 Peaks Peaks::max(const Peaks& o) const {
   return {std::max(fma_gflops, o.fma_gflops), std::max(bf16_gflops, o.bf16_gflops),
-          std::max(sgemm_gflops, o.sgemm_gflops), std::max(stream_gbps, o.stream_gbps)};
+          std::max(sgemm_gflops, o.sgemm_gflops), std::max(openblas_sgemm_gflops, o.openblas_sgemm_gflops),
+          std::max(stream_gbps, o.stream_gbps)};
 }
 
 nlohmann::json Peaks::to_json() const {
   return {{"fma_gflops", fma_gflops}, {"bf16_dot_gflops", bf16_gflops}, {"sgemm_gflops", sgemm_gflops},
+          {"openblas_sgemm_gflops", openblas_sgemm_gflops}, {"openblas", openblas_describe()},
           {"stream_read_gbps", stream_gbps}, {"gemm", gemm::describe()}};
 }
 

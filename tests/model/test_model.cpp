@@ -53,6 +53,36 @@ TEST(Model, ConfigErrorsNameTheField) {
   expect_error({{"ffn", {{"kind", "sparse"}}}}, "unknown ffn kind 'sparse'");
   expect_error({{"ffn", {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 5}}}}, "top_k");
   expect_error({{"ffn", {{"kind", "moe"}, {"experts", 4}}}}, "unknown field 'experts'");
+  expect_error({{"matmul_precision", "fp8"}}, "matmul_precision must be \"f32\" or \"bf16\", got \"fp8\"");
+}
+
+// Mixed precision: the same model with bf16 products gives the fp32 loss and gradients to within
+// bf16 rounding (2^-9 relative per input), and is not silently the fp32 path.
+TEST(Model, Bf16MatmulsTrackFp32LossAndGradients) {
+  for (const std::string kind : {"full", "moba", "topk", "nsa"}) {
+    SCOPED_TRACE(kind);
+    ModelConfig cfg = tiny_config(kind);
+    EXPECT_EQ(ModelConfig::from_json(cfg.to_json()).matmul_precision, DType::f32);
+    Transformer f32 = testing::scaled_model(cfg, 5, 3.0f);
+    cfg.matmul_precision = DType::bf16;
+    EXPECT_EQ(ModelConfig::from_json(cfg.to_json()).matmul_precision, DType::bf16);
+    Transformer bf16 = testing::scaled_model(cfg, 5, 3.0f);
+    const Batch batch = tiny_batch();
+    f32.zero_grad(), bf16.zero_grad();
+    const double l32 = f32.forward(batch, true), l16 = bf16.forward(batch, true);
+    f32.backward(), bf16.backward();
+    EXPECT_NE(l32, l16);
+    EXPECT_NEAR(l16, l32, 1e-2 * std::abs(l32));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < f32.params().size(); ++i) {
+      const Tensor &a = f32.params()[i].grad, &b = bf16.params()[i].grad;
+      for (int64_t e = 0; e < a.numel(); ++e) {
+        num += std::pow(double(a.f32()[e]) - double(b.f32()[e]), 2);
+        den += std::pow(double(a.f32()[e]), 2);
+      }
+    }
+    EXPECT_LT(std::sqrt(num / den), 3e-2) << "relative gradient error";
+  }
 }
 
 }  // namespace

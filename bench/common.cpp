@@ -195,7 +195,9 @@ nlohmann::json machine_info(int threads, const Peaks& peaks) {
     if (flags.find(std::string(" ") + f + " ") != std::string::npos) vector_flags.push_back(f);
   const std::string src = LONGCTX_SOURCE_DIR;
   std::string commit = first_line_of("git -C '" + src + "' rev-parse --short HEAD 2>/dev/null");
-  if (!commit.empty() && !first_line_of("git -C '" + src + "' status --porcelain -uno 2>/dev/null").empty())
+  // -dirty: tracked files differ from the commit (bench results, which runs rewrite, excepted)
+  if (!commit.empty() &&
+      !first_line_of("git -C '" + src + "' status --porcelain -uno -- . ':!docs/results' 2>/dev/null").empty())
     commit += "-dirty";
   return {{"cpu", model},
           {"cpu_flags", vector_flags},

@@ -5,9 +5,9 @@
 #include <cstdio>
 
 #include "attention_methods.hpp"
-#include "option_flags.hpp"
 #include "common.hpp"
 #include "core/gemm.hpp"
+#include "option_flags.hpp"
 
 namespace longctx::bench {
 
@@ -90,19 +90,24 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   peaks = peaks.max(measure_peaks(false));
   // bf16 storage runs the tile products on bf16 inputs: judged against the bf16 dot peak.
   const double peak = cfg.dtype == "bf16" && peaks.bf16_gflops > 0 ? peaks.bf16_gflops : peaks.fma_gflops;
-  fmt::print("peaks (same run, {} threads): fp32 FMA {:.0f}, bf16 dot {:.0f}, sgemm {:.0f} ({}), OpenBLAS sgemm {:.0f} "
-             "GFLOP/s\n",
-             threads, peaks.fma_gflops, peaks.bf16_gflops, peaks.sgemm_gflops, gemm::describe(),
-             peaks.openblas_sgemm_gflops);
+  fmt::print(
+      "peaks (same run, {} threads): fp32 FMA {:.0f}, bf16 dot {:.0f}, sgemm {:.0f} ({}), OpenBLAS sgemm {:.0f} "
+      "GFLOP/s\n",
+      threads, peaks.fma_gflops, peaks.bf16_gflops, peaks.sgemm_gflops, gemm::describe(), peaks.openblas_sgemm_gflops);
   for (auto& r : rows) {
     r["frac_sgemm"] = r["gflops"].get<double>() / peaks.sgemm_gflops;
     r["frac_peak"] = r["gflops"].get<double>() / peak;
   }
-  std::vector<Column> columns{{"method", "method", ""}, {"seq_len", "seq_len", ""}, {"time_s", "time_s", "{:.4f}"},
-                              {"gflops", "GFLOP/s", "{:.1f}"}, {"frac_peak", "of_peak", "{:.2f}"},
+  std::vector<Column> columns{{"method", "method", ""},
+                              {"seq_len", "seq_len", ""},
+                              {"time_s", "time_s", "{:.4f}"},
+                              {"gflops", "GFLOP/s", "{:.1f}"},
+                              {"frac_peak", "of_peak", "{:.2f}"},
                               {"frac_sgemm", "of_sgemm", "{:.2f}"},
-                              {"speedup", "speedup", "{:.2f}"}, {"ideal_speedup", "ideal", "{:.2f}"},
-                              {"frac_of_ideal", "of_ideal", "{:.2f}"}, {"keys_frac", "keys_frac", "{:.3f}"},
+                              {"speedup", "speedup", "{:.2f}"},
+                              {"ideal_speedup", "ideal", "{:.2f}"},
+                              {"frac_of_ideal", "of_ideal", "{:.2f}"},
+                              {"keys_frac", "keys_frac", "{:.3f}"},
                               {"peak_rss_mb", "peak_MB", "{:.0f}"}};
   if (cfg.decode) columns.insert(columns.begin() + 3, {"tokens_per_s", "tok/s", "{:.1f}"});
   print_table(rows, columns);

@@ -96,7 +96,8 @@ std::string openblas_describe() {
 double fma_peak_gflops() {
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("avx512f")) return all_threads_gflops(fma_loop_avx512, kAcc * 16 * 2);
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return all_threads_gflops(fma_loop_avx2, 12 * 8 * 2);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return all_threads_gflops(fma_loop_avx2, 12 * 8 * 2);
 #endif
   return 0;
 }
@@ -129,9 +130,10 @@ Peaks Peaks::max(const Peaks& o) const {
 }
 
 nlohmann::json Peaks::to_json() const {
-  return {{"fma_gflops", fma_gflops}, {"bf16_dot_gflops", bf16_gflops}, {"sgemm_gflops", sgemm_gflops},
-          {"openblas_sgemm_gflops", openblas_sgemm_gflops}, {"openblas", openblas_describe()},
-          {"stream_read_gbps", stream_gbps}, {"gemm", gemm::describe()}};
+  return {{"fma_gflops", fma_gflops},        {"bf16_dot_gflops", bf16_gflops},
+          {"sgemm_gflops", sgemm_gflops},    {"openblas_sgemm_gflops", openblas_sgemm_gflops},
+          {"openblas", openblas_describe()}, {"stream_read_gbps", stream_gbps},
+          {"gemm", gemm::describe()}};
 }
 
 }  // namespace longctx::bench

@@ -7,11 +7,11 @@
 namespace longctx::bench {
 
 struct Peaks {
-  double fma_gflops = 0;    // fp32 FMAs on all threads (AVX-512 if the CPU has it, else AVX2)
-  double bf16_gflops = 0;   // vdpbf16ps on all threads; 0 without AVX512_BF16
-  double sgemm_gflops = 0;  // 2048^3 sgemm of the GEMM backend in use
+  double fma_gflops = 0;             // fp32 FMAs on all threads (AVX-512 if the CPU has it, else AVX2)
+  double bf16_gflops = 0;            // vdpbf16ps on all threads; 0 without AVX512_BF16
+  double sgemm_gflops = 0;           // 2048^3 sgemm of the GEMM backend in use
   double openblas_sgemm_gflops = 0;  // the same on OpenBLAS (with the kernels its environment picks)
-  double stream_gbps = 0;   // streaming read of 1 GiB; 0 when not measured
+  double stream_gbps = 0;            // streaming read of 1 GiB; 0 when not measured
   nlohmann::json to_json() const;
   // Elementwise max of two measurements (the less disturbed one on a shared machine).
   Peaks max(const Peaks& o) const;

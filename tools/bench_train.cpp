@@ -52,8 +52,11 @@ void run(const Options& o) {
              model.num_params(), o.sequences, o.seq_len, parallel::max_threads(), t, tps);
   if (!o.json.empty())
     bench::write_json(o.json, bench::machine_info(parallel::max_threads(), peaks),
-                      {{{"engine", "longctx"}, {"seconds_per_step", t}, {"tokens_per_s", tps},
-                        {"params", model.num_params()}, {"tokens", b.size()}}});
+                      {{{"engine", "longctx"},
+                        {"seconds_per_step", t},
+                        {"tokens_per_s", tps},
+                        {"params", model.num_params()},
+                        {"tokens", b.size()}}});
 }
 
 }  // namespace

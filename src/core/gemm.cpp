@@ -19,10 +19,14 @@ namespace {
 bool cpu_runs(Isa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
   switch (isa) {
-    case Isa::portable: return true;
-    case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Isa::avx512: return __builtin_cpu_supports("avx512f");
-    case Isa::avx512_bf16: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+    case Isa::portable:
+      return true;
+    case Isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::avx512:
+      return __builtin_cpu_supports("avx512f");
+    case Isa::avx512_bf16:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
   }
   return false;
 #else
@@ -37,7 +41,9 @@ struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
 };
 using Buffer = std::unique_ptr<float, FreeDeleter>;
-Buffer aligned_floats(int64_t n) { return Buffer(static_cast<float*>(std::aligned_alloc(64, size_t(n) * sizeof(float)))); }
+Buffer aligned_floats(int64_t n) {
+  return Buffer(static_cast<float*>(std::aligned_alloc(64, size_t(n) * sizeof(float))));
+}
 
 // Per-thread packing buffers, allocated on a thread's first call.
 struct Scratch {
@@ -52,9 +58,12 @@ void run_one_thread(const detail::Call& c) {
     case Isa::avx512_bf16:
       if (c.bf16) return detail::run_avx512_bf16(c, pa, pb);
       return detail::run_avx512(c, pa, pb);
-    case Isa::avx512: return detail::run_avx512(c, pa, pb);
-    case Isa::avx2: return detail::run_avx2(c, pa, pb);
-    case Isa::portable: break;
+    case Isa::avx512:
+      return detail::run_avx512(c, pa, pb);
+    case Isa::avx2:
+      return detail::run_avx2(c, pa, pb);
+    case Isa::portable:
+      break;
   }
 #endif
   detail::run_portable(c, pa, pb);
@@ -102,10 +111,14 @@ void set_isa(Isa isa) {
 
 std::string isa_name(Isa isa) {
   switch (isa) {
-    case Isa::portable: return "portable";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-    case Isa::avx512_bf16: return "avx512_bf16";
+    case Isa::portable:
+      return "portable";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx512_bf16:
+      return "avx512_bf16";
   }
   return "?";
 }

@@ -37,17 +37,17 @@ inline void gemm(Precision precision, bool trans_a, bool trans_b, int64_t m, int
   gemm(precision, m, n, k, alpha, Operand{a, nullptr, lda, trans_a}, Operand{b, nullptr, ldb, trans_b}, beta, c, ldc);
 }
 
-inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   gemm(Precision::f32, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 // Instruction sets of our kernels, widest last. The default is the widest the CPU runs.
 enum class Isa { portable, avx2, avx512, avx512_bf16 };
-Isa best_isa();                    // what this CPU supports
-Isa current_isa();                 // what gemm() uses now
-void set_isa(Isa isa);             // throws std::invalid_argument if the CPU cannot run it
-std::string isa_name(Isa isa);     // "avx512_bf16", "avx512", "avx2", "portable"
+Isa best_isa();                          // what this CPU supports
+Isa current_isa();                       // what gemm() uses now
+void set_isa(Isa isa);                   // throws std::invalid_argument if the CPU cannot run it
+std::string isa_name(Isa isa);           // "avx512_bf16", "avx512", "avx2", "portable"
 Isa parse_isa(const std::string& name);  // the inverse; throws on an unknown name
 
 // Who runs gemm(): our kernels (default) or OpenBLAS (fp32 only; bf16 calls stay ours).

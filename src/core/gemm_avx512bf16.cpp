@@ -16,9 +16,8 @@ struct KernelBf16 {
   }
   // A element pair (i, kp) at ap[i * a_rs + kp * a_cs] (convert_a_bf16's layouts).
   template <bool KContiguous>
-  static void tile(int64_t kpairs, const pair_t* __restrict ap, int64_t a_rs, int64_t a_cs,
-                   const pair_t* __restrict bp, float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha,
-                   float beta) {
+  static void tile(int64_t kpairs, const pair_t* __restrict ap, int64_t a_rs, int64_t a_cs, const pair_t* __restrict bp,
+                   float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
     using V = VecOf<16>::type;
     V acc[MR][NV] = {};
     for (int64_t kp = 0; kp < kpairs; ++kp) {

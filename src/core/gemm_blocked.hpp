@@ -50,7 +50,7 @@ constexpr std::array<std::array<int, 16>, 4> transpose_indices(bool hi) {
   return idx;
 }
 alignas(64) constexpr std::array<std::array<int, 16>, 4> kTransposeLo = transpose_indices(false),
-                                                           kTransposeHi = transpose_indices(true);
+                                                         kTransposeHi = transpose_indices(true);
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for a 16 x 16 block of 32-bit values, in registers: in
 // round s = 1, 2, 4, 8, rows r and r + s (r / s even) swap their off-diagonal s-wide blocks, the
@@ -150,8 +150,7 @@ void pack_bf16_pairs(pair_t* out, const S* x, int64_t rs, int64_t cs, int64_t ro
 // row-major out[r * ld + kp] (cs == 1, returns ld = pairs) or pair-major out[kp * ld + r]
 // (rs == 1, returns ld = padded rows). Rows up to `padded_rows` are zero.
 template <class S>
-int64_t convert_a_bf16(pair_t* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t padded_rows,
-                       int64_t kc) {
+int64_t convert_a_bf16(pair_t* out, const S* x, int64_t rs, int64_t cs, int64_t rows, int64_t padded_rows, int64_t kc) {
   const int64_t pairs = (kc + 1) / 2, even = kc / 2;
   const S zero{};
   if (cs == 1) {

@@ -53,10 +53,11 @@ FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   LONGCTX_CHECK(j.is_object(), "model config must be a JSON object");
-  check_known_fields(j, {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len",
-                         "rope_theta", "norm_eps", "tie_embeddings", "matmul_precision", "attention", "ffn",
-                         "layers", "full_attention_last_n"},
-                     "model config");
+  check_known_fields(
+      j,
+      {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "rope_theta", "norm_eps",
+       "tie_embeddings", "matmul_precision", "attention", "ffn", "layers", "full_attention_last_n"},
+      "model config");
   ModelConfig c;
   try {
     c.vocab_size = j.value("vocab_size", c.vocab_size);
@@ -125,10 +126,18 @@ nlohmann::json ModelConfig::to_json() const {
                  {"z_loss_weight", f.z_loss_weight}});
     layers.push_back({{"attention", aj}, {"ffn", fj}});
   }
-  return {{"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers}, {"n_heads", n_heads},
-          {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len}, {"rope_theta", rope_theta},
-          {"norm_eps", norm_eps}, {"tie_embeddings", tie_embeddings},
-          {"matmul_precision", matmul_precision == DType::bf16 ? "bf16" : "f32"}, {"layers", layers}};
+  return {{"vocab_size", vocab_size},
+          {"d_model", d_model},
+          {"n_layers", n_layers},
+          {"n_heads", n_heads},
+          {"n_kv_heads", n_kv_heads},
+          {"d_ff", d_ff},
+          {"max_seq_len", max_seq_len},
+          {"rope_theta", rope_theta},
+          {"norm_eps", norm_eps},
+          {"tie_embeddings", tie_embeddings},
+          {"matmul_precision", matmul_precision == DType::bf16 ? "bf16" : "f32"},
+          {"layers", layers}};
 }
 
 void ModelConfig::validate() const {

@@ -352,8 +352,7 @@ void Transformer::backward() {
   // LM head: logits = h E^T
   Tensor dh_final({T, D}), dx({T, D});
   gemm::gemm(pr, false, false, T, D, V, 1.0f, A.dlogits.f32(), V, A.head->value.f32(), D, 0.0f, dh_final.f32(), D);
-  gemm::gemm(pr, true, false, V, D, T, 1.0f, A.dlogits.f32(), V, A.h_final.f32(), D, 1.0f, A.head->grad.f32(),
-             D);
+  gemm::gemm(pr, true, false, V, D, T, 1.0f, A.dlogits.f32(), V, A.h_final.f32(), D, 1.0f, A.head->grad.f32(), D);
   nn::rmsnorm_backward(A.x_final.f32(), A.norm->value.f32(), A.rstd_final.data(), dh_final.f32(), T, D, dx.f32(), false,
                        A.norm->grad.f32());
 
@@ -392,8 +391,8 @@ void Transformer::backward() {
     attention_layer::Grads g = attention_layer::backward(cfg_, P.attention, A.rope, pos, A.varlen, L.attn, dout, L.h1);
     const bool gate_grad = !g.dh1.empty();  // nsa: its gate's input is h1 too
     Tensor dh1 = gate_grad ? std::move(g.dh1) : Tensor({T, D});
-    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad, P.wq->grad.f32(),
-                        pr);
+    nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad,
+                        P.wq->grad.f32(), pr);
     nn::linear_backward(L.h1.f32(), g.dk.f32(), T, D, P.wk->value.f32(), Hkv * dh, dh1.f32(), true, P.wk->grad.f32(),
                         pr);
     nn::linear_backward(L.h1.f32(), g.dv.f32(), T, D, P.wv->value.f32(), Hkv * dh, dh1.f32(), true, P.wv->grad.f32(),

@@ -11,8 +11,7 @@
 
 namespace longctx::nn {
 
-void linear_forward(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* y,
-                    gemm::Precision pr) {
+void linear_forward(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* y, gemm::Precision pr) {
   gemm::gemm(pr, false, false, T, out, in, 1.0f, x, in, w, out, 0.0f, y, out);
 }
 

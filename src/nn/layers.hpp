@@ -1,7 +1,7 @@
 // The model's building blocks, forward next to backward: linear maps, RMSNorm, RoPE and the
-// cross-entropy loss (the SwiGLU FFN is nn/swiglu.hpp, shared with the MoE experts). Row-major activations [tokens, features]; weights of
-// linear maps are stored [in, out] so y = x W. Products use core/gemm, threaded (these are
-// called outside parallel regions); elementwise work is split over tokens with OpenMP.
+// cross-entropy loss (the SwiGLU FFN is nn/swiglu.hpp, shared with the MoE experts). Row-major activations [tokens,
+// features]; weights of linear maps are stored [in, out] so y = x W. Products use core/gemm, threaded (these are called
+// outside parallel regions); elementwise work is split over tokens with OpenMP.
 #pragma once
 #include <cstdint>
 #include <vector>

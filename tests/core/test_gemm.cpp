@@ -1,8 +1,8 @@
 // Our GEMM kernels against a float64 loop, on every instruction set this CPU runs, both
 // precisions, every transpose, and shapes that are not multiples of any tile.
 #include <gtest/gtest.h>
-#include <longctx/core/tensor.hpp>
 #include <omp.h>
+#include <longctx/core/tensor.hpp>
 
 #include <cmath>
 #include <limits>
@@ -97,9 +97,9 @@ TEST_P(GemmIsa, MatchesFloat64OnAwkwardShapes) {
   GemmSettings restore;
   const auto [isa, pr] = GetParam();
   gemm::set_isa(isa);
-  // 1x1x1; below one tile; one past the tile in each dimension; past NC, KC and the bf16 row block (192); odd k (bf16 pads
-  // a pair); long k (several KC blocks); big enough for the threaded split (~2 M multiply-adds).
-  const Shape shapes[] = {{1, 1, 1},    {5, 3, 7},     {7, 65, 1},    {13, 17, 129}, {97, 513, 33},
+  // 1x1x1; below one tile; one past the tile in each dimension; past NC, KC and the bf16 row block (192); odd k (bf16
+  // pads a pair); long k (several KC blocks); big enough for the threaded split (~2 M multiply-adds).
+  const Shape shapes[] = {{1, 1, 1},    {5, 3, 7},     {7, 65, 1},    {13, 17, 129},  {97, 513, 33},
                           {6, 64, 256}, {31, 70, 257}, {9, 11, 1031}, {130, 257, 75}, {200, 70, 40}};
   uint64_t seed = 11;
   for (const Shape& s : shapes)
@@ -134,7 +134,8 @@ INSTANTIATE_TEST_SUITE_P(RunnableIsas, GemmIsa,
                                             ::testing::Values(gemm::Precision::f32, gemm::Precision::bf16)),
                          [](const auto& info) {
                            return gemm::isa_name(std::get<0>(info.param)) +
-                                  (std::get<1>(info.param) == gemm::Precision::f32 ? "_products_f32" : "_products_bf16");
+                                  (std::get<1>(info.param) == gemm::Precision::f32 ? "_products_f32"
+                                                                                   : "_products_bf16");
                          });
 
 TEST(Gemm, ThreadedSplitEqualsOneThreadBitForBit) {

@@ -133,9 +133,9 @@ void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_
   }
 }
 
-void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k,
-                   Rows v, int64_t n, int d, float scale, gemm::Precision products, const TileMask& mask, float* dq,
-                   int64_t ld_dq, float* dk, float* dv, int64_t ld_dkv, float* p, float* dp) {
+void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k, Rows v, int64_t n,
+                   int d, float scale, gemm::Precision products, const TileMask& mask, float* dq, int64_t ld_dq,
+                   float* dk, float* dv, int64_t ld_dkv, float* p, float* dp) {
   for_each_strip(mask, kBackwardStripRows, rows, n, p, [&](int64_t r0, int64_t sr, int64_t lo, int64_t w) {
     const Rows qs = q.from(r0), dos = dout.from(r0), ks = k.from(lo), vs = v.from(lo);
     float *ps = p + r0 * n + lo, *dps = dp + r0 * n + lo;  // strips keep the tile's row stride n
@@ -151,7 +151,8 @@ void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int6
     float *dks = dk + lo * ld_dkv, *dvs = dv + lo * ld_dkv;
     gemm::gemm(products, w, d, sr, 1.0f, {ps, nullptr, n, true}, dos.operand(false), 1.0f, dvs, ld_dkv);
     gemm::gemm(products, sr, w, d, 1.0f, dos.operand(false), vs.operand(true), 0.0f, dps, n);
-    for (int64_t i = r0; i < r0 + sr; ++i) simd::softmax_grad_inplace(dps + (i - r0) * n, ps + (i - r0) * n, w, delta[i]);
+    for (int64_t i = r0; i < r0 + sr; ++i)
+      simd::softmax_grad_inplace(dps + (i - r0) * n, ps + (i - r0) * n, w, delta[i]);
     gemm::gemm(products, w, d, sr, scale, {dps, nullptr, n, true}, qs.operand(false), 1.0f, dks, ld_dkv);
     gemm::gemm(products, sr, d, w, scale, {dps, nullptr, n}, ks.operand(false), 1.0f, dq + r0 * ld_dq, ld_dq);
   });
@@ -241,8 +242,8 @@ void backward_key_tile(const Problem& p, const Seq& s, const BackwardInputs& in,
       const Rows dor = load_rows(in.dout, row0, rows, h, ws.dout.data());
       const int64_t stat = int64_t(h) * p.tq + row0;
       tile_backward(qr, dor, in.lse + stat, in.delta + stat, rows, kr, vr, n, p.d, p.scale, p.products,
-                    make_tile_mask(p, t + s.offset(), rows, k_pos0, n, s.lk), dq + (row0 * p.hq + h) * p.d,
-                    ld_q, dk, dv, ld_kv, ws.s.data(), ws.dp.data());
+                    make_tile_mask(p, t + s.offset(), rows, k_pos0, n, s.lk), dq + (row0 * p.hq + h) * p.d, ld_q, dk,
+                    dv, ld_kv, ws.s.data(), ws.dp.data());
     }
 }
 

@@ -56,9 +56,9 @@ void tile_finalize(SoftmaxState st, int64_t rows, int d, float* out, int64_t ld_
 // Gradient contributions of one (query tile, key tile) pair, accumulated (+=) into
 // dq[rows x d] (stride ld_dq), dk[n x d] and dv[n x d] (stride ld_dkv). lse and delta
 // (= rowsum(dO o O)) are per query row. `p` and `dp` are scratch of rows * n each.
-void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k,
-                   Rows v, int64_t n, int d, float scale, gemm::Precision products, const TileMask& mask, float* dq,
-                   int64_t ld_dq, float* dk, float* dv, int64_t ld_dkv, float* p, float* dp);
+void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int64_t rows, Rows k, Rows v, int64_t n,
+                   int d, float scale, gemm::Precision products, const TileMask& mask, float* dq, int64_t ld_dq,
+                   float* dk, float* dv, int64_t ld_dkv, float* p, float* dp);
 
 }  // namespace longctx::attn
 

@@ -319,7 +319,8 @@ AttentionGrads moba_attention_backward(const Tensor& q, const Tensor& k, const T
           }
           std::fill_n(dq_rows.data(), n * p.d, 0.0f);
           tile_backward(Rows{ws.q.data(), p.d}, Rows{ws.dout.data(), p.d}, ws.lse.data(), ws.delta.data(), n, kr, vr,
-                        it.len, p.d, p.scale, p.products, TileMask{}, dq_rows.data(), p.d, dk, dv, ld_kv, ws.s.data(), ws.dp.data());
+                        it.len, p.d, p.scale, p.products, TileMask{}, dq_rows.data(), p.d, dk, dv, ld_kv, ws.s.data(),
+                        ws.dp.data());
           for (int64_t e = 0; e < n; ++e) simd::add_inplace(dq + rows[b + e] * p.d, &dq_rows[size_t(e * p.d)], p.d);
         }
       });

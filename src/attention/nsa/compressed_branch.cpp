@@ -94,8 +94,8 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
         st.s.resize(size_t(rows * nv));
         if (nv > 0)
           tile_forward({st.q.data(), d}, rows, compressed_rows(c.k, p, c0, it.head),
-                       compressed_rows(c.v, p, c0, it.head), nv, d, p.scale, p.products, per_row_mask(0, st.hi.data()), run,
-                       st.s.data());
+                       compressed_rows(c.v, p, c0, it.head), nv, d, p.scale, p.products, per_row_mask(0, st.hi.data()),
+                       run, st.s.data());
         tile_finalize(run, rows, d, st.acc.data(), d, st.lse.data());
         st.imp_c.assign(size_t(it.len * nv), 0.0f);
         for (int64_t i = 0; i < it.len; ++i)
@@ -148,10 +148,10 @@ void compressed_backward(const Problem& p, const Tensor& q, const CompressedView
         const Rows dor = load_rows(dout, row0, it.len, it.head, ws.dout.data());
         for (int64_t kp = 0; kp < hi[it.len - 1]; kp += kKeyTile) {
           const int64_t n = std::min(kKeyTile, hi[it.len - 1] - kp), off = ((c0 + kp) * p.hkv + g) * p.d;
-          tile_backward(qr, dor, fwd.lse.f32() + stat, delta.data() + stat, it.len,
-                        compressed_rows(c.k, p, c0 + kp, g), compressed_rows(c.v, p, c0 + kp, g), n, p.d, p.scale, p.products,
-                        per_row_mask(kp, hi.data()), dq.f32() + (row0 * p.hq + it.head) * p.d, ld_q, dk + off,
-                        dv + off, ld_kv, ws.s.data(), ws.dp.data());
+          tile_backward(qr, dor, fwd.lse.f32() + stat, delta.data() + stat, it.len, compressed_rows(c.k, p, c0 + kp, g),
+                        compressed_rows(c.v, p, c0 + kp, g), n, p.d, p.scale, p.products, per_row_mask(kp, hi.data()),
+                        dq.f32() + (row0 * p.hq + it.head) * p.d, ld_q, dk + off, dv + off, ld_kv, ws.s.data(),
+                        ws.dp.data());
         }
       });
   for (int t = 1; t < threads; ++t)

@@ -125,8 +125,8 @@ int64_t topk_tokens_row(const SparseSource& src, const float* q, int h, int64_t 
     for (int64_t i = 0; i < n; ++i) ws.flat[size_t(i)] = (src.s.k0 + visited[first + size_t(c + i)]) * src.p.hkv + g;
     gather_rows(src.k, ws.flat.data(), n, ws.tile.k.data());
     gather_rows(src.v, ws.flat.data(), n, ws.tile.v.data());
-    tile_forward(Rows{q, d}, 1, Rows{ws.tile.k.data(), d}, Rows{ws.tile.v.data(), d}, n, d, src.p.scale, src.p.products, TileMask{}, st,
-                 ws.tile.s.data());
+    tile_forward(Rows{q, d}, 1, Rows{ws.tile.k.data(), d}, Rows{ws.tile.v.data(), d}, n, d, src.p.scale, src.p.products,
+                 TileMask{}, st, ws.tile.s.data());
   });
   return n_sel;
 }
@@ -249,8 +249,8 @@ AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const
               for_key_chunks(begin, end, [&](int64_t kp, int64_t n) {
                 const Rows kr = load_rows(k, s.k0 + kp, n, gi, ws.k.data());
                 const Rows vr = load_rows(v, s.k0 + kp, n, gi, ws.v.data());
-                tile_backward(qr, dor, lse, &delta[size_t(stat)], 1, kr, vr, n, p.d, p.scale, p.products, TileMask{}, dq, p.d,
-                              dk0 + kp * ld_kv, dv0 + kp * ld_kv, ld_kv, ws.s.data(), ws.dp.data());
+                tile_backward(qr, dor, lse, &delta[size_t(stat)], 1, kr, vr, n, p.d, p.scale, p.products, TileMask{},
+                              dq, p.d, dk0 + kp * ld_kv, dv0 + kp * ld_kv, ld_kv, ws.s.data(), ws.dp.data());
               });
             };
             if (!fwd.token_level) {

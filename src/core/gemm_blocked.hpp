@@ -23,9 +23,9 @@ struct VecOf {
   typedef float type __attribute__((vector_size(W * sizeof(float))));
 };
 
-// A bf16 pair (k even in the low half, k odd in the high half), as vdpbf16ps reads it; may alias
-// the uint16_t storage it is read from in place.
-typedef uint32_t pair_t __attribute__((may_alias));
+// A bf16 pair (k even in the low half, k odd in the high half), as vdpbf16ps reads it. A bf16 A is
+// read in place as pairs of its uint16_t storage: these files build with -fno-strict-aliasing.
+typedef uint32_t pair_t;
 
 inline float widen(float x) { return x; }
 inline float widen(uint16_t b) { return bf16_to_f32(b); }

@@ -1,3 +1,5 @@
+// `longctx bench attention` (reads library internals, core/gemm.hpp, to name the GEMM kernels in use):
+// kernel time, GFLOP/s and fractions of the peaks measured in the same run.
 #include <fmt/core.h>
 #include <longctx/core/threads.hpp>
 #include <longctx/core/error.hpp>

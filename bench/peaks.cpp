@@ -1,3 +1,5 @@
+// The machine's peaks; times library internals (core/gemm.hpp): register-only FMA and vdpbf16ps loops,
+// the sgemm of both GEMM backends.
 #include "peaks.hpp"
 
 #if defined(__x86_64__)

@@ -172,11 +172,11 @@ SparseResult grouped_selected(const Problem& p, const Tensor& q, const KVCache& 
             if (group_select) {  // summed in head order; one selection for the whole group
               if (e > 0) simd::add_inplace(ws.rs.score.data(), &ws.score[size_t(e * own)], own);
               if (e + 1 < p.group) continue;
-              top_indices(ws.rs.score, own, top_k - 1, ws.rs.order, sel[row(0)]);
+              append_top_indices(ws.rs.score, own, top_k - 1, sel[row(0)]);
               for (int f = 1; f < p.group; ++f) sel[row(f)] = sel[row(0)];
             } else {
               if (e > 0) std::copy_n(&ws.score[size_t(e * own)], own, ws.rs.score.data());
-              top_indices(ws.rs.score, own, top_k - 1, ws.rs.order, sel[row(e)]);
+              append_top_indices(ws.rs.score, own, top_k - 1, sel[row(e)]);
             }
           }
           for (int e = 0; e < p.group; ++e)

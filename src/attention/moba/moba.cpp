@@ -1,12 +1,12 @@
 // MoBA prefill (docs/DESIGN.md "MoBA"). Three passes over a problem:
 //   1. gate: block mean keys per KV head, then per query tile the scores against the eligible
-//      (strictly past, full) blocks and a top-(k-1) per query (nth_element, O(blocks)); only
-//      one tile's scores exist at a time, never a [blocks x heads x tokens] tensor.
+//      (strictly past, full) blocks (one GEMM) and a top-(k-1) per query (attn::top_indices,
+//      one pass); only one tile's scores exist at a time, never a [blocks x heads x tokens] tensor.
 //   2. own block: each query tile attends its own block causally (the dense tile loop).
 //   3. selected blocks, KV block outer and its selecting queries inner: for each block index j,
-//      the queries that chose j are gathered in tiles, attend block j and merge into their
-//      running softmax state. A query selects a block at most once, so within one j no two
-//      tiles touch the same state; j runs in order, so the merge order is fixed.
+//      the queries that chose j are gathered in tiles and attend block j into partial softmax
+//      states, many blocks' tiles in parallel (waves); the partials merge into each query's
+//      running state in block order (LSE merge), a fixed order.
 // Backward: one item per (sequence, KV head, key tile) owns its dK/dV rows and takes both the
 // own-block queries and the gathered selecting queries; dQ goes to per-thread accumulators.
 #include <longctx/attention/moba/moba.hpp>
@@ -18,6 +18,7 @@
 #include <numeric>
 
 #include "attention/engine/tile_kernels.hpp"
+#include "attention/engine/top_indices.hpp"
 #include "attention/engine/varlen.hpp"
 #include "core/parallel.hpp"
 #include "core/simd.hpp"
@@ -92,7 +93,6 @@ std::vector<Tile> own_block_tiles(const Moba& m) {
 // Per query row: the top-(k-1) eligible blocks by q . mean, ascending, -1 padded.
 struct GateScratch {
   std::vector<float> q, score;
-  std::vector<int32_t> order;
 };
 std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::vector<float>& means,
                                    const std::vector<Tile>& tiles) {
@@ -101,30 +101,27 @@ std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::ve
   if (m.slots == 0) return selected;
   parallel::run(
       int64_t(tiles.size()), parallel::Schedule::dynamic,
-      [&](int) { return GateScratch{std::vector<float>(kQueryTile * p.d), {}, {}}; },
+      [&](int) { return GateScratch{std::vector<float>(kQueryTile * p.d), {}}; },
       [&](int64_t i, GateScratch& ws) {
-        auto& [qbuf, score, order] = ws;
+        auto& [qbuf, score] = ws;
         const Tile& t = tiles[size_t(i)];
         const Seq& s = p.seqs[size_t(t.seq)];
         const int64_t own = (t.start + s.offset()) / m.B;  // blocks 0..own-1 are eligible
         if (own == 0) return;
         const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, qbuf.data());
         const float* mean0 = &means[(m.first_block[size_t(t.seq)] * p.hkv + p.kv_head(t.head)) * p.d];
-        score.resize(size_t(own));
+        // the tile's gate scores q . mean for every eligible block, one fp32 product
+        if (own > m.slots) {
+          score.resize(size_t(t.len * own));
+          gemm::gemm(gemm::Precision::f32, t.len, own, p.d, 1.0f, qr.operand(false),
+                     {mean0, nullptr, int64_t(p.hkv) * p.d, true}, 0.0f, score.data(), own);
+        }
         for (int64_t r = 0; r < t.len; ++r) {
           int32_t* out = &selected[(size_t(t.head) * p.tq + s.q0 + t.start + r) * m.slots];
-          order.resize(size_t(own));
-          std::iota(order.begin(), order.end(), 0);
-          if (own > m.slots) {
-            for (int64_t b = 0; b < own; ++b) score[size_t(b)] = simd::dot(qr.row(r), mean0 + b * p.hkv * p.d, p.d);
-            // higher score first; equal scores: the later block first
-            std::nth_element(order.begin(), order.begin() + m.slots - 1, order.end(), [&](int32_t a, int32_t b) {
-              return score[size_t(a)] != score[size_t(b)] ? score[size_t(a)] > score[size_t(b)] : a > b;
-            });
-            order.resize(size_t(m.slots));
-            std::sort(order.begin(), order.end());
-          }
-          std::copy(order.begin(), order.end(), out);
+          if (own > m.slots)
+            top_indices(&score[size_t(r * own)], own, m.slots, out);
+          else
+            std::iota(out, out + own, 0);
         }
       });
   return selected;
@@ -160,6 +157,9 @@ Selectors invert_selection(const Moba& m, const std::vector<int32_t>& selected) 
   for_each([&](int64_t id, int64_t row) { sel.rows[size_t(fill[size_t(id)]++)] = row; });
   return sel;
 }
+
+// Gathered rows per wave of the selected-block pass (at d = 128, 17 MB of partial states).
+constexpr int64_t kWaveRows = 32768;
 
 // A tile of gathered selecting queries of one block: (sequence, block j, KV head, list range).
 struct GatherTile {
@@ -210,30 +210,61 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
     attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / m.B * m.B, pos0 + t.len, st, ws);
   });
 
-  // Selected blocks, in block order.
-  for (int64_t j = 0; j < m.max_blocks; ++j) {
-    const std::vector<GatherTile> gt = gather_tiles(m, sel, j);
-    parallel::run(int64_t(gt.size()), parallel::Schedule::dynamic, scratch, [&](int64_t i, TileScratch& ws) {
-      const GatherTile& t = gt[size_t(i)];
-      const Seq& s = p.seqs[size_t(t.seq)];
-      const int64_t* rows = sel.of((m.first_block[size_t(t.seq)] + j) * p.hkv + t.g).first + t.begin;
-      std::vector<float> acc(size_t(t.len) * p.d);  // gathered accumulators of these queries
-      for (int64_t e = 0; e < t.len; ++e) {
-        const int64_t stat = (rows[e] % p.hq) * p.tq + rows[e] / p.hq;
-        ws.m[size_t(e)] = m_all[size_t(stat)];
-        ws.l[size_t(e)] = l_all[size_t(stat)];
-        std::copy_n(r.out.f32() + rows[e] * p.d, p.d, &acc[size_t(e * p.d)]);
-      }
-      gather_rows(q, rows, t.len, ws.q.data());
-      attend_key_range(p, s, k, v, t.g, Rows{ws.q.data(), p.d}, t.len, 0, j * m.B, (j + 1) * m.B,
-                       SoftmaxState{ws.m.data(), ws.l.data(), acc.data(), p.d}, ws, true);
-      for (int64_t e = 0; e < t.len; ++e) {
-        const int64_t stat = (rows[e] % p.hq) * p.tq + rows[e] / p.hq;
-        m_all[size_t(stat)] = ws.m[size_t(e)];
-        l_all[size_t(stat)] = ws.l[size_t(e)];
-        std::copy_n(&acc[size_t(e * p.d)], p.d, r.out.f32() + rows[e] * p.d);
-      }
+  // Selected blocks in waves: the (block, gathered tile) items, in block order, are cut into
+  // waves of at most kWaveRows gathered rows. A wave's items run in parallel, each from a fresh
+  // softmax state into its own partial rows; the partials then merge into each query's running
+  // state in block order (a query selects a block at most once). One parallel region per wave
+  // instead of per block keeps small blocks busy; the merge order is fixed, so results are
+  // deterministic.
+  struct Item {
+    GatherTile t;
+    int64_t partial;  // first partial row
+  };
+  std::vector<Item> items;
+  for (int64_t j = 0; j < m.max_blocks; ++j)
+    for (const GatherTile& t : gather_tiles(m, sel, j)) items.push_back({t, 0});
+  std::vector<float> pm, pl, pacc;
+  for (size_t w0 = 0; w0 < items.size();) {
+    size_t w1 = w0;
+    int64_t rows_in_wave = 0;
+    while (w1 < items.size() && (w1 == w0 || rows_in_wave + items[w1].t.len <= kWaveRows)) {
+      items[w1].partial = rows_in_wave;
+      rows_in_wave += items[w1++].t.len;
+    }
+    pm.resize(size_t(rows_in_wave)), pl.resize(size_t(rows_in_wave)), pacc.resize(size_t(rows_in_wave * p.d));
+    const SoftmaxState partials{pm.data(), pl.data(), pacc.data(), p.d};
+    const auto rows_of = [&](const GatherTile& t) {
+      return sel.of((m.first_block[size_t(t.seq)] + t.j) * p.hkv + t.g).first + t.begin;
+    };
+    parallel::run(int64_t(w1 - w0), parallel::Schedule::dynamic, scratch, [&](int64_t i, TileScratch& ws) {
+      const Item& it = items[w0 + size_t(i)];
+      const GatherTile& t = it.t;
+      SoftmaxState st{pm.data() + it.partial, pl.data() + it.partial, pacc.data() + it.partial * p.d, p.d};
+      st.reset(t.len, p.d);
+      gather_rows(q, rows_of(t), t.len, ws.q.data());
+      attend_key_range(p, p.seqs[size_t(t.seq)], k, v, t.g, Rows{ws.q.data(), p.d}, t.len, 0, t.j * m.B,
+                       (t.j + 1) * m.B, st, ws, true);
     });
+    // (query, partial row) in wave order, i.e. block order per query; stable-sorted by query.
+    std::vector<std::pair<int64_t, int64_t>> merges;
+    merges.reserve(size_t(rows_in_wave));
+    for (size_t i = w0; i < w1; ++i) {
+      const int64_t* rows = rows_of(items[i].t);
+      for (int64_t e = 0; e < items[i].t.len; ++e) merges.push_back({rows[e], items[i].partial + e});
+    }
+    std::stable_sort(merges.begin(), merges.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<size_t> starts;  // first entry of each query
+    for (size_t e = 0; e < merges.size(); ++e)
+      if (e == 0 || merges[e].first != merges[e - 1].first) starts.push_back(e);
+    starts.push_back(merges.size());
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(rows_in_wave * p.d))
+    for (int64_t qi = 0; qi < int64_t(starts.size()) - 1; ++qi) {
+      const size_t e0 = starts[size_t(qi)], e1 = starts[size_t(qi) + 1];
+      const int64_t row = merges[e0].first, stat = (row % p.hq) * p.tq + row / p.hq;
+      const SoftmaxState running{&m_all[size_t(stat)], &l_all[size_t(stat)], r.out.f32() + row * p.d, p.d};
+      for (size_t e = e0; e < e1; ++e) merge_state(running, 0, partials, merges[e].second, p.d);
+    }
+    w0 = w1;
   }
 
   // out = acc / l, lse = m + log l.

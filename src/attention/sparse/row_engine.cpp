@@ -1,5 +1,7 @@
 #include "attention/sparse/row_engine.hpp"
 
+#include "attention/engine/top_indices.hpp"
+
 #include <longctx/core/error.hpp>
 
 #include <algorithm>
@@ -48,19 +50,10 @@ void attend_block(const SparseSource& src, Rows q, int g, int64_t j, SoftmaxStat
                       st, ws.tile);
 }
 
-void top_indices(const std::vector<float>& score, int64_t count, int64_t n, std::vector<int32_t>& order,
-                 std::vector<int32_t>& out) {
-  order.resize(size_t(count));
-  std::iota(order.begin(), order.end(), 0);
-  if (count > n) {
-    // higher score first; equal scores: the higher index (later block / key) first
-    std::nth_element(order.begin(), order.begin() + (n - 1), order.end(), [&](int32_t a, int32_t b) {
-      return score[size_t(a)] != score[size_t(b)] ? score[size_t(a)] > score[size_t(b)] : a > b;
-    });
-    order.resize(size_t(n));
-    std::sort(order.begin(), order.end());
-  }
-  out.insert(out.end(), order.begin(), order.end());
+void append_top_indices(const std::vector<float>& score, int64_t count, int64_t n, std::vector<int32_t>& out) {
+  const size_t at = out.size();
+  out.resize(at + size_t(std::max<int64_t>(0, std::min(n, count))));
+  top_indices(score.data(), count, n, out.data() + at);
 }
 
 void quest_block_scores(const SparseSource& src, Rows q, int rows, int g, int64_t own, RowScratch& ws, float* score) {
@@ -81,14 +74,14 @@ void select_quest_blocks(const SparseSource& src, const float* q, int g, int64_t
                          std::vector<int32_t>& out) {
   ws.score.resize(size_t(own));
   quest_block_scores(src, Rows{q, src.p.d}, 1, g, own, ws, ws.score.data());
-  top_indices(ws.score, own, top_k - 1, ws.order, out);
+  append_top_indices(ws.score, own, top_k - 1, out);
 }
 
 void select_moba_blocks(const SparseSource& src, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,
                         std::vector<int32_t>& out) {
   ws.score.resize(size_t(own));
   moba_block_scores(src, Rows{q, src.p.d}, 1, g, own, ws, ws.score.data());
-  top_indices(ws.score, own, top_k - 1, ws.order, out);
+  append_top_indices(ws.score, own, top_k - 1, out);
 }
 
 int64_t selected_blocks_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k,
@@ -118,7 +111,7 @@ int64_t topk_tokens_row(const SparseSource& src, const float* q, int h, int64_t 
       for (int64_t i = 0; i < n; ++i) ws.score[size_t(kp + i)] = simd::dot(q, kr.row(i), d);
     });
   const size_t first = visited.size();
-  top_indices(ws.score, count, top_k, ws.order, visited);
+  append_top_indices(ws.score, count, top_k, visited);
   const int64_t n_sel = int64_t(visited.size() - first);
   for_key_chunks(0, n_sel, [&](int64_t c, int64_t n) {
     ws.flat.resize(size_t(n));

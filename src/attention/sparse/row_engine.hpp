@@ -64,10 +64,8 @@ std::vector<BlockStats> build_block_stats(const Problem& p, const Tensor& k, int
 int64_t attend_own_block(const SparseSource& src, Rows q, int g, int64_t pos, SoftmaxState st, RowScratch& ws);
 // Attends full block j (all keys visible).
 void attend_block(const SparseSource& src, Rows q, int g, int64_t j, SoftmaxState st, RowScratch& ws);
-// Indices of the `n` highest scores of score[0..count) (ties toward the higher index), ascending,
-// appended to out; all of them when count <= n. O(count).
-void top_indices(const std::vector<float>& score, int64_t count, int64_t n, std::vector<int32_t>& order,
-                 std::vector<int32_t>& out);
+// attn::top_indices of score[0..count) appended to out.
+void append_top_indices(const std::vector<float>& score, int64_t count, int64_t n, std::vector<int32_t>& out);
 // Block selectors: the top_k - 1 of the full past blocks 0 .. own - 1 of KV head g for query q,
 // appended ascending to `out`. Quest: by upper bound from the block min/max; MoBA: by q . mean.
 using BlockSelector = void (*)(const SparseSource&, const float* q, int g, int64_t own, int64_t top_k, RowScratch& ws,

@@ -158,8 +158,8 @@ Selectors invert_selection(const Moba& m, const std::vector<int32_t>& selected) 
   return sel;
 }
 
-// Gathered rows per wave of the selected-block pass (at d = 128, 17 MB of partial states).
-constexpr int64_t kWaveRows = 32768;
+// Gathered rows per wave of the selected-block pass (at d = 128, 8.5 MB of partial states).
+constexpr int64_t kWaveRows = 16384;
 
 // A tile of gathered selecting queries of one block: (sequence, block j, KV head, list range).
 struct GatherTile {

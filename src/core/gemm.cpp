@@ -18,6 +18,7 @@ namespace {
 
 bool cpu_runs(Isa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();  // g_isa below is initialised during static construction
   switch (isa) {
     case Isa::portable:
       return true;

@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include <fmt/core.h>
+#include <longctx/core/error.hpp>
 #include <omp.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <thread>
@@ -140,6 +142,13 @@ void write_json_file(const std::string& path, const nlohmann::json& doc) {
 
 void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows) {
   write_json_file(path, {{"machine", machine}, {"rows", rows}});
+}
+
+void check_output_path(const std::string& path, const std::string& flag) {
+  if (path.empty()) return;
+  const std::filesystem::path p(path), dir = p.parent_path().empty() ? "." : p.parent_path();
+  LONGCTX_CHECK(std::filesystem::is_directory(dir), flag, " ", path, ": folder ", dir.string(), " does not exist");
+  LONGCTX_CHECK(!std::filesystem::is_directory(p), flag, " ", path, " is a folder, not a file");
 }
 
 std::string format_duration(double seconds) {

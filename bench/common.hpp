@@ -36,6 +36,9 @@ void print_table(const std::vector<nlohmann::json>& rows, const std::vector<Colu
 void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows);
 // Writes any JSON document atomically (temp file + rename).
 void write_json_file(const std::string& path, const nlohmann::json& doc);
+// Throws, naming `flag`, unless a file at `path` could be created: its folder exists and is a
+// folder. Commands call it before their work, so a typo in an output path loses nothing.
+void check_output_path(const std::string& path, const std::string& flag);
 
 // "1m05s" or "2h03m", for ETAs.
 std::string format_duration(double seconds);

@@ -80,7 +80,7 @@ for run in "${order[@]}"; do
   echo "=== $run: passkey fine-tune ($ft_steps steps) and passkey eval" >&2
   jq ".train.steps = $ft_steps | .train.warmup = 3 | .train.lr = 1e-3 | .train.eval_every = $ft_steps | .train.ckpt_every = $ft_steps | .train.score_last = 7" \
     "$dir/config.json" > "$dir/passkey_config.json"
-  ./longctx train --config "$dir/passkey_config.json" --data "$ft_data" --out "$dir/passkey" \
+  ./longctx train --config "$dir/passkey_config.json" --data "$ft_data" --out "$dir/passkey" --overwrite \
     --init-from "$dir/checkpoint.safetensors" --threads "$threads"
   ./longctx eval --checkpoint "$dir/passkey/checkpoint.safetensors" --data "$data" --no-loss \
     --passkey-lengths "$seq_len,$((4 * seq_len))" --passkey-depths 0.1,0.5,0.9 --passkey-trials 4 \

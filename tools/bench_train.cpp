@@ -17,7 +17,7 @@ namespace {
 
 struct Options {
   std::string config, json;
-  int64_t seq_len = 4096, sequences = 1, steps = 3;
+  int64_t seq_len = 0, sequences = 1, steps = 3;  // seq_len 0: the config's max_seq_len
 };
 
 void run(const Options& o) {
@@ -25,13 +25,17 @@ void run(const Options& o) {
   LONGCTX_CHECK(f.good(), "bench train: cannot read config '", o.config, "'");
   const nlohmann::json j = nlohmann::json::parse(f);
   const ModelConfig mc = ModelConfig::from_json(j.contains("model") ? j["model"] : j);
+  bench::check_output_path(o.json, "bench train: --json");
+  const int64_t seq_len = o.seq_len > 0 ? o.seq_len : mc.max_seq_len;
+  LONGCTX_CHECK(seq_len <= mc.max_seq_len, "bench train: --seq-len ", seq_len, " is longer than the config's max_seq_len (",
+                mc.max_seq_len, ")");
   Transformer model(mc, 1);
   AdamW opt(model.params(), {});
   std::mt19937_64 rng(1);
   Batch b;
   b.cu_seqlens = {0};
   for (int64_t s = 0; s < o.sequences; ++s) {
-    for (int64_t t = 0; t < o.seq_len; ++t) {
+    for (int64_t t = 0; t < seq_len; ++t) {
       b.tokens.push_back(int32_t(rng() % uint64_t(mc.vocab_size)));
       b.targets.push_back(int32_t(rng() % uint64_t(mc.vocab_size)));
     }
@@ -49,7 +53,7 @@ void run(const Options& o) {
   const double t = bench::time_best(step, int(o.steps), 0.0);
   const double tps = double(b.size()) / t;
   fmt::print("longctx train step: {} params, {} x {} tokens, {} threads: {:.3f} s/step, {:.0f} tokens/s\n",
-             model.num_params(), o.sequences, o.seq_len, parallel::max_threads(), t, tps);
+             model.num_params(), o.sequences, seq_len, parallel::max_threads(), t, tps);
   if (!o.json.empty())
     bench::write_json(o.json, bench::machine_info(parallel::max_threads(), peaks),
                       {{{"engine", "longctx"},
@@ -65,7 +69,8 @@ void add_bench_train(CLI::App& bench) {
   auto o = std::make_shared<Options>();
   CLI::App* c = bench.add_subcommand("train", "Training-step throughput (forward, backward, AdamW) on random tokens");
   c->add_option("--config", o->config, "Model config JSON (a train config's \"model\" section is used)")->required();
-  c->add_option("--seq-len", o->seq_len, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--seq-len", o->seq_len, "Tokens per sequence (default: the config's max_seq_len)")
+      ->check(CLI::PositiveNumber);
   c->add_option("--sequences", o->sequences, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--steps", o->steps, "Timed steps (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--json", o->json, "Also write the result to this JSON file");

@@ -95,6 +95,8 @@ void run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   LONGCTX_CHECK(!o.no_loss || o.passkey || !o.passkey_lengths.empty(),
                 "eval: --no-loss without --passkey or --passkey-lengths leaves nothing to evaluate");
+  bench::check_output_path(o.json, "eval: --json");
+  bench::check_output_path(o.plot, "eval: --plot");
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const int64_t seq_len = o.seq_len > 0 ? o.seq_len : o.max_seq_len > 0 ? o.max_seq_len : info.model.max_seq_len;
   PasskeyOptions po;

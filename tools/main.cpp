@@ -1,6 +1,9 @@
 // The `longctx` command-line tool.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <stdexcept>
+#include <thread>
 
 #include <longctx/core/error.hpp>
 #include <longctx/core/threads.hpp>
@@ -16,6 +19,11 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "OpenMP threads for every command (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.fallthrough();
   app.parse_complete_callback([&threads] {
+    // more threads than cores only slows the kernels down; far more would exhaust memory
+    const int most = 4 * std::max(1, int(std::thread::hardware_concurrency()));
+    if (threads > most)
+      throw std::invalid_argument(longctx::concat("--threads ", threads, ": at most ", most, " on this machine (4 x its ",
+                                                  most / 4, " cores)"));
     if (threads > 0) longctx::parallel::set_threads(threads);
   });
   CLI::App* bench = app.add_subcommand("bench", "Kernel speed and memory, method vs method");

@@ -38,11 +38,17 @@ double unigram_entropy(const Corpus& c) {
 struct Options {
   std::string config, data, out = "runs/latest", init_from;
   int64_t steps = 0;
-  bool resume = false;
+  bool resume = false, overwrite = false;
   uint64_t init_seed = 1234;
 };
 
 void run(const Options& o) {
+  // a fresh run never replaces another one's checkpoint and log
+  for (const char* file : {"checkpoint.safetensors", "log.jsonl"})
+    LONGCTX_CHECK(o.resume || o.overwrite || !std::filesystem::exists(std::filesystem::path(o.out) / file), "train: ",
+                  o.out, " already holds a run (", file, "): continue it with --resume, replace it with --overwrite, ",
+                  "or choose another --out");
+  LONGCTX_CHECK(!(o.resume && o.overwrite), "train: --resume and --overwrite exclude each other");
   std::ifstream cf(o.config);
   LONGCTX_CHECK(cf.good(), "train: cannot read config '", o.config, "'");
   nlohmann::json j;
@@ -134,6 +140,7 @@ void add_train(CLI::App& app) {
   c->add_option("--out", o->out, "Run folder: checkpoint.safetensors and log.jsonl")->capture_default_str();
   c->add_option("--steps", o->steps, "Override the config's step count");
   c->add_flag("--resume", o->resume, "Continue from <out>/checkpoint.safetensors");
+  c->add_flag("--overwrite", o->overwrite, "Start afresh in an --out that already holds a run (replaces it)");
   c->add_option("--init-from", o->init_from,
                  "Start from this checkpoint's weights (fresh optimizer, step 0): a fine-tune. A config without "
                  "\"model\" reuses the checkpoint's; with one, it must match but for max_seq_len");

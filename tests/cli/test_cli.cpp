@@ -114,6 +114,43 @@ TEST(Cli, TrainResumeEvalGenerate) {
   EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
 }
 
+// Bad output paths and conflicting runs are refused before any work (issue 19's first items).
+TEST(Cli, RefusesBeforeWorking) {
+  const fs::path dir = tiny_run_dir("longctx_cli_refuse");
+  const std::string common = "--config " + (dir / "config.json").string() + " --data " + (dir / "data").string() +
+                             " --out " + (dir / "run").string();
+  CliRun r = run_cli("train " + common + " --steps 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_cli("train " + common + " --steps 1");  // a second fresh run into the same folder
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("already holds a run (checkpoint.safetensors): continue it with --resume"),
+            std::string::npos)
+      << r.output;
+  r = run_cli("train " + common + " --steps 2 --overwrite");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(lines_of(dir / "run" / "log.jsonl"), 2u);  // replaced, not appended
+
+  const std::string ckpt = (dir / "run" / "checkpoint.safetensors").string();
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + (dir / "data").string() + " --json " +
+              (dir / "missing" / "x.json").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("does not exist"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("eval took"), std::string::npos) << "the evaluation ran before the path was checked";
+
+  r = run_cli("generate --checkpoint " + ckpt + " --threads 100000 --prompt a --tokens 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--threads 100000: at most"), std::string::npos) << r.output;
+
+  // bench train defaults to the config's max_seq_len (64 here) and refuses a longer --seq-len
+  r = run_cli("bench train --config " + (dir / "config.json").string() + " --steps 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("1 x 64 tokens"), std::string::npos) << r.output;
+  r = run_cli("bench train --config " + (dir / "config.json").string() + " --steps 1 --seq-len 128");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--seq-len 128 is longer than the config's max_seq_len (64)"), std::string::npos)
+      << r.output;
+}
+
 TEST(Cli, TrainRejectsBadConfigAndMissingData) {
   const fs::path dir = tiny_run_dir("longctx_cli_badconfig");
   std::ofstream(dir / "bad.json") << R"({"model": {"n_heads": 3, "d_model": 32}})";

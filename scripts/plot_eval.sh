@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Plots of `longctx eval --json` results (gnuplot, installed on demand).
+# Plots of `longctx eval --json` results (gnuplot and jq, installed by scripts/setup.sh; this script
+# never installs anything: `longctx eval --plot` runs it in the middle of an evaluation).
 #   scripts/plot_eval.sh OUT.png EVAL.json
 #       position-wise loss curve and the passkey accuracy grid (length x depth) of one eval
 #   scripts/plot_eval.sh --positions OUT.png A.json B.json ...
 #       the position-wise loss curves of several evals in one plot, labelled by file name
 set -euo pipefail
-source "$(dirname "$0")/apt_need.sh"
 
 usage() { echo "usage: $0 OUT.png EVAL.json | $0 --positions OUT.png A.json [B.json ...]" >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -13,7 +13,9 @@ mode=single
 if [ "$1" = "--positions" ]; then mode=positions; shift; [ $# -ge 2 ] || usage; fi
 out=$1; shift
 for f in "$@"; do [ -r "$f" ] || { echo "plot_eval: cannot read $f" >&2; exit 1; }; done
-need gnuplot-nox jq
+for tool in gnuplot jq; do
+  command -v $tool > /dev/null || { echo "plot_eval: $tool is not installed (scripts/setup.sh installs it)" >&2; exit 1; }
+done
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 
@@ -97,6 +98,8 @@ void run(const Options& o) {
                 "eval: --no-loss without --passkey or --passkey-lengths leaves nothing to evaluate");
   bench::check_output_path(o.json, "eval: --json");
   bench::check_output_path(o.plot, "eval: --plot");
+  LONGCTX_CHECK(o.plot.empty() || std::system("command -v gnuplot >/dev/null 2>&1 && command -v jq >/dev/null 2>&1") == 0,
+                "eval: --plot needs gnuplot and jq (scripts/setup.sh installs them)");
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const int64_t seq_len = o.seq_len > 0 ? o.seq_len : o.max_seq_len > 0 ? o.max_seq_len : info.model.max_seq_len;
   PasskeyOptions po;

@@ -24,13 +24,19 @@ struct Options {
 };
 
 void run(const Options& o) {
+  o.sampler.validate();  // before anything is printed
   std::string tok_spec;
   Transformer model = load_model(o.checkpoint, &tok_spec);
   const auto tok = make_tokenizer(tok_spec);
   std::vector<int32_t> ids = tok->encode(o.prompt);
   LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
   const int64_t total = int64_t(ids.size()) + o.tokens, V = model.config().vocab_size;
-  if (total > model.config().max_seq_len) model = load_model(o.checkpoint, nullptr, total);  // RoPE extends
+  if (total > model.config().max_seq_len) {
+    fmt::print(stderr, "note: {} prompt + {} new tokens run past the {} positions the model was trained on; RoPE "
+               "extends, but quality past position {} is untested\n",
+               ids.size(), o.tokens, model.config().max_seq_len, model.config().max_seq_len);
+    model = load_model(o.checkpoint, nullptr, total);  // RoPE extends
+  }
   std::mt19937_64 rng(o.seed);
   DecodeState state = model.new_decode_state(total);
   std::fputs(o.prompt.c_str(), stdout);

@@ -8,10 +8,15 @@
 
 namespace longctx {
 
+void SamplerConfig::validate() const {
+  LONGCTX_CHECK(temperature >= 0 && std::isfinite(temperature), "sampler: temperature must be >= 0 and finite, got ",
+                temperature);
+  LONGCTX_CHECK(top_k >= 0, "sampler: top_k must be >= 0, got ", top_k);
+  LONGCTX_CHECK(top_p > 0 && top_p <= 1, "sampler: top_p must be in (0, 1], got ", top_p);
+}
+
 int32_t sample_token(const float* logits, int64_t V, const SamplerConfig& cfg, std::mt19937_64& rng) {
-  LONGCTX_CHECK(cfg.temperature >= 0, "sampler: temperature must be >= 0, got ", cfg.temperature);
-  LONGCTX_CHECK(cfg.top_k >= 0, "sampler: top_k must be >= 0, got ", cfg.top_k);
-  LONGCTX_CHECK(cfg.top_p > 0 && cfg.top_p <= 1, "sampler: top_p must be in (0, 1], got ", cfg.top_p);
+  cfg.validate();
   if (cfg.temperature == 0) return int32_t(std::max_element(logits, logits + V) - logits);
   std::vector<int32_t> ids(static_cast<size_t>(V));
   std::iota(ids.begin(), ids.end(), 0);

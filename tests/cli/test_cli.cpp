@@ -140,6 +140,13 @@ TEST(Cli, RefusesBeforeWorking) {
   r = run_cli("generate --checkpoint " + ckpt + " --threads 100000 --prompt a --tokens 1");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--threads 100000: at most"), std::string::npos) << r.output;
+  r = run_cli("generate --checkpoint " + ckpt + " --top-p 0 --prompt 'And God'");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("top_p must be in (0, 1], got 0"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("And God"), std::string::npos) << "the prompt was echoed before the options were checked";
+  r = run_cli("generate --checkpoint " + ckpt + " --prompt 'And God' --tokens 70");  // the model was trained on 64
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("run past the 64 positions the model was trained on"), std::string::npos) << r.output;
 
   // bench train defaults to the config's max_seq_len (64 here) and refuses a longer --seq-len
   r = run_cli("bench train --config " + (dir / "config.json").string() + " --steps 1");

@@ -100,8 +100,20 @@ void run(const Options& o) {
   const auto start = std::chrono::steady_clock::now();
   const int64_t first = trainer.steps_done();
   double smooth_tps = 0;
+  // A step of many micro-batches reports its progress every few seconds and stops on a signal.
+  auto last_note = std::chrono::steady_clock::now();
+  const auto between_micro_batches = [&](int64_t done) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_note > std::chrono::seconds(5)) {
+      fmt::print(stderr, "{}step {}: micro-batch {}/{}{}", tty ? "\r" : "", trainer.steps_done() + 1, done, tc.accum,
+                 tty ? "\033[K" : "\n");
+      last_note = now;
+    }
+    return g_interrupted != 0;
+  };
   while (trainer.steps_done() < tc.steps && !g_interrupted) {
-    const StepStats s = trainer.step();
+    const StepStats s = trainer.step(between_micro_batches);
+    if (s.abandoned) break;
     smooth_tps = smooth_tps == 0 ? s.tokens_per_s : 0.9 * smooth_tps + 0.1 * s.tokens_per_s;
     nlohmann::json rec{{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                        {"tokens_per_s", s.tokens_per_s}};
@@ -138,7 +150,14 @@ void add_train(CLI::App& app) {
   c->add_option("--config", o->config, "JSON file with \"model\" and \"train\" sections (see configs/)")->required();
   c->add_option("--data", o->data, "Corpus folder with train/ and val/ (scripts/prepare_data.sh)")->required();
   c->add_option("--out", o->out, "Run folder: checkpoint.safetensors and log.jsonl")->capture_default_str();
-  c->add_option("--steps", o->steps, "Override the config's step count");
+  c->add_option("--steps", o->steps, "Override the config's step count")
+      ->check(CLI::Validator(
+          [](const std::string& v) {
+            char* end = nullptr;
+            const long long n = std::strtoll(v.c_str(), &end, 10);  // not a number: CLI11's own error
+            return *end != '\0' || n >= 1 ? std::string() : "must be >= 1 (leave it out to train the config's steps)";
+          },
+          "INT >= 1"));
   c->add_flag("--resume", o->resume, "Continue from <out>/checkpoint.safetensors");
   c->add_flag("--overwrite", o->overwrite, "Start afresh in an --out that already holds a run (replaces it)");
   c->add_option("--init-from", o->init_from,

@@ -70,7 +70,7 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corp
               : eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.eval_tokens);
 }
 
-StepStats Trainer::step() {
+StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batches) {
   const auto t0 = std::chrono::steady_clock::now();
   model_.force_full_attention(cfg_.moba_to_full_step >= 0 && step_ >= cfg_.moba_to_full_step);
   model_.zero_grad();
@@ -84,6 +84,11 @@ StepStats Trainer::step() {
     loss += model_.forward(b, true) / double(cfg_.accum);
     model_.backward();
     tokens += b.size();
+    if (micro + 1 < cfg_.accum && between_micro_batches && between_micro_batches(micro + 1)) {
+      StepStats s{step_, loss, 0.0, 0.0, 0.0, tokens};
+      s.abandoned = true;
+      return s;
+    }
   }
   if (cfg_.accum > 1)
     for (Param& p : model_.params())
@@ -141,14 +146,18 @@ void Trainer::init_from(const std::string& path) {
 void Trainer::resume(const std::string& path) {
   const SafetensorsFile f = load_safetensors(path);
   const ModelConfig saved = checkpoint_config(f.metadata, path);
-  LONGCTX_CHECK(saved.to_json() == model_.config().to_json(), "resume: checkpoint ", path,
-                " was trained with another model config: ", saved.to_json().dump());
+  const std::string model_diff = first_difference(saved.to_json(), model_.config().to_json());
+  LONGCTX_CHECK(model_diff.empty(), "resume: checkpoint ", path,
+                " was trained with another model config (checkpoint vs config): ", model_diff);
   const TrainConfig saved_train = TrainConfig::from_json(nlohmann::json::parse(f.metadata.at("longctx.train_config")));
-  LONGCTX_CHECK(saved_train.seed == cfg_.seed && saved_train.seq_len == cfg_.seq_len &&
-                    saved_train.batch_tokens == cfg_.batch_tokens && saved_train.accum == cfg_.accum &&
-                    saved_train.tokenizer == cfg_.tokenizer,
-                "resume: checkpoint ", path, " used different data settings (seed, seq_len, batch_tokens, accum, "
-                "tokenizer): ", saved_train.to_json().dump());
+  // the settings that decide which batches come next
+  const auto data_settings = [](const TrainConfig& c) {
+    return nlohmann::json{{"seed", c.seed},   {"seq_len", c.seq_len},    {"batch_tokens", c.batch_tokens},
+                          {"accum", c.accum}, {"tokenizer", c.tokenizer}};
+  };
+  const std::string data_diff = first_difference(data_settings(saved_train), data_settings(cfg_));
+  LONGCTX_CHECK(data_diff.empty(), "resume: checkpoint ", path, " used other data settings (checkpoint vs config): ",
+                data_diff);
   load_weights(model_, f, path);
   auto& params = model_.params();
   for (size_t i = 0; i < params.size(); ++i) {

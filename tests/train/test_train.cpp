@@ -259,6 +259,32 @@ TEST(Checkpoint, ResumeEqualsUninterruptedRun) {
                           straight.model().params()[i].value.nbytes()), 0) << straight.model().params()[i].name;
 }
 
+// A step of several micro-batches abandoned between them changes nothing: the step after it is the
+// step an uninterrupted trainer takes.
+TEST(Training, AbandonedStepChangesNothing) {
+  const fs::path dir = make_corpus("abandon", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  TrainConfig tc = small_train();
+  tc.accum = 3;
+  Trainer straight(small_model(256), tc, corpus, 5), stopped(small_model(256), tc, corpus, 5);
+  std::vector<int64_t> seen;
+  const StepStats a = stopped.step([&](int64_t done) {
+    seen.push_back(done);
+    return done == 2;
+  });
+  EXPECT_TRUE(a.abandoned);
+  EXPECT_EQ(seen, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(stopped.steps_done(), 0);
+  const StepStats b = stopped.step(), want = straight.step();
+  EXPECT_FALSE(b.abandoned);
+  EXPECT_EQ(b.loss, want.loss);
+  for (size_t i = 0; i < straight.model().params().size(); ++i)
+    ASSERT_EQ(std::memcmp(stopped.model().params()[i].value.raw(), straight.model().params()[i].value.raw(),
+                          straight.model().params()[i].value.nbytes()), 0)
+        << straight.model().params()[i].name;
+}
+
 TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
   const fs::path dir = make_corpus("corrupt", 4);
   const auto tok = make_tokenizer("bytes");
@@ -278,7 +304,13 @@ TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
   expect_error([&] { load_model((dir / "missing.safetensors").string()); }, "cannot open checkpoint");
   // a checkpoint of another model
   Trainer other(small_model(256, "moba"), small_train(), load_corpus(dir.string(), *tok), 1);
-  expect_error([&] { other.resume(good); }, "was trained with another model config");
+  expect_error([&] { other.resume(good); },
+               "was trained with another model config (checkpoint vs config): layers[0].attention.kind");
+  // the same model with other data settings names the first one that differs
+  TrainConfig reseeded = small_train();
+  reseeded.seed += 1;
+  Trainer resown(small_model(256), reseeded, load_corpus(dir.string(), *tok), 1);
+  expect_error([&] { resown.resume(good); }, "used other data settings (checkpoint vs config): seed: ");
 }
 
 TEST(Checkpoint, InitFromLoadsWeightsOnlyAndStartsAtStepZero) {

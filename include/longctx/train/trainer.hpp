@@ -36,6 +36,7 @@ struct StepStats {
   int64_t step;  // the step just completed (1-based)
   double loss, lr, grad_norm, tokens_per_s;
   int64_t tokens;
+  bool abandoned = false;  // stopped between micro-batches: nothing changed, the step is still to do
 };
 
 class Trainer {
@@ -51,7 +52,10 @@ class Trainer {
   // run longer sequences); throws naming the first difference. Call before the first step.
   void init_from(const std::string& checkpoint);
 
-  StepStats step();    // one optimizer step
+  // One optimizer step. `between_micro_batches(done)`, if given, is called after each of the step's
+  // `accum` micro-batches but the last; returning true abandons the step before the optimizer
+  // runs (weights, optimizer state and step count unchanged), so a long step can be interrupted.
+  StepStats step(const std::function<bool(int64_t done)>& between_micro_batches = {});
   double evaluate();   // mean validation loss over the fixed eval batches
   int64_t steps_done() const { return step_; }
   Transformer& model() { return model_; }

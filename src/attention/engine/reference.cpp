@@ -19,7 +19,7 @@ template <class T>
 T probs(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, T scale, const Mask& mask,
         int h, int64_t i, std::vector<T>& p) {
   const int g = h / (s.hq / s.hkv);
-  const uint8_t* mrow = &mask[(size_t(h) * s.tq + i) * s.tk];
+  const uint8_t* mrow = mask.data() + (size_t(h) * s.tq + i) * s.tk;  // tk may be 0
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j < s.tk; ++j) {
     p[j] = mrow[j] ? scale * row_dot(&q[(i * s.hq + h) * s.d], &k[(j * s.hkv + g) * s.d], s.d) : 0;

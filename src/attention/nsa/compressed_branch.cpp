@@ -111,7 +111,7 @@ AttentionResult compressed_forward(const Problem& p, const Tensor& q, const Comp
         for (int64_t i = 0; i < it.len; ++i) {
           const int64_t t = it.start + i + s.offset(), own = t / geo.ls;
           st.imp_b.resize(size_t(own + 1));
-          block_importance(&st.imp_c[i * nv], st.hi[i * G], own, geo, st.imp_b.data());
+          block_importance(st.imp_c.data() + i * nv, st.hi[i * G], own, geo, st.imp_b.data());  // nv may be 0
           top_n(st.imp_b.data(), own, geo, st.rest, &selected[((s.q0 + it.start + i) * p.hkv + it.head) * geo.n]);
         }
       });

@@ -88,8 +88,8 @@ void for_each_strip(const TileMask& mask, int64_t strip_rows, int64_t rows, int6
   }
 }
 
-// Row i of the tile's scores s[rows x n] after its strip's product over keys [lo, lo + w): the
-// entries outside the row's visible keys set to 0; returns the visible range [l, h) (h <= l: none).
+// Row i of the tile's scores s[rows x n] after its strip's product: the entries outside the row's
+// visible keys set to 0, and that range in [l, h) (h <= l: none).
 void mask_row(const TileMask& mask, float* s, int64_t i, int64_t n, int64_t& l, int64_t& h) {
   float* si = s + i * n;
   mask.range(i, n, l, h);
@@ -144,8 +144,11 @@ void tile_backward(Rows q, Rows dout, const float* lse, const float* delta, int6
     for (int64_t i = r0; i < r0 + sr; ++i) {
       int64_t l, h;
       mask_row(mask, p, i, n, l, h);
-      if (h > l && lse[i] == kNegInf) std::fill_n(p + i * n, n, 0.0f);
-      if (h > l && lse[i] != kNegInf) simd::exp_scaled_sum(p + i * n + l, h - l, scale, lse[i]);
+      if (h <= l) continue;
+      if (lse[i] == kNegInf)  // a row that saw no key in the forward
+        std::fill_n(p + i * n, n, 0.0f);
+      else
+        simd::exp_scaled_sum(p + i * n + l, h - l, scale, lse[i]);
     }
     // dV += P^T dO;  dP = dO V^T;  dS = P o (dP - D);  dK += scale dS^T Q;  dQ += scale dS K.
     float *dks = dk + lo * ld_dkv, *dvs = dv + lo * ld_dkv;

@@ -61,6 +61,14 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
     LONGCTX_CHECK(attention_methods().count(m), "bench attention: unknown method '", m, "'");
   LONGCTX_CHECK(cfg.heads % cfg.kv_heads == 0, "bench attention: query heads (", cfg.heads,
                 ") must be a multiple of kv heads (", cfg.kv_heads, ")");
+  // the chosen methods' options are checked here, before any worker starts
+  for (const auto& m : cfg.methods) {
+    const std::string prefix = "bench attention: ";
+    if (m == "moba") cfg.moba.validate(prefix);
+    if (m == "topk") cfg.topk.validate(prefix);
+    if (m == "threshold") cfg.threshold.validate(prefix);
+    if (m == "nsa") cfg.nsa.validate(prefix);
+  }
   if (worker) {
     std::puts(run_case(cfg).dump().c_str());
     return;

@@ -11,7 +11,8 @@ void add_bench_attention(CLI::App& bench) {
   auto mode = std::make_shared<std::string>("fwd");
   CLI::App* c = bench.add_subcommand("attention", "Attention kernels: time, GFLOP/s, speedup vs dense, peak memory");
   c->add_option("--methods", cfg->methods, "Methods to run (dense, moba, nsa, topk, threshold)")->delimiter(',')->capture_default_str();
-  c->add_option("--lengths", cfg->lengths, "Sequence lengths")->delimiter(',')->capture_default_str();
+  c->add_option("--lengths", cfg->lengths, "Sequence lengths")->delimiter(',')->check(at_least(1))
+      ->capture_default_str();
   c->add_option("--batch", cfg->batch, "Sequences of each length, packed varlen")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--heads", cfg->heads, "Query heads")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--kv-heads", cfg->kv_heads, "KV heads (divides --heads)")->check(CLI::PositiveNumber)->capture_default_str();

@@ -2,7 +2,22 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
+#include <string>
+
 namespace longctx::cli {
+
+// An option check for integers >= `least`: "must be >= <least><hint>" (text that is not a number
+// is left to CLI11's own conversion error).
+inline CLI::Validator at_least(long long least, const std::string& hint = "") {
+  return CLI::Validator(
+      [least, hint](const std::string& v) {
+        char* end = nullptr;
+        const long long n = std::strtoll(v.c_str(), &end, 10);
+        return *end != '\0' || n >= least ? std::string() : "must be >= " + std::to_string(least) + hint;
+      },
+      "INT >= " + std::to_string(least));
+}
 
 // `longctx bench attention`
 void add_bench_attention(CLI::App& bench);

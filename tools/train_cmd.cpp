@@ -151,13 +151,7 @@ void add_train(CLI::App& app) {
   c->add_option("--data", o->data, "Corpus folder with train/ and val/ (scripts/prepare_data.sh)")->required();
   c->add_option("--out", o->out, "Run folder: checkpoint.safetensors and log.jsonl")->capture_default_str();
   c->add_option("--steps", o->steps, "Override the config's step count")
-      ->check(CLI::Validator(
-          [](const std::string& v) {
-            char* end = nullptr;
-            const long long n = std::strtoll(v.c_str(), &end, 10);  // not a number: CLI11's own error
-            return *end != '\0' || n >= 1 ? std::string() : "must be >= 1 (leave it out to train the config's steps)";
-          },
-          "INT >= 1"));
+      ->check(at_least(1, " (leave it out to train the config's steps)"));
   c->add_flag("--resume", o->resume, "Continue from <out>/checkpoint.safetensors");
   c->add_flag("--overwrite", o->overwrite, "Start afresh in an --out that already holds a run (replaces it)");
   c->add_option("--init-from", o->init_from,

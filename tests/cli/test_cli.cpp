@@ -67,9 +67,17 @@ TEST(Cli, UnknownMethodFailsWithAClearMessage) {
 }
 
 TEST(Cli, BadKernelArgumentIsReported) {
-  const CliRun r = run_cli("bench attention --methods dense --lengths 64 --heads 3 --kv-heads 2");
+  CliRun r = run_cli("bench attention --methods dense --lengths 64 --heads 3 --kv-heads 2");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("query heads (3) must be a multiple of kv heads (2)"), std::string::npos) << r.output;
+  // checked before any worker starts
+  r = run_cli("bench attention --methods moba --lengths 64 --block-size 0");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("bench attention: block_size must be > 0, got 0"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("worker failed"), std::string::npos) << r.output;
+  r = run_cli("bench attention --methods dense --lengths 64,0");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--lengths: must be >= 1"), std::string::npos) << r.output;
 }
 
 }  // namespace

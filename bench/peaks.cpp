@@ -85,14 +85,6 @@ double all_threads_gflops(Loop loop, double flops_per_iter) {
 }
 #endif
 
-std::string openblas_describe() {
-  const gemm::Backend in_use = gemm::current_backend();
-  gemm::set_backend(gemm::Backend::openblas);
-  std::string d = gemm::describe();
-  gemm::set_backend(in_use);
-  return d;
-}
-
 }  // namespace
 
 double fma_peak_gflops() {
@@ -134,7 +126,7 @@ Peaks Peaks::max(const Peaks& o) const {
 nlohmann::json Peaks::to_json() const {
   return {{"fma_gflops", fma_gflops},        {"bf16_dot_gflops", bf16_gflops},
           {"sgemm_gflops", sgemm_gflops},    {"openblas_sgemm_gflops", openblas_sgemm_gflops},
-          {"openblas", openblas_describe()}, {"stream_read_gbps", stream_gbps},
+          {"openblas", gemm::describe(gemm::Backend::openblas)}, {"stream_read_gbps", stream_gbps},
           {"gemm", gemm::describe()}};
 }
 

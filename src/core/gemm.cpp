@@ -134,8 +134,8 @@ Isa parse_isa(const std::string& name) {
 Backend current_backend() { return g_backend.load(); }
 void set_backend(Backend backend) { g_backend.store(backend); }
 
-std::string describe() {
-  if (current_backend() == Backend::openblas) return std::string("openblas/") + openblas_get_corename();
+std::string describe(Backend backend) {
+  if (backend == Backend::openblas) return std::string("openblas/") + openblas_get_corename();
   return "native/" + isa_name(current_isa());
 }
 

@@ -54,8 +54,10 @@ Isa parse_isa(const std::string& name);  // the inverse; throws on an unknown na
 enum class Backend { native, openblas };
 Backend current_backend();
 void set_backend(Backend backend);
-// "native/avx512_bf16", "openblas/Haswell" and the like: the backend and the kernels it picked.
-std::string describe();
+// "native/avx512_bf16", "openblas/Haswell" and the like: a backend and the kernels it picks
+// (by default the backend in use).
+std::string describe(Backend backend);
+inline std::string describe() { return describe(current_backend()); }
 
 // Threads OpenBLAS may use for a call made outside any parallel region.
 void set_blas_threads(int n);

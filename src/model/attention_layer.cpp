@@ -49,6 +49,23 @@ std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t s
   return out;
 }
 
+int64_t kind_param_count(const ModelConfig& cfg, int64_t layer) {
+  const AttentionSpec& s = cfg.attention[size_t(layer)];
+  int64_t n = 0;
+  if (s.kind() == AttentionKind::nsa) {
+    NsaWeights<float> shapes_only;  // the visitor is only asked for the shapes
+    for_each_nsa_weight(shapes_only, s.get<NsaConfig>(), cfg.n_heads, cfg.head_dim(), cfg.d_model,
+                        [&](const std::string&, std::vector<float>&, const std::vector<int64_t>& shape) {
+                          int64_t e = 1;
+                          for (int64_t d : shape) e *= d;
+                          n += e;
+                        });
+  } else if (s.kind() == AttentionKind::infini) {
+    n = cfg.n_heads;  // beta
+  }
+  return n;
+}
+
 NsaWeights<float> nsa_weights(const NsaConfig& c, const ModelConfig& cfg, const std::vector<Param*>& kp) {
   NsaWeights<float> w;
   for_each_nsa_param(w, c, cfg, kp,

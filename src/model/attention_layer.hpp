@@ -39,6 +39,9 @@ void for_each_nsa_weight(NsaWeights<T>& w, const NsaConfig& c, int64_t hq, int64
 // branch); infini: beta [Hq], 0 (gates start at 0.5). Decay on matrices only (ndim >= 2).
 std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t seed);
 
+// How many values kind_params(cfg, layer, .) holds, without allocating them.
+int64_t kind_param_count(const ModelConfig& cfg, int64_t layer);
+
 // A layer's kind parameters (in kind_params order) as the kernels take them. NSA's kernels hold
 // weights in std::vector, so this copies the Params: O(weights), once per forward, small next to
 // the layer's O(T * ...) work; the backward reuses the forward's copy.

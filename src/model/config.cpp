@@ -1,11 +1,17 @@
 #include <longctx/core/error.hpp>
 #include <longctx/model/config.hpp>
 
+#include <limits>
+
 #include "core/json_fields.hpp"
 
 namespace longctx {
 
 namespace {
+
+// Upper bounds that keep every product of sizes inside int64; the real bound is memory (the
+// Transformer and Trainer refuse a config that does not fit, memory::require_fits).
+constexpr int64_t kMaxWidth = int64_t(1) << 24, kMaxLayers = int64_t(1) << 16, kMaxTokens = int64_t(1) << 31;
 
 // A layer's "attention" object over `base` (the default spec, or the layer's so far): naming
 // another kind starts from that kind's defaults; only "kind" and that kind's fields are allowed.
@@ -13,7 +19,7 @@ AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base) {
   LONGCTX_CHECK(j.is_object(), "model config: attention must be a JSON object, got ", j.dump());
   AttentionSpec a = std::move(base);
   if (j.contains("kind")) {
-    const AttentionKind kind = attention_kind_from_name(j.at("kind").get<std::string>());
+    const AttentionKind kind = attention_kind_from_name(read_value<std::string>(j, "kind", "", "model config: attention"));
     if (kind != a.kind()) a = AttentionSpec::defaults(kind);
   }
   a.visit([&](auto& o) {
@@ -23,7 +29,7 @@ AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base) {
     hint = concat(" (", a.name(), " fields: ", hint.empty() ? "none" : hint, ")");
     known.push_back("kind");
     check_known_fields(j, known, "model config: attention", hint);
-    read_fields(j, o);
+    read_fields(j, o, concat("model config: ", a.name(), " attention"));
   });
   return a;
 }
@@ -35,17 +41,18 @@ nlohmann::json attention_to_json(const AttentionSpec& a) {
 }
 
 FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
+  LONGCTX_CHECK(j.is_object(), "model config: ffn must be a JSON object, got ", j.dump());
   check_known_fields(j, {"kind", "num_experts", "top_k", "d_ff", "num_shared", "capacity_factor",
                          "load_balance_weight", "z_loss_weight"},
                      "model config: ffn");
-  f.kind = j.value("kind", f.kind);
-  f.num_experts = j.value("num_experts", f.num_experts);
-  f.top_k = j.value("top_k", f.top_k);
-  f.d_ff = j.value("d_ff", f.d_ff);
-  f.num_shared = j.value("num_shared", f.num_shared);
-  f.capacity_factor = j.value("capacity_factor", f.capacity_factor);
-  f.load_balance_weight = j.value("load_balance_weight", f.load_balance_weight);
-  f.z_loss_weight = j.value("z_loss_weight", f.z_loss_weight);
+  f.kind = read_value(j, "kind", f.kind, "model config: ffn");
+  f.num_experts = read_value(j, "num_experts", f.num_experts, "model config: ffn");
+  f.top_k = read_value(j, "top_k", f.top_k, "model config: ffn");
+  f.d_ff = read_value(j, "d_ff", f.d_ff, "model config: ffn");
+  f.num_shared = read_value(j, "num_shared", f.num_shared, "model config: ffn");
+  f.capacity_factor = read_value(j, "capacity_factor", f.capacity_factor, "model config: ffn");
+  f.load_balance_weight = read_value(j, "load_balance_weight", f.load_balance_weight, "model config: ffn");
+  f.z_loss_weight = read_value(j, "z_loss_weight", f.z_loss_weight, "model config: ffn");
   return f;
 }
 
@@ -60,21 +67,22 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
       "model config");
   ModelConfig c;
   try {
-    c.vocab_size = j.value("vocab_size", c.vocab_size);
-    c.d_model = j.value("d_model", c.d_model);
-    c.n_layers = j.value("n_layers", c.n_layers);
-    c.n_heads = j.value("n_heads", c.n_heads);
-    c.n_kv_heads = j.value("n_kv_heads", c.n_heads);
-    c.d_ff = j.value("d_ff", c.d_ff);
-    c.max_seq_len = j.value("max_seq_len", c.max_seq_len);
-    c.rope_theta = j.value("rope_theta", c.rope_theta);
-    c.norm_eps = j.value("norm_eps", c.norm_eps);
-    c.tie_embeddings = j.value("tie_embeddings", c.tie_embeddings);
-    const std::string mp = j.value("matmul_precision", std::string("f32"));
+    c.vocab_size = read_value(j, "vocab_size", c.vocab_size, "model config");
+    c.d_model = read_value(j, "d_model", c.d_model, "model config");
+    c.n_layers = read_value(j, "n_layers", c.n_layers, "model config");
+    c.n_heads = read_value(j, "n_heads", c.n_heads, "model config");
+    c.n_kv_heads = read_value(j, "n_kv_heads", c.n_heads, "model config");
+    c.d_ff = read_value(j, "d_ff", c.d_ff, "model config");
+    c.max_seq_len = read_value(j, "max_seq_len", c.max_seq_len, "model config");
+    c.rope_theta = read_value(j, "rope_theta", c.rope_theta, "model config");
+    c.norm_eps = read_value(j, "norm_eps", c.norm_eps, "model config");
+    c.tie_embeddings = read_value(j, "tie_embeddings", c.tie_embeddings, "model config");
+    const std::string mp = read_value<std::string>(j, "matmul_precision", "f32", "model config");
     LONGCTX_CHECK(mp == "f32" || mp == "bf16", "model config: matmul_precision must be \"f32\" or \"bf16\", got \"", mp,
                   "\"");
     c.matmul_precision = mp == "bf16" ? DType::bf16 : DType::f32;
-    LONGCTX_CHECK(c.n_layers >= 1, "model config: n_layers must be >= 1, got ", c.n_layers);
+    LONGCTX_CHECK(c.n_layers >= 1 && c.n_layers <= kMaxLayers, "model config: n_layers must be in [1, ", kMaxLayers,
+                  "], got ", c.n_layers);
     const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()), AttentionSpec{});
     const FfnSpec ffn = ffn_from_json(j.value("ffn", nlohmann::json::object()), {});
     c.attention.assign(size_t(c.n_layers), attn);
@@ -84,11 +92,13 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
       LONGCTX_CHECK(layers.is_array() && int64_t(layers.size()) == c.n_layers, "model config: 'layers' must list ",
                     c.n_layers, " layers, got ", layers.size());
       for (size_t i = 0; i < layers.size(); ++i) {
+        LONGCTX_CHECK(layers[i].is_object(), "model config: layers[", i, "] must be a JSON object, got ", layers[i].dump());
+        check_known_fields(layers[i], {"attention", "ffn"}, "model config: layers[]");
         c.attention[i] = attention_from_json(layers[i].value("attention", nlohmann::json::object()), c.attention[i]);
         c.ffn[i] = ffn_from_json(layers[i].value("ffn", nlohmann::json::object()), c.ffn[i]);
       }
     }
-    const int64_t last_full = j.value("full_attention_last_n", int64_t(0));
+    const int64_t last_full = read_value<int64_t>(j, "full_attention_last_n", 0, "model config");
     LONGCTX_CHECK(last_full >= 0 && last_full <= c.n_layers, "model config: full_attention_last_n must be in [0, ",
                   c.n_layers, "], got ", last_full);
     for (int64_t i = c.n_layers - last_full; i < c.n_layers; ++i) c.attention[size_t(i)] = AttentionSpec{};
@@ -141,14 +151,16 @@ nlohmann::json ModelConfig::to_json() const {
 }
 
 void ModelConfig::validate() const {
-  auto positive = [](const char* name, int64_t v) { LONGCTX_CHECK(v > 0, "model config: ", name, " must be > 0, got ", v); };
-  positive("vocab_size", vocab_size);
-  positive("d_model", d_model);
-  positive("n_layers", n_layers);
-  positive("n_heads", n_heads);
-  positive("n_kv_heads", n_kv_heads);
-  positive("d_ff", d_ff);
-  positive("max_seq_len", max_seq_len);
+  auto size = [](const char* name, int64_t v, int64_t most) {
+    LONGCTX_CHECK(v > 0 && v <= most, "model config: ", name, " must be in [1, ", most, "], got ", v);
+  };
+  size("vocab_size", vocab_size, std::numeric_limits<int32_t>::max());  // token ids are int32
+  size("d_model", d_model, kMaxWidth);
+  size("n_layers", n_layers, kMaxLayers);
+  size("n_heads", n_heads, kMaxWidth);
+  size("n_kv_heads", n_kv_heads, kMaxWidth);
+  size("d_ff", d_ff, kMaxWidth);
+  size("max_seq_len", max_seq_len, kMaxTokens);
   LONGCTX_CHECK(d_model % n_heads == 0, "model config: n_heads (", n_heads, ") must divide d_model (", d_model, ")");
   LONGCTX_CHECK(head_dim() % 2 == 0, "model config: head_dim (d_model / n_heads = ", head_dim(), ") must be even for RoPE");
   LONGCTX_CHECK(n_heads % n_kv_heads == 0, "model config: n_kv_heads (", n_kv_heads, ") must divide n_heads (", n_heads, ")");
@@ -160,7 +172,12 @@ void ModelConfig::validate() const {
     attention[i].validate(concat("model config: layer ", i, ": ", attention[i].name(), " "));
     LONGCTX_CHECK(ffn[i].kind == "dense" || ffn[i].kind == "moe", "model config: layer ", i, ": unknown ffn kind '",
                   ffn[i].kind, "' (available: dense, moe)");
-    if (ffn[i].kind == "moe") moe::validate(moe_config(*this, int64_t(i)));
+    if (ffn[i].kind == "moe") {
+      const FfnSpec& f = ffn[i];
+      LONGCTX_CHECK(f.num_experts <= kMaxLayers && f.num_shared <= kMaxLayers && f.d_ff <= kMaxWidth, "model config: layer ",
+                    i, ": moe num_experts and num_shared must be <= ", kMaxLayers, " and d_ff <= ", kMaxWidth);
+      moe::validate(moe_config(*this, int64_t(i)));
+    }
   }
 }
 

@@ -1,4 +1,5 @@
 #include <longctx/core/error.hpp>
+#include <longctx/core/memory.hpp>
 #include <longctx/model/transformer.hpp>
 
 #include <cmath>
@@ -79,8 +80,29 @@ Transformer::~Transformer() = default;
 Transformer::Transformer(Transformer&&) noexcept = default;
 Transformer& Transformer::operator=(Transformer&&) noexcept = default;
 
+double param_count(const ModelConfig& cfg) {
+  const double D = double(cfg.d_model), kv = double(cfg.n_kv_heads * cfg.head_dim());
+  double n = double(cfg.vocab_size) * D * (cfg.tie_embeddings ? 1 : 2) + D;  // embeddings, head, final norm
+  for (int64_t l = 0; l < cfg.n_layers; ++l) {
+    n += 2 * D + 2 * D * D + 2 * D * kv + double(attention_layer::kind_param_count(cfg, l));  // norms, wq wo wk wv
+    if (cfg.ffn[size_t(l)].kind == "moe") {
+      const moe::Config m = moe_config(cfg, l);
+      n += D * double(m.num_experts) + 3 * D * double(m.d_ff) * double(m.num_experts + m.num_shared);
+    } else {
+      n += 3 * D * double(cfg.d_ff);
+    }
+  }
+  return n;
+}
+
+double model_bytes(const ModelConfig& cfg) {
+  return 2 * 4 * param_count(cfg) + 4 * double(cfg.max_seq_len) * double(cfg.head_dim());
+}
+
 Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   cfg_.validate();
+  memory::require_fits(model_bytes(cfg_), concat("a model of ", param_count(cfg_),
+                                                  " parameters (fp32 weights, gradients and RoPE table)"));
   const int64_t D = cfg.d_model, dh = cfg.head_dim(), F = cfg.d_ff, V = cfg.vocab_size;
   std::mt19937_64 rng(seed);
   auto add = [&](std::string name, std::vector<int64_t> shape, float std) {

@@ -13,10 +13,35 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// A split's documents: its .txt files, sorted by name.
+std::vector<fs::path> split_files(const fs::path& dir) {
+  LONGCTX_CHECK(fs::is_directory(dir), "corpus: missing folder ", dir.string(),
+                " (make it with scripts/prepare_data.sh)");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  LONGCTX_CHECK(!files.empty(), "corpus: no .txt documents in ", dir.string());
+  return files;
+}
+
+std::string read_text(const fs::path& f) {
+  std::ifstream in(f, std::ios::binary);
+  LONGCTX_CHECK(in.good(), "corpus: cannot read ", f.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 std::vector<std::vector<int32_t>> load_split(const fs::path& dir, const Tokenizer& tok) {
   std::vector<std::vector<int32_t>> docs;
-  for (const std::string& text : load_split_texts(dir.string())) {
-    std::vector<int32_t> ids = tok.encode(text);
+  for (const fs::path& f : split_files(dir)) {
+    std::vector<int32_t> ids;
+    try {
+      ids = tok.encode(read_text(f));
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(concat("longctx: corpus: ", f.string(), ": ", message_of(e)));
+    }
     if (ids.size() >= 2) docs.push_back(std::move(ids));  // a document needs a token and its successor
   }
   LONGCTX_CHECK(!docs.empty(), "corpus: every document in ", dir.string(), " is shorter than 2 tokens");
@@ -52,22 +77,8 @@ void check_tail_args(int64_t seq_len, int64_t batch_tokens, int64_t score_last) 
 }  // namespace
 
 std::vector<std::string> load_split_texts(const std::string& split_dir) {
-  const fs::path dir(split_dir);
-  LONGCTX_CHECK(fs::is_directory(dir), "corpus: missing folder ", dir.string(),
-                " (make it with scripts/prepare_data.sh)");
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  LONGCTX_CHECK(!files.empty(), "corpus: no .txt documents in ", dir.string());
   std::vector<std::string> texts;
-  for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    LONGCTX_CHECK(in.good(), "corpus: cannot read ", f.string());
-    std::stringstream ss;
-    ss << in.rdbuf();
-    texts.push_back(ss.str());
-  }
+  for (const fs::path& f : split_files(split_dir)) texts.push_back(read_text(f));
   return texts;
 }
 

@@ -1,4 +1,5 @@
 #include <longctx/core/error.hpp>
+#include <longctx/core/memory.hpp>
 #include <longctx/model/checkpoint.hpp>
 #include <longctx/train/trainer.hpp>
 
@@ -17,25 +18,25 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                          "ckpt_every", "moba_to_full_step", "score_last"},
                      "train config");
   try {
-    c.tokenizer = j.value("tokenizer", c.tokenizer);
-    c.seq_len = j.value("seq_len", c.seq_len);
-    c.batch_tokens = j.value("batch_tokens", c.batch_tokens);
-    c.accum = j.value("accum", c.accum);
-    c.steps = j.value("steps", c.steps);
-    c.warmup = j.value("warmup", c.warmup);
-    c.lr = j.value("lr", c.lr);
-    c.min_lr = j.value("min_lr", c.min_lr);
-    c.grad_clip = j.value("grad_clip", c.grad_clip);
-    c.adam.beta1 = j.value("beta1", c.adam.beta1);
-    c.adam.beta2 = j.value("beta2", c.adam.beta2);
-    c.adam.eps = j.value("eps", c.adam.eps);
-    c.adam.weight_decay = j.value("weight_decay", c.adam.weight_decay);
-    c.seed = j.value("seed", c.seed);
-    c.eval_every = j.value("eval_every", c.eval_every);
-    c.eval_tokens = j.value("eval_tokens", c.eval_tokens);
-    c.ckpt_every = j.value("ckpt_every", c.ckpt_every);
-    c.moba_to_full_step = j.value("moba_to_full_step", c.moba_to_full_step);
-    c.score_last = j.value("score_last", c.score_last);
+    c.tokenizer = read_value(j, "tokenizer", c.tokenizer, "train config");
+    c.seq_len = read_value(j, "seq_len", c.seq_len, "train config");
+    c.batch_tokens = read_value(j, "batch_tokens", c.batch_tokens, "train config");
+    c.accum = read_value(j, "accum", c.accum, "train config");
+    c.steps = read_value(j, "steps", c.steps, "train config");
+    c.warmup = read_value(j, "warmup", c.warmup, "train config");
+    c.lr = read_value(j, "lr", c.lr, "train config");
+    c.min_lr = read_value(j, "min_lr", c.min_lr, "train config");
+    c.grad_clip = read_value(j, "grad_clip", c.grad_clip, "train config");
+    c.adam.beta1 = read_value(j, "beta1", c.adam.beta1, "train config");
+    c.adam.beta2 = read_value(j, "beta2", c.adam.beta2, "train config");
+    c.adam.eps = read_value(j, "eps", c.adam.eps, "train config");
+    c.adam.weight_decay = read_value(j, "weight_decay", c.adam.weight_decay, "train config");
+    c.seed = read_value(j, "seed", c.seed, "train config");
+    c.eval_every = read_value(j, "eval_every", c.eval_every, "train config");
+    c.eval_tokens = read_value(j, "eval_tokens", c.eval_tokens, "train config");
+    c.ckpt_every = read_value(j, "ckpt_every", c.ckpt_every, "train config");
+    c.moba_to_full_step = read_value(j, "moba_to_full_step", c.moba_to_full_step, "train config");
+    c.score_last = read_value(j, "score_last", c.score_last, "train config");
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(concat("longctx: train config: ", e.what()));
   }
@@ -44,8 +45,20 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                 c.seq_len, ")");
   LONGCTX_CHECK(c.accum >= 1, "train config: accum must be >= 1, got ", c.accum);
   LONGCTX_CHECK(c.steps >= 1, "train config: steps must be >= 1, got ", c.steps);
-  LONGCTX_CHECK(c.lr > 0 && c.min_lr >= 0, "train config: lr must be > 0 and min_lr >= 0");
+  LONGCTX_CHECK(c.warmup >= 0, "train config: warmup must be >= 0, got ", c.warmup);
+  LONGCTX_CHECK(c.lr > 0 && std::isfinite(c.lr), "train config: lr must be a finite number > 0, got ", c.lr);
+  LONGCTX_CHECK(c.min_lr >= 0 && c.min_lr <= c.lr, "train config: min_lr must be in [0, lr = ", c.lr, "], got ", c.min_lr);
+  LONGCTX_CHECK(c.grad_clip >= 0 && std::isfinite(c.grad_clip), "train config: grad_clip must be >= 0 (0: no clipping), got ",
+                c.grad_clip);
+  LONGCTX_CHECK(c.adam.beta1 >= 0 && c.adam.beta1 < 1 && c.adam.beta2 >= 0 && c.adam.beta2 < 1,
+                "train config: beta1 and beta2 must be in [0, 1), got ", c.adam.beta1, " and ", c.adam.beta2);
+  LONGCTX_CHECK(c.adam.eps > 0 && std::isfinite(c.adam.eps), "train config: eps must be > 0, got ", c.adam.eps);
+  LONGCTX_CHECK(c.adam.weight_decay >= 0 && std::isfinite(c.adam.weight_decay),
+                "train config: weight_decay must be >= 0, got ", c.adam.weight_decay);
   LONGCTX_CHECK(c.eval_every > 0 && c.ckpt_every > 0, "train config: eval_every and ckpt_every must be > 0");
+  LONGCTX_CHECK(c.eval_tokens > 0, "train config: eval_tokens must be > 0, got ", c.eval_tokens);
+  LONGCTX_CHECK(c.moba_to_full_step >= -1, "train config: moba_to_full_step must be >= 0, or -1 for never, got ",
+                c.moba_to_full_step);
   LONGCTX_CHECK(c.score_last >= 0 && c.score_last <= c.seq_len, "train config: score_last must be in [0, seq_len = ",
                 c.seq_len, "], got ", c.score_last);
   return c;
@@ -61,8 +74,30 @@ nlohmann::json TrainConfig::to_json() const {
           {"score_last", score_last}};
 }
 
+double training_bytes(const ModelConfig& m, const TrainConfig& t) {
+  double per_token = 2.0 * double(m.vocab_size);  // logits and their gradient
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    const FfnSpec& f = m.ffn[size_t(l)];
+    const double ffn_width = f.kind == "moe" ? double(moe_config(m, l).d_ff * (f.top_k + f.num_shared)) : double(m.d_ff);
+    per_token += 8.0 * double(m.d_model) + 2.0 * double(m.n_kv_heads * m.head_dim()) + 3.0 * ffn_width;
+  }
+  return model_bytes(m) + 2 * 4 * param_count(m) + 4 * per_token * double(t.batch_tokens);
+}
+
+namespace {
+
+const TrainConfig& fits_in_memory(const ModelConfig& m, const TrainConfig& t) {
+  m.validate();
+  memory::require_fits(training_bytes(m, t),
+                       concat("training a model of ", param_count(m), " parameters on micro-batches of ",
+                              t.batch_tokens, " tokens (weights, gradients, AdamW moments and activations)"));
+  return t;
+}
+
+}  // namespace
+
 Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed)
-    : cfg_(train), model_(model, init_seed), opt_(model_.params(), train.adam), corpus_(std::move(corpus)) {
+    : cfg_(fits_in_memory(model, train)), model_(model, init_seed), opt_(model_.params(), train.adam), corpus_(std::move(corpus)) {
   LONGCTX_CHECK(train.seq_len <= model.max_seq_len, "train config: seq_len (", train.seq_len,
                 ") exceeds the model's max_seq_len (", model.max_seq_len, ")");
   eval_ = cfg_.score_last > 0

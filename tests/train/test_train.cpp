@@ -67,6 +67,14 @@ TEST(Tokenizer, SentencePieceRoundTrip) {
   const std::string s = "And God said, Let there be light: and there was light.";
   EXPECT_EQ(tok->decode(tok->encode(s)), s);
   EXPECT_LT(tok->encode(s).size(), s.size());  // merges happened
+  const std::string utf8 = "Gr\u00fc\u00dfe \u20ac \U0001D11E";  // 2-, 3- and 4-byte sequences (byte fallback)
+  EXPECT_EQ(tok->decode(tok->encode(utf8)), utf8);
+  // SentencePiece would map other bytes to <unk>: refused, naming the offset (and, in a corpus, the file)
+  testing::expect_error([&] { tok->encode("ok \xff\xfe"); }, "byte 3 (0xff) is not valid UTF-8");
+  for (const std::string bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "a\xe2\x82", "\x80"})
+    testing::expect_error([&] { tok->encode(bad); }, "is not valid UTF-8");  // overlong, surrogate, > U+10FFFF, cut, stray
+  std::ofstream(dir / "train" / "z.txt") << "fine text, then \xe9t\xe9 in Latin-1";
+  testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "z.txt: tokenizer: SentencePiece needs UTF-8 text; byte 16");
 }
 
 TEST(Batches, PackedWindowsWithNextTokenTargetsAndDeterminism) {

@@ -49,6 +49,13 @@ struct DecodeState {
   int64_t size() const { return tokens; }
 };
 
+// The parameters a model of this config has (equal to Transformer(cfg, .).num_params()), counted
+// without allocating; a double, so that an absurd config cannot overflow it.
+double param_count(const ModelConfig& cfg);
+// What a Transformer of this config allocates when built: fp32 weights and their gradients, and
+// the RoPE table. The constructor refuses a config over memory::limit() with this number.
+double model_bytes(const ModelConfig& cfg);
+
 class Transformer {
  public:
   Transformer(const ModelConfig& cfg, uint64_t seed);

@@ -39,6 +39,12 @@ struct StepStats {
   bool abandoned = false;  // stopped between micro-batches: nothing changed, the step is still to do
 };
 
+// Memory a training run of these configs needs: the model's (model_bytes), AdamW's two moments,
+// and an estimate of the activations one micro-batch keeps for the backward (about
+// 4 (8 d_model + 2 kv_width + 3 ffn_width) bytes per token and layer, plus the logits and their
+// gradient). The Trainer refuses a run over memory::limit() with this number.
+double training_bytes(const ModelConfig& model, const TrainConfig& train);
+
 class Trainer {
  public:
   Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed);

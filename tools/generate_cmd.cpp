@@ -3,10 +3,12 @@
 #include <longctx/model/checkpoint.hpp>
 #include <longctx/core/threads.hpp>
 #include <longctx/core/error.hpp>
+#include <longctx/core/memory.hpp>
 #include <longctx/model/sampler.hpp>
 #include <longctx/text/tokenizer.hpp>
 #include <longctx/train/trainer.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -31,6 +33,11 @@ void run(const Options& o) {
   std::vector<int32_t> ids = tok->encode(o.prompt);
   LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
   const int64_t total = int64_t(ids.size()) + o.tokens, V = model.config().vocab_size;
+  ModelConfig extended = model.config();
+  extended.max_seq_len = std::max(total, extended.max_seq_len);
+  memory::require_fits(model_bytes(extended) + decode_state_bytes(extended, total, DType::f32),
+                       concat("generate: ", ids.size(), " prompt + ", o.tokens, " new tokens (the weights, a RoPE table and ",
+                              "KV caches of ", total, " positions)"));
   if (total > model.config().max_seq_len) {
     fmt::print(stderr, "note: {} prompt + {} new tokens run past the {} positions the model was trained on; RoPE "
                "extends, but quality past position {} is untested\n",

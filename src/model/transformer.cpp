@@ -101,8 +101,8 @@ double model_bytes(const ModelConfig& cfg) {
 
 Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   cfg_.validate();
-  memory::require_fits(model_bytes(cfg_), concat("a model of ", param_count(cfg_),
-                                                  " parameters (fp32 weights, gradients and RoPE table)"));
+  memory::require_fits(model_bytes(cfg_), concat("a model of ", param_count(cfg_), " parameters and ", cfg_.max_seq_len,
+                                                  " positions (fp32 weights, gradients and RoPE table)"));
   const int64_t D = cfg.d_model, dh = cfg.head_dim(), F = cfg.d_ff, V = cfg.vocab_size;
   std::mt19937_64 rng(seed);
   auto add = [&](std::string name, std::vector<int64_t> shape, float std) {
@@ -335,9 +335,22 @@ std::vector<double> Transformer::token_losses(const Batch& batch) {
   return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr).rows;
 }
 
+double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype) {
+  const double row = double(cfg.n_kv_heads * cfg.head_dim());
+  double bytes = 0;
+  for (const AttentionSpec& s : cfg.attention) {
+    if (s.kind() == AttentionKind::infini) continue;
+    bytes += 2 * double(capacity) * row * double(dtype_size(cache_dtype));
+    if (s.stats_block_size() > 0) bytes += 3 * 4 * double(capacity / s.stats_block_size() + 1) * row;
+  }
+  return bytes;
+}
+
 DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) const {
   LONGCTX_CHECK(capacity > 0 && capacity <= cfg_.max_seq_len, "decode: capacity must be in [1, max_seq_len = ",
                 cfg_.max_seq_len, "], got ", capacity);
+  memory::require_fits(decode_state_bytes(cfg_, capacity, cache_dtype),
+                       concat("a decode state of ", capacity, " positions (KV caches)"));
   DecodeState st;
   st.capacity = capacity;
   for (int64_t l = 0; l < cfg_.n_layers; ++l)

@@ -79,7 +79,8 @@ double training_bytes(const ModelConfig& m, const TrainConfig& t) {
   for (int64_t l = 0; l < m.n_layers; ++l) {
     const FfnSpec& f = m.ffn[size_t(l)];
     const double ffn_width = f.kind == "moe" ? double(moe_config(m, l).d_ff * (f.top_k + f.num_shared)) : double(m.d_ff);
-    per_token += 8.0 * double(m.d_model) + 2.0 * double(m.n_kv_heads * m.head_dim()) + 3.0 * ffn_width;
+    const double routing = f.kind == "moe" ? double(f.num_experts + 2 * f.top_k * m.d_model) : 0.0;  // gathered rows
+    per_token += 8.0 * double(m.d_model) + 2.0 * double(m.n_kv_heads * m.head_dim()) + 3.0 * ffn_width + routing;
   }
   return model_bytes(m) + 2 * 4 * param_count(m) + 4 * per_token * double(t.batch_tokens);
 }

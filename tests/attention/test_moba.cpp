@@ -56,12 +56,16 @@ TEST_P(MobaVsReference, SelectionForwardAndBackwardMatch) {
   std::vector<int32_t> ref_sel;
   const auto mask = reference::moba_mask<double>(s, qd, kd, vl, c.block, c.top_k, &ref_sel);
   // Same blocks chosen by every (head, query) (as sets: the reference lists them by score).
-  ASSERT_EQ(r.slots, c.top_k - 1);
-  ASSERT_EQ(r.selected.size(), ref_sel.size());
-  for (size_t i = 0; i < ref_sel.size(); i += size_t(r.slots)) {
-    std::multiset<int32_t> a(r.selected.begin() + i, r.selected.begin() + i + r.slots);
-    std::multiset<int32_t> b(ref_sel.begin() + i, ref_sel.begin() + i + r.slots);
-    ASSERT_EQ(a, b) << "selection of (head, row) #" << i / size_t(r.slots);
+  // slots: top_k - 1, or fewer when no sequence has that many past blocks (the reference pads to top_k - 1)
+  const size_t ref_slots = size_t(c.top_k - 1), rows = ref_slots == 0 ? 0 : ref_sel.size() / ref_slots;
+  ASSERT_LE(r.slots, c.top_k - 1);
+  ASSERT_EQ(r.selected.size(), rows * size_t(r.slots));
+  for (size_t i = 0; i < rows; ++i) {
+    std::multiset<int32_t> a, b;
+    for (int64_t j = 0; j < r.slots; ++j) a.insert(r.selected[i * size_t(r.slots) + size_t(j)]);
+    for (size_t j = 0; j < ref_slots; ++j) b.insert(ref_sel[i * ref_slots + j]);
+    a.erase(-1), b.erase(-1);
+    ASSERT_EQ(a, b) << "selection of (head, row) #" << i;
   }
   testing::expect_matches_reference(q, k, v, dout, mask, 1.0 / std::sqrt(double(c.d)), r, g);
 }
@@ -76,6 +80,8 @@ const MobaCase kCases[] = {
     {{300}, {300}, 2, 1, 64, 32, 1, DType::f32},                        // top_k = 1: own block only
     {{40, 1, 77}, {300, 64, 200}, 4, 2, 64, 32, 3, DType::f32},         // q_len < kv_len: bottom-right
     {{300}, {300}, 4, 2, 128, 32, 3, DType::bf16},                      // bf16 storage
+    {{260}, {260}, 2, 1, 64, 16, 50, DType::f32},                       // top_k past the block count
+    {{300}, {300}, 2, 1, 64, 512, 3, DType::f32},                       // block longer than the sequence
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaVsReference, ::testing::ValuesIn(kCases),
@@ -87,6 +93,10 @@ TEST(Moba, CoveringTopKEqualsDenseCausal) {
   const Tensor dout = random_tensor({250, 4, 64}, 4);
   const MobaOptions opts{32, 8, 0.0f};
   const MobaResult m = moba_attention_forward(q, k, v, {}, opts);
+  // a top_k far past the 8 blocks holds only their 7 past-block slots, and chooses the same
+  const MobaResult huge = moba_attention_forward(q, k, v, {}, {32, int64_t(1) << 40, 0.0f});
+  EXPECT_EQ(huge.slots, 7);
+  EXPECT_EQ(huge.selected, m.selected);
   const AttentionResult d = flash_attention_forward(q, k, v);
   EXPECT_LT(rel_error(m.out, to_vec<float>(d.out)), 1e-6);
   EXPECT_LT(rel_error(m.lse, to_vec<float>(d.lse)), 1e-6);

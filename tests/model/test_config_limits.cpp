@@ -101,7 +101,7 @@ TEST(ConfigLimits, ModelsAndRunsOverTheMemoryLimitAreRefusedBeforeAllocating) {
   expect_error([&] { Trainer(cfg, t, Corpus{}, 1); }, "training a model of 5");
   expect_error([&] { Trainer(cfg, t, Corpus{}, 1); }, "more than the memory limit of");
   memory::set_limit(uint64_t(model_bytes(cfg)) - 1);
-  expect_error([&] { Transformer(cfg, 1); }, "fp32 weights, gradients and RoPE table) needs");
+  expect_error([&] { Transformer(cfg, 1); }, "parameters and 32 positions (fp32 weights, gradients and RoPE table) needs");
   memory::set_limit(0);
   EXPECT_EQ(memory::limit(), memory::physical());
   EXPECT_GT(memory::physical(), uint64_t(1) << 28);

@@ -56,6 +56,10 @@ double param_count(const ModelConfig& cfg);
 // the RoPE table. The constructor refuses a config over memory::limit() with this number.
 double model_bytes(const ModelConfig& cfg);
 
+// What new_decode_state(capacity, cache_dtype) allocates: each cached layer's keys and values
+// (infini layers cache nothing) and their block statistics (mean, min, max per block).
+double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype);
+
 class Transformer {
  public:
   Transformer(const ModelConfig& cfg, uint64_t seed);
@@ -80,6 +84,7 @@ class Transformer {
   std::vector<double> token_losses(const Batch& batch);
 
   // Inference state for up to `capacity` tokens (<= max_seq_len); KV caches in `cache_dtype`.
+  // Refuses a state over memory::limit() (decode_state_bytes).
   DecodeState new_decode_state(int64_t capacity, DType cache_dtype = DType::f32) const;
   // Appends tokens to the sequence (a prompt prefill, or one token per decode step) and returns
   // their logits [n, V]; each row equals the corresponding row of logits() over the whole

@@ -41,8 +41,9 @@ struct StepStats {
 
 // Memory a training run of these configs needs: the model's (model_bytes), AdamW's two moments,
 // and an estimate of the activations one micro-batch keeps for the backward (about
-// 4 (8 d_model + 2 kv_width + 3 ffn_width) bytes per token and layer, plus the logits and their
-// gradient). The Trainer refuses a run over memory::limit() with this number.
+// 4 (8 d_model + 2 kv_width + 3 ffn_width) bytes per token and layer, plus MoE routing, the
+// logits and their gradient; within 25% of the peak RSS measured in docs/RELIABILITY.md). The
+// Trainer refuses a run over memory::limit() with this number.
 double training_bytes(const ModelConfig& model, const TrainConfig& train);
 
 class Trainer {

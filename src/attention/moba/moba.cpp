@@ -49,6 +49,8 @@ Moba make_moba(const char* who, const Tensor& q, const Tensor& k, const Tensor& 
     blocks += m.full_blocks(s);
     m.max_blocks = std::max(m.max_blocks, (s.lk + m.B - 1) / m.B);
   }
+  // no query has more past blocks than the longest sequence: a huge top_k costs no memory
+  m.slots = std::min(m.slots, std::max<int64_t>(m.max_blocks - 1, 0));
   return m;
 }
 

@@ -36,7 +36,8 @@ struct MobaOptions {
 struct MobaResult : AttentionResult {
   MobaOptions moba;  // the options it ran with (the backward's)
   // The past blocks each query chose (sequence-local block indices, ascending, -1 padded):
-  // selected[(h * total_q + row) * slots + i], slots = top_k - 1. Kept for the backward, and
+  // selected[(h * total_q + row) * slots + i], slots = top_k - 1 (or fewer: the past blocks of
+  // the longest sequence, so a top_k past the block count means all of them). Kept for the backward, and
   // there for debugging and plots.
   std::vector<int32_t> selected;
   int64_t slots = 0;

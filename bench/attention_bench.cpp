@@ -78,11 +78,14 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   fmt::print("{} x {} q heads / {} kv heads, d={}, {}, {}, {} threads\n", cfg.batch, cfg.heads, cfg.kv_heads,
              cfg.head_dim, cfg.backward ? "forward+backward" : cfg.decode ? "decode step" : "forward", cfg.dtype, threads);
   std::vector<nlohmann::json> rows;
+  Progress progress("bench attention", "cases", 0);
+  const double cases = double(cfg.lengths.size() * cfg.methods.size());
   for (int64_t n : cfg.lengths) {
     std::vector<nlohmann::json> same_len;
     for (const auto& m : cfg.methods) {
       nlohmann::json row = run_worker(worker_args(cfg, m, n));
-      fmt::print(stderr, "  {} n={}: {:.4f} s\n", m, n, row["time_s"].get<double>());
+      progress.report(double(rows.size() + same_len.size() + 1), cases,
+                      fmt::format("({} n={}: {:.4f} s)", m, n, row["time_s"].get<double>()));
       same_len.push_back(std::move(row));
     }
     // speedups against dense at the same shape, when dense ran

@@ -156,6 +156,19 @@ std::string format_duration(double seconds) {
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
 }
 
+Progress::Progress(std::string what, std::string unit, double every_s)
+    : what_(std::move(what)), unit_(std::move(unit)), every_s_(every_s),
+      start_(std::chrono::steady_clock::now()) {}
+
+void Progress::report(double done, double total, const std::string& note) {
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  if (elapsed - last_ < every_s_ && done < total) return;
+  last_ = elapsed;
+  const std::string eta = done > 0 && done < total ? ", ETA " + format_duration(elapsed / done * (total - done)) : "";
+  fmt::print(stderr, "{}: {:.0f}/{:.0f} {}{}, elapsed {}{}\n", what_, done, total, unit_, note.empty() ? "" : " " + note,
+             format_duration(elapsed), eta);
+}
+
 double peak_rss_mb() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

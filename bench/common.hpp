@@ -4,6 +4,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <functional>
 #include <string>
 #include <vector>
@@ -42,6 +43,21 @@ void check_output_path(const std::string& path, const std::string& flag);
 
 // "1m05s" or "2h03m", for ETAs.
 std::string format_duration(double seconds);
+
+// A long phase's progress on stderr: "<what>: <done>/<total> <unit>, elapsed 0m12s, ETA 1m40s".
+// report() prints at most every `every_s` seconds and always for the last unit, so a phase of a
+// few seconds prints one line and a long one a line every few seconds. The ETA assumes the rest
+// goes at the pace so far (units should be of equal cost: tokens, not windows of mixed length).
+class Progress {
+ public:
+  Progress(std::string what, std::string unit, double every_s = 5);
+  void report(double done, double total, const std::string& note = "");
+
+ private:
+  std::string what_, unit_;
+  double every_s_, last_ = -1e300;
+  std::chrono::steady_clock::time_point start_;
+};
 
 // Peak resident set size of this process so far, MiB (getrusage ru_maxrss).
 double peak_rss_mb();

@@ -97,6 +97,9 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
   const double gflops = sgemm_gflops();
   const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;
   std::vector<nlohmann::json> rows;
+  Progress progress("bench decode", "cases", 0);
+  const double cases = double(cfg.lengths.size() * cfg.methods.size());
+  double done = 0;
   for (const int64_t n : cfg.lengths) {
     KVCache cache({n, cfg.kv_heads, cfg.head_dim, cfg.moba.block_size, dt});
     Source src{cfg.kv_heads, cfg.heads, cfg.head_dim, {}};
@@ -122,7 +125,7 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
       }
       if (dense_tps > 0) row["speedup"] = (1.0 / t) / dense_tps;
       rows.push_back(row);
-      fmt::print(stderr, "decode n={} {}: {:.3f} ms\n", n, method, t * 1e3);
+      progress.report(++done, cases, fmt::format("(decode n={} {}: {:.3f} ms)", n, method, t * 1e3));
       if (n > cfg.chunk_max_length) continue;
       // The last `chunk` tokens of the cache as one chunked-prefill call.
       const double tc = time_best([&] { r = attention_over_cache(qc, cache, spec, group); }, 1, cfg.min_seconds);

@@ -195,10 +195,12 @@ void run_infini_bench(const InfiniBenchConfig& cfg, bool worker) {
   for (int64_t n : cfg.dense_lengths) cases.push_back({"dense", n});
 
   std::vector<nlohmann::json> rows;
+  Progress progress("bench infini", "cases", 0);
   for (const auto& [kind, n] : cases) {
     nlohmann::json row = run_worker(worker_args(cfg, kind, n));
-    fmt::print(stderr, "  {} n={}: {:.3f} s, {:.0f} MB\n", kind, n, row["time_s"].get<double>(),
-               row["peak_rss_mb"].get<double>());
+    progress.report(double(rows.size() + 1), double(cases.size()),
+                    fmt::format("({} n={}: {:.3f} s, {:.0f} MB)", kind, n, row["time_s"].get<double>(),
+                                row["peak_rss_mb"].get<double>()));
     row["frac_sgemm"] = row["gflops"].get<double>() / peak;
     rows.push_back(std::move(row));
   }

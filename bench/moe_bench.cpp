@@ -178,12 +178,15 @@ void run_moe_bench(const MoeBenchConfig& cfg, bool worker) {
   fmt::print("sgemm peak: {:.1f} GFLOP/s on {} threads ({:.1f} GFLOP per CPU-second); {} tokens, d_model {}\n", peak,
              threads, peak_cpu, cfg.tokens, cfg.d_model);
   std::vector<nlohmann::json> rows;
+  Progress progress("bench moe", "cases", 0);
+  const double cases = double(cfg.modes.size() * size_t(cfg.rounds) * cfg.cases.size());
+  double done = 0;
   for (const auto& mode : cfg.modes) {
     std::vector<nlohmann::json> same_mode(cfg.cases.size());
     for (int round = 0; round < cfg.rounds; ++round)
       for (size_t i = 0; i < cfg.cases.size(); ++i) {
         nlohmann::json row = run_worker(worker_args(cfg, cfg.cases[i], mode));
-        fmt::print(stderr, "  {} {}: {:.4f} s\n", cfg.cases[i], mode, row["time_s"].get<double>());
+        progress.report(++done, cases, fmt::format("({} {}: {:.4f} s)", cfg.cases[i], mode, row["time_s"].get<double>()));
         if (round == 0 || row["time_s"].get<double>() < same_mode[i]["time_s"].get<double>()) same_mode[i] = row;
       }
     for (auto& row : same_mode) {

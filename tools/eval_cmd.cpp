@@ -46,7 +46,9 @@ nlohmann::json model_summary(const Transformer& m, const CheckpointInfo& info) {
 nlohmann::json run_loss(const Options& o, Transformer& model, const Tokenizer& tok, int64_t seq_len,
                         std::vector<nlohmann::json>& rows) {
   const Corpus corpus = load_corpus(o.data, tok);
-  const EvalResult r = evaluate_positions(model, corpus.val, seq_len, o.bucket, o.max_tokens);
+  bench::Progress progress("loss", "tokens");
+  const EvalResult r = evaluate_positions(model, corpus.val, seq_len, o.bucket, o.max_tokens,
+                                          [&](int64_t done, int64_t total) { progress.report(double(done), double(total)); });
   fmt::print("val loss {:.4f} nats/token (perplexity {:.3f}) over {} tokens in {} windows of {}; {:.0f} tokens/s\n",
              r.loss, std::exp(r.loss), r.tokens, r.windows, seq_len, double(r.tokens) / r.seconds);
   for (const PositionBucket& b : r.buckets)
@@ -60,13 +62,11 @@ nlohmann::json run_passkey(const Options& o, Transformer& model, const Tokenizer
   const std::string filler = passkey_filler(load_split_texts((fs::path(o.data) / "val").string()));
   double work = 0, done = 0;  // in prompt tokens, for the ETA
   for (int64_t l : po.lengths) work += double(l) * double(po.depths.size());
-  const auto t0 = std::chrono::steady_clock::now();
+  bench::Progress progress("passkey", "prompt tokens", 0);
   po.progress = [&](int64_t cells_done, int64_t cells, const PasskeyCell& c) {
     done += double(c.length);
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    fmt::print(stderr, "passkey: {}/{} cells (length {}, depth {:.2f}: {}/{} correct) elapsed {} ETA {}\n", cells_done,
-               cells, c.length, c.depth, c.correct, c.trials, bench::format_duration(elapsed),
-               bench::format_duration(elapsed / done * (work - done)));
+    progress.report(done, work, fmt::format("(cell {}/{}: length {}, depth {:.2f}: {}/{} correct)", cells_done, cells, c.length,
+                                      c.depth, c.correct, c.trials));
   };
   const PasskeyGrid g = evaluate_passkey(model, tok, filler, po);
   std::vector<nlohmann::json> cells;

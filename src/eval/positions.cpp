@@ -6,7 +6,7 @@
 namespace longctx {
 
 EvalResult evaluate_positions(Transformer& model, const std::vector<std::vector<int32_t>>& docs, int64_t seq_len,
-                              int64_t bucket, int64_t max_tokens) {
+                              int64_t bucket, int64_t max_tokens, const std::function<void(int64_t, int64_t)>& progress) {
   LONGCTX_CHECK(seq_len > 0 && bucket > 0, "eval: seq_len and bucket must be > 0, got ", seq_len, " and ", bucket);
   LONGCTX_CHECK(seq_len <= model.config().max_seq_len, "eval: seq_len ", seq_len, " exceeds the model's max_seq_len ",
                 model.config().max_seq_len, " (raise it with --max-seq-len: RoPE extends to any length)");
@@ -15,6 +15,10 @@ EvalResult evaluate_positions(Transformer& model, const std::vector<std::vector<
   EvalResult r{0, 0, 0, {}, 0};
   std::vector<double> sum(size_t(nb), 0.0);
   std::vector<int64_t> count(size_t(nb), 0);
+  int64_t total = 0;  // tokens the loop below will score
+  for (const auto& doc : docs)
+    for (int64_t start = 0; start + seq_len + 1 <= int64_t(doc.size()) && total < max_tokens; start += seq_len)
+      total += seq_len;
   for (const auto& doc : docs)
     for (int64_t start = 0; start + seq_len + 1 <= int64_t(doc.size()) && r.tokens < max_tokens; start += seq_len) {
       Batch b;
@@ -29,6 +33,7 @@ EvalResult evaluate_positions(Transformer& model, const std::vector<std::vector<
       }
       r.tokens += seq_len;
       ++r.windows;
+      if (progress) progress(r.tokens, total);
     }
   LONGCTX_CHECK(r.windows > 0, "eval: no document has ", seq_len + 1, " tokens; use a shorter --seq-len");
   r.loss /= double(r.tokens);

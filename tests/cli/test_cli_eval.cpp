@@ -90,7 +90,7 @@ TEST(CliPasskey, EvalBeyondTrainingLengthWritesJsonAndPlots) {
                      "--passkey-lengths 100,160 --passkey-depths 0,1 --passkey-trials 2 --json " +
                      (dir / "eval.json").string());
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("passkey: 4/4 cells"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(cell 4/4: length"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("ETA"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("peak RSS"), std::string::npos) << r.output;
   const nlohmann::json ev = nlohmann::json::parse(read(dir / "eval.json"));

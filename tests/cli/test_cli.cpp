@@ -155,6 +155,15 @@ TEST(Cli, RefusesBeforeWorking) {
   r = run_cli("generate --checkpoint " + ckpt + " --prompt 'And God' --tokens 70");  // the model was trained on 64
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("run past the 64 positions the model was trained on"), std::string::npos) << r.output;
+  r = run_cli("generate --checkpoint " + ckpt + " --prompt 'And God' --tokens 0");  // the prompt's logits only
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("decoded 0 tokens"), std::string::npos) << r.output;
+  r = run_cli("generate --checkpoint " + ckpt + " --prompt a --tokens 100000000000");  // caches past the RAM
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("generate: 1 prompt + 100000000000 new tokens (the weights, a RoPE table and KV caches of "
+                          "100000000001 positions) needs"),
+            std::string::npos)
+      << r.output;
 
   // bench train defaults to the config's max_seq_len (64 here) and refuses a longer --seq-len
   r = run_cli("bench train --config " + (dir / "config.json").string() + " --steps 1");
@@ -172,6 +181,16 @@ TEST(Cli, TrainRejectsBadConfigAndMissingData) {
   CliRun r = run_cli("train --config " + (dir / "bad.json").string() + " --data " + (dir / "data").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("n_heads (3) must divide d_model (32)"), std::string::npos) << r.output;
+  // a huge model is refused with its memory before anything is allocated or loaded
+  std::ofstream(dir / "huge.json") << R"({"model": {"d_model": 8192, "n_heads": 64, "n_layers": 512, "d_ff": 32768}})";
+  r = run_cli("train --config " + (dir / "huge.json").string() + " --data " + (dir / "data").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("needs"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("more than this machine's"), std::string::npos) << r.output;
+  std::ofstream(dir / "layers.json") << R"({"model": {"n_layers": 100000000}})";
+  r = run_cli("train --config " + (dir / "layers.json").string() + " --data " + (dir / "data").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("n_layers must be in [1, 65536], got 100000000"), std::string::npos) << r.output;
   r = run_cli("train --config " + (dir / "config.json").string() + " --data " + (dir / "nodata").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("no such folder"), std::string::npos) << r.output;

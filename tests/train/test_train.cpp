@@ -77,6 +77,33 @@ TEST(Tokenizer, SentencePieceRoundTrip) {
   testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "z.txt: tokenizer: SentencePiece needs UTF-8 text; byte 16");
 }
 
+// Missing, empty and too-short corpora are named, as is a split that is missing or holds no text.
+TEST(Corpus, MissingEmptyOrTooShortIsNamed) {
+  const auto tok = make_tokenizer("bytes");
+  const fs::path dir = fs::temp_directory_path() / "longctx_test_badcorpus";
+  fs::remove_all(dir);
+  testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "no such folder");
+  fs::create_directories(dir / "train");
+  testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "no .txt documents in");
+  std::ofstream(dir / "train" / "notes.md") << "not a .txt";
+  testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "no .txt documents in");
+  std::ofstream(dir / "train" / "empty.txt") << "";
+  std::ofstream(dir / "train" / "one.txt") << "x";
+  testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "every document in");
+  std::ofstream(dir / "train" / "two.txt") << "xy";
+  testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "missing folder");  // no val/
+  fs::create_directories(dir / "val");
+  std::ofstream(dir / "val" / "v.txt") << "ab";
+  // two tokens are enough for one target: a tiny corpus trains (windows shorter than seq_len)
+  const Corpus c = load_corpus(dir.string(), *tok);
+  EXPECT_EQ(c.train.size(), 1u);
+  EXPECT_EQ(c.train_tokens(), 2);
+  const Batch b = sample_batch(c.train, 64, 16, 1, 0);
+  EXPECT_EQ(b.size(), 16);
+  EXPECT_EQ(b.tokens[0], 'x');
+  EXPECT_EQ(b.targets[0], 'y');
+}
+
 TEST(Batches, PackedWindowsWithNextTokenTargetsAndDeterminism) {
   std::vector<std::vector<int32_t>> docs{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {20, 21, 22}};
   const Batch a = sample_batch(docs, 4, 11, 5, 0), b = sample_batch(docs, 4, 11, 5, 0), c = sample_batch(docs, 4, 11, 5, 1);

@@ -42,17 +42,11 @@ nlohmann::json attention_to_json(const AttentionSpec& a) {
 
 FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
   LONGCTX_CHECK(j.is_object(), "model config: ffn must be a JSON object, got ", j.dump());
-  check_known_fields(j, {"kind", "num_experts", "top_k", "d_ff", "num_shared", "capacity_factor",
-                         "load_balance_weight", "z_loss_weight"},
-                     "model config: ffn");
+  std::vector<std::string> known = field_names(f);
+  known.push_back("kind");
+  check_known_fields(j, known, "model config: ffn");
   f.kind = read_value(j, "kind", f.kind, "model config: ffn");
-  f.num_experts = read_value(j, "num_experts", f.num_experts, "model config: ffn");
-  f.top_k = read_value(j, "top_k", f.top_k, "model config: ffn");
-  f.d_ff = read_value(j, "d_ff", f.d_ff, "model config: ffn");
-  f.num_shared = read_value(j, "num_shared", f.num_shared, "model config: ffn");
-  f.capacity_factor = read_value(j, "capacity_factor", f.capacity_factor, "model config: ffn");
-  f.load_balance_weight = read_value(j, "load_balance_weight", f.load_balance_weight, "model config: ffn");
-  f.z_loss_weight = read_value(j, "z_loss_weight", f.z_loss_weight, "model config: ffn");
+  read_fields(j, f, "model config: ffn");
   return f;
 }
 
@@ -119,10 +113,16 @@ moe::Config moe_config(const ModelConfig& c, int64_t layer) {
   m.num_shared = f.num_shared;
   m.dropless = f.capacity_factor == 0;
   m.capacity_factor = m.dropless ? 1.0 : f.capacity_factor;
+  m.router = f.router;
+  m.norm = f.gate_norm;
+  m.importance_weight = float(f.importance_weight);
   m.load_balance_weight = float(f.load_balance_weight);
   m.z_loss_weight = float(f.z_loss_weight);
+  m.bias_update_rate = float(f.bias_update_rate);
   return m;
 }
+
+uint64_t moe_noise_seed(uint64_t seed, int64_t layer) { return seed * 0x9E3779B97F4A7C15ull + uint64_t(layer); }
 
 nlohmann::json ModelConfig::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
@@ -130,10 +130,7 @@ nlohmann::json ModelConfig::to_json() const {
     const nlohmann::json aj = attention_to_json(attention[size_t(i)]);
     const FfnSpec& f = ffn[size_t(i)];
     nlohmann::json fj{{"kind", f.kind}};
-    if (f.kind == "moe")
-      fj.update({{"num_experts", f.num_experts}, {"top_k", f.top_k}, {"d_ff", f.d_ff}, {"num_shared", f.num_shared},
-                 {"capacity_factor", f.capacity_factor}, {"load_balance_weight", f.load_balance_weight},
-                 {"z_loss_weight", f.z_loss_weight}});
+    if (f.kind == "moe") write_fields(f, fj);
     layers.push_back({{"attention", aj}, {"ffn", fj}});
   }
   return {{"vocab_size", vocab_size},

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "model/attention_layer.hpp"
+#include "moe/router.hpp"
 
 namespace longctx::reference {
 
@@ -82,7 +83,12 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     const Vec& ffn_norm = take();
     const bool moe_layer = cfg.ffn[size_t(l)].kind == "moe";
     moe::reference::Params<double> mp;
-    if (moe_layer) mp.w_gate = take();
+    const moe::Config mc = moe_layer ? moe_config(cfg, l) : moe::Config{};
+    if (moe_layer) {
+      mp.w_gate = take();
+      if (mc.router == moe::Router::noisy) mp.w_noise = take();
+      mp.expert_bias = mc.router == moe::Router::bias_free ? take() : Vec(size_t(mc.num_experts), 0.0);
+    }
     const Vec &w1 = take(), &w3 = take(), &w2 = take();
     const Vec h = rmsnorm(x, T, D, attn_norm, cfg.norm_eps);
     Vec q = matmul(h, T, D, wq, Hq * dh), k = matmul(h, T, D, wk, Hkv * dh);
@@ -127,11 +133,13 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     const Vec h2 = rmsnorm(x, T, D, ffn_norm, cfg.norm_eps);
     if (moe_layer) {
-      const moe::Config mc = moe_config(cfg, l);
       mp.w1 = w1, mp.w3 = w3, mp.w2 = w2;
       if (mc.num_shared > 0) mp.shared_w1 = take(), mp.shared_w3 = take(), mp.shared_w2 = take();
-      mp.expert_bias.assign(size_t(mc.num_experts), 0.0);
-      const auto r = moe::reference::forward<double>(mc, mp, h2, T, {});
+      Vec noise;  // the Transformer's train-time draws at its default seed 0
+      if (mc.router == moe::Router::noisy)
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t e = 0; e < mc.num_experts; ++e) noise.push_back(moe::detail::standard_normal(moe_noise_seed(0, l), t, e));
+      const auto r = moe::reference::forward<double>(mc, mp, h2, T, noise);
       for (size_t i = 0; i < x.size(); ++i) x[i] += r.out[i];
       aux += r.aux_loss;
       continue;

@@ -20,6 +20,7 @@ namespace {
 struct LayerParams {
   Param *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w1, *w3, *w2;
   Param* router = nullptr;                                  // moe layers: [D, E]; w1/w3/w2 are then [E, ...]
+  Param *router_noise = nullptr, *expert_bias = nullptr;    // moe: noisy router [D, E]; bias_free [E]
   Param *shared_w1 = nullptr, *shared_w3 = nullptr, *shared_w2 = nullptr;  // moe shared experts
   std::vector<Param*> attention;  // the attention kind's own (attention_layer::kind_params)
 };
@@ -48,6 +49,8 @@ swiglu::Group dense_ffn(const LayerParams& P, LayerActs& L, int64_t T, gemm::Pre
 moe::Weights moe_weights(const LayerParams& P) {
   moe::Weights w;
   w.w_gate = P.router->value.alias();
+  if (P.router_noise) w.w_noise = P.router_noise->value.alias();
+  if (P.expert_bias) w.expert_bias = P.expert_bias->value.alias();
   w.w1 = P.w1->value.alias();
   w.w3 = P.w3->value.alias();
   w.w2 = P.w2->value.alias();
@@ -88,6 +91,8 @@ double param_count(const ModelConfig& cfg) {
     if (cfg.ffn[size_t(l)].kind == "moe") {
       const moe::Config m = moe_config(cfg, l);
       n += D * double(m.num_experts) + 3 * D * double(m.d_ff) * double(m.num_experts + m.num_shared);
+      if (m.router == moe::Router::noisy) n += D * double(m.num_experts);       // router_noise
+      if (m.router == moe::Router::bias_free) n += double(m.num_experts);      // expert_bias
     } else {
       n += 3 * D * double(cfg.d_ff);
     }
@@ -105,22 +110,23 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
                                                   " positions (fp32 weights, gradients and RoPE table)"));
   const int64_t D = cfg.d_model, dh = cfg.head_dim(), F = cfg.d_ff, V = cfg.vocab_size;
   std::mt19937_64 rng(seed);
-  auto add = [&](std::string name, std::vector<int64_t> shape, float std) {
+  auto add_filled = [&](std::string name, std::vector<int64_t> shape, float value) {
     Param p{std::move(name), Tensor(shape), Tensor(shape), shape.size() >= 2};
-    if (std == 0.0f) {
-      p.value.fill(1.0f);  // norm gains
-    } else {
-      std::normal_distribution<float> dist(0.0f, std);
-      for (int64_t i = 0; i < p.value.numel(); ++i) p.value.f32()[i] = dist(rng);
-    }
+    p.value.fill(value);
     params_.push_back(std::move(p));
+  };
+  auto add = [&](std::string name, std::vector<int64_t> shape, float std) {  // N(0, std)
+    add_filled(std::move(name), std::move(shape), 0.0f);
+    std::normal_distribution<float> dist(0.0f, std);
+    Tensor& w = params_.back().value;
+    for (int64_t i = 0; i < w.numel(); ++i) w.f32()[i] = dist(rng);
   };
   // GPT-2 / Llama practice: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers).
   const float out_std = 0.02f / std::sqrt(2.0f * float(cfg.n_layers));
   add("tok_embeddings.weight", {V, D}, 0.02f);
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
-    add(p + "attention_norm.weight", {D}, 0.0f);
+    add_filled(p + "attention_norm.weight", {D}, 1.0f);
     add(p + "attention.wq", {D, cfg.n_heads * dh}, 0.02f);
     add(p + "attention.wk", {D, cfg.n_kv_heads * dh}, 0.02f);
     add(p + "attention.wv", {D, cfg.n_kv_heads * dh}, 0.02f);
@@ -128,10 +134,13 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
     // own seed per layer: the other parameters' init does not depend on the layers' kinds
     for (Param& kp : attention_layer::kind_params(cfg, l, seed ^ (0x9e3779b97f4a7c15ull * uint64_t(l + 1))))
       params_.push_back(std::move(kp));
-    add(p + "ffn_norm.weight", {D}, 0.0f);
+    add_filled(p + "ffn_norm.weight", {D}, 1.0f);
     if (cfg.ffn[size_t(l)].kind == "moe") {
       const moe::Config m = moe_config(cfg, l);
       add(p + "feed_forward.router", {D, m.num_experts}, 0.02f);
+      // noise scale softplus(x W_noise) starts at softplus(0); the selection bias at 0 (moe::init_weights)
+      if (m.router == moe::Router::noisy) add_filled(p + "feed_forward.router_noise", {D, m.num_experts}, 0.0f);
+      if (m.router == moe::Router::bias_free) add_filled(p + "feed_forward.expert_bias", {m.num_experts}, 0.0f);
       add(p + "feed_forward.w1", {m.num_experts, D, m.d_ff}, 0.02f);
       add(p + "feed_forward.w3", {m.num_experts, D, m.d_ff}, 0.02f);
       add(p + "feed_forward.w2", {m.num_experts, m.d_ff, D}, out_std);
@@ -146,7 +155,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
       add(p + "feed_forward.w2", {F, D}, out_std);
     }
   }
-  add("norm.weight", {D}, 0.0f);
+  add_filled("norm.weight", {D}, 1.0f);
   if (!cfg.tie_embeddings) add("output.weight", {V, D}, 0.02f);
 
   acts_ = std::make_unique<Acts>(nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta));
@@ -162,6 +171,9 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
     if (cfg.ffn[size_t(l)].kind == "moe") {
       LayerParams& lp = acts_->layer_params.back();
       lp.router = &param(p + "feed_forward.router");
+      const moe::Router router = moe_config(cfg, l).router;
+      if (router == moe::Router::noisy) lp.router_noise = &param(p + "feed_forward.router_noise");
+      if (router == moe::Router::bias_free) lp.expert_bias = &param(p + "feed_forward.expert_bias");
       if (moe_config(cfg, l).num_shared > 0) {
         lp.shared_w1 = &param(p + "feed_forward.shared_w1");
         lp.shared_w3 = &param(p + "feed_forward.shared_w3");
@@ -184,6 +196,57 @@ int64_t Transformer::num_params() const {
   int64_t n = 0;
   for (const Param& p : params_) n += p.value.numel();
   return n;
+}
+
+std::vector<MoeLayerStats> Transformer::moe_stats() const {
+  std::vector<MoeLayerStats> out;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    const LayerParams& P = acts_->layer_params[size_t(l)];
+    if (!P.router) continue;
+    const LayerActs* L = size_t(l) < acts_->layers.size() ? &acts_->layers[size_t(l)] : nullptr;
+    MoeLayerStats m;
+    m.layer = l;
+    if (L) m.stats = L->moe.stats, m.tokens = L->h2.dim(0);
+    if (P.expert_bias) m.expert_bias.assign(P.expert_bias->value.f32(), P.expert_bias->value.f32() + P.expert_bias->value.numel());
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& one) {
+  if (sum.empty()) {
+    sum = one;
+    return;
+  }
+  LONGCTX_CHECK(sum.size() == one.size(), "add_moe_stats: ", one.size(), " layers added to ", sum.size());
+  for (size_t i = 0; i < sum.size(); ++i) {
+    moe::Stats &a = sum[i].stats;
+    const moe::Stats& b = one[i].stats;
+    const double wa = double(sum[i].tokens), wb = double(one[i].tokens), w = std::max(1.0, wa + wb);
+    auto mean = [&](double x, double y) { return (x * wa + y * wb) / w; };  // per-token quantities
+    a.importance_loss = mean(a.importance_loss, b.importance_loss);
+    a.load_balance_loss = mean(a.load_balance_loss, b.load_balance_loss);
+    a.z_loss = mean(a.z_loss, b.z_loss);
+    a.aux_loss = mean(a.aux_loss, b.aux_loss);
+    a.router_entropy = mean(a.router_entropy, b.router_entropy);
+    a.tokens_per_expert.resize(b.tokens_per_expert.size()), a.routed_per_expert.resize(b.routed_per_expert.size());
+    for (size_t e = 0; e < b.tokens_per_expert.size(); ++e) a.tokens_per_expert[e] += b.tokens_per_expert[e];
+    for (size_t e = 0; e < b.routed_per_expert.size(); ++e) a.routed_per_expert[e] += b.routed_per_expert[e];
+    a.dropped_assignments += b.dropped_assignments;
+    a.dropped_tokens += b.dropped_tokens;
+    sum[i].tokens += one[i].tokens;
+    sum[i].expert_bias = one[i].expert_bias;
+  }
+}
+
+void Transformer::update_expert_biases(std::vector<MoeLayerStats>& step) {
+  for (MoeLayerStats& m : step) {
+    const LayerParams& P = acts_->layer_params.at(size_t(m.layer));
+    if (!P.expert_bias) continue;
+    moe::Weights w = moe_weights(P);
+    moe::update_expert_bias(moe_config(cfg_, m.layer), w, m.stats);
+    m.expert_bias.assign(w.expert_bias.f32(), w.expert_bias.f32() + w.expert_bias.numel());
+  }
 }
 
 AttentionSpec Transformer::running_spec(int64_t layer) const {
@@ -278,7 +341,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     L.rstd2.resize(size_t(T));
     nn::rmsnorm_forward(L.x_mid.f32(), P.ffn_norm->value.f32(), T, D, eps, L.h2.f32(), L.rstd2.data());
     if (P.router) {
-      L.moe = moe::forward(moe_config(cfg_, l), moe_weights(P), L.h2, {train, 0});
+      L.moe = moe::forward(moe_config(cfg_, l), moe_weights(P), L.h2, {train, moe_noise_seed(noise_seed_, l)});
       aux_loss_ += L.moe.stats.aux_loss;
       x = L.moe.out.clone();  // the backward checks the saved output
     } else {
@@ -400,6 +463,7 @@ void Transformer::backward() {
       moe::Grads mg = moe::backward(moe_config(cfg_, l), moe_weights(P), L.h2, L.moe, dx);
       dh2 = std::move(mg.dx);
       add_into(P.router->grad, mg.dw_gate);
+      if (P.router_noise) add_into(P.router_noise->grad, mg.dw_noise);
       add_into(P.w1->grad, mg.dw1);
       add_into(P.w3->grad, mg.dw3);
       add_into(P.w2->grad, mg.dw2);

@@ -112,12 +112,15 @@ StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batche
   model_.zero_grad();
   double loss = 0;
   int64_t tokens = 0;
+  std::vector<MoeLayerStats> moe;  // routing summed over the micro-batches
   for (int64_t micro = 0; micro < cfg_.accum; ++micro) {
     const uint64_t index = uint64_t(step_ * cfg_.accum + micro);
     const Batch b = cfg_.score_last > 0
                         ? tail_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.seed, index)
                         : sample_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.seed, index);
+    model_.set_moe_noise_seed(cfg_.seed * 0x100000001B3ull + index);  // a resumed run draws the same noise
     loss += model_.forward(b, true) / double(cfg_.accum);
+    add_moe_stats(moe, model_.moe_stats());
     model_.backward();
     tokens += b.size();
     if (micro + 1 < cfg_.accum && between_micro_batches && between_micro_batches(micro + 1)) {
@@ -132,10 +135,13 @@ StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batche
   const double norm = clip_grad_norm(model_.params(), cfg_.grad_clip);
   const double lr = lr_at(step_, cfg_.warmup, cfg_.steps, cfg_.lr, cfg_.min_lr);
   opt_.step(model_.params(), lr);
+  model_.update_expert_biases(moe);
   ++step_;
   tokens_seen_ += double(tokens);
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return {step_, loss, lr, norm, double(tokens) / dt, tokens};
+  StepStats s{step_, loss, lr, norm, double(tokens) / dt, tokens};
+  s.moe = std::move(moe);
+  return s;
 }
 
 double Trainer::evaluate() {

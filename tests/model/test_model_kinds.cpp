@@ -36,6 +36,13 @@ const json kDense{{"kind", "dense"}};
 const json kMoe{{"kind", "moe"},      {"num_experts", 4},           {"top_k", 2},          {"d_ff", 6},
                 {"num_shared", 1},    {"load_balance_weight", 0.1}, {"z_loss_weight", 0.01}};
 
+// The other routers, reachable from the config: noisy top-k with the importance loss, and the
+// auxiliary-loss-free router with Switch gates (softmax over all experts).
+const json kMoeNoisy{{"kind", "moe"}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 6}, {"router", "noisy"},
+                     {"importance_weight", 0.1}, {"load_balance_weight", 0.0}};
+const json kMoeBiasFree{{"kind", "moe"}, {"num_experts", 3}, {"top_k", 1}, {"d_ff", 5}, {"router", "bias_free"},
+                        {"gate_norm", "all"}, {"load_balance_weight", 0.0}};
+
 // One model per attention kind (two variants where a kind has two rules), and MoBA with a MoE FFN.
 struct KindCase {
   std::string name;
@@ -46,6 +53,8 @@ const KindCase kKindCases[] = {
     {"full", {{"kind", "full"}}, kDense},
     {"moba", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kDense},
     {"moba_moe", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kMoe},
+    {"moe_noisy", {{"kind", "full"}}, kMoeNoisy},
+    {"moe_bias_free_switch", {{"kind", "full"}}, kMoeBiasFree},
     {"topk", {{"kind", "topk"}, {"block_size", 3}, {"top_k", 2}}, kDense},
     {"threshold_bound", kThreshold, kDense},
     {"threshold_heuristic", kThresholdHeuristic, kDense},

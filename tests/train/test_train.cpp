@@ -294,6 +294,61 @@ TEST(Checkpoint, ResumeEqualsUninterruptedRun) {
                           straight.model().params()[i].value.nbytes()), 0) << straight.model().params()[i].name;
 }
 
+// Every MoE router is reachable from the config and trains: per-step routing stats add up, the
+// bias_free layer's bias moves by +-rate per expert per step, and a resumed run (same noise, same
+// bias) equals an uninterrupted one.
+TEST(Training, MoeRoutersFromConfigTrainLogAndResume) {
+  const fs::path dir = make_corpus("moe_routers", 8);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  const nlohmann::json noisy{{"kind", "moe"}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 32}, {"router", "noisy"},
+                             {"importance_weight", 0.01}, {"capacity_factor", 1.0}};
+  const nlohmann::json bias_free{{"kind", "moe"}, {"num_experts", 4}, {"top_k", 1}, {"d_ff", 32},
+                                 {"router", "bias_free"}, {"gate_norm", "all"}, {"bias_update_rate", 0.01},
+                                 {"load_balance_weight", 0.0}};
+  const ModelConfig cfg = ModelConfig::from_json(
+      {{"vocab_size", 256}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 2}, {"d_ff", 64}, {"max_seq_len", 256},
+       {"layers", {{{"ffn", noisy}}, {{"ffn", bias_free}}}}});
+  EXPECT_EQ(cfg.to_json()["layers"][0]["ffn"]["router"], "noisy");
+  EXPECT_EQ(ModelConfig::from_json(cfg.to_json()).to_json(), cfg.to_json());
+  TrainConfig tc = small_train();
+  tc.accum = 2;
+  Trainer straight(cfg, tc, corpus, 3);
+  std::vector<double> losses;
+  for (int i = 0; i < 6; ++i) {
+    const StepStats s = straight.step();
+    losses.push_back(s.loss);
+    ASSERT_EQ(s.moe.size(), 2u);
+    for (const MoeLayerStats& m : s.moe) {
+      EXPECT_EQ(m.tokens, s.tokens);  // both micro-batches
+      int64_t routed = 0, kept = 0;
+      for (int64_t r : m.stats.routed_per_expert) routed += r;
+      for (int64_t k : m.stats.tokens_per_expert) kept += k;
+      EXPECT_EQ(routed, s.tokens * (m.layer == 0 ? 2 : 1));
+      EXPECT_EQ(kept, routed - m.stats.dropped_assignments);
+      EXPECT_GT(m.stats.router_entropy, 0.0);
+    }
+    ASSERT_EQ(s.moe[1].expert_bias.size(), 4u);
+    for (float b : s.moe[1].expert_bias)  // a sum of i +-0.01 steps (0 for an expert exactly at the mean)
+      EXPECT_NEAR(std::abs(b) * 100, std::round(std::abs(b) * 100), 1e-3) << b;
+    EXPECT_TRUE(s.moe[0].expert_bias.empty());
+  }
+  EXPECT_LT(losses.back(), losses.front());
+  double moved = 0;
+  for (const Param& p : straight.model().params())
+    if (p.name == "layers.1.feed_forward.expert_bias")
+      for (int64_t e = 0; e < 4; ++e) moved += std::abs(p.value.f32()[e]);
+  EXPECT_GT(moved, 0.0);  // the bias is a Param, so it is checkpointed
+
+  Trainer first(cfg, tc, corpus, 3);
+  for (int i = 0; i < 3; ++i) first.step();
+  const std::string path = (dir / "moe.safetensors").string();
+  first.save(path);
+  Trainer second(cfg, tc, corpus, 77);
+  second.resume(path);
+  for (int i = 3; i < 6; ++i) EXPECT_EQ(second.step().loss, losses[size_t(i)]) << "step " << i + 1;
+}
+
 // A step of several micro-batches abandoned between them changes nothing: the step after it is the
 // step an uninterrupted trainer takes.
 TEST(Training, AbandonedStepChangesNothing) {

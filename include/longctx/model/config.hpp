@@ -11,15 +11,37 @@
 
 namespace longctx {
 
+// A layer's FFN: dense SwiGLU, or a sparse mixture of experts (longctx/moe/moe.hpp, docs/MOE.md)
+// whose every router and balancing loss the config can name.
 struct FfnSpec {
-  std::string kind = "dense";  // dense (SwiGLU) | moe (longctx/moe/moe.hpp, Mixtral softmax top-k router)
-  int64_t num_experts = 8;     // moe
-  int64_t top_k = 2;           // moe: experts per token
-  int64_t d_ff = 0;            // moe: width of each expert (0 = the model's d_ff)
-  int64_t num_shared = 0;      // moe: shared experts every token uses
-  double capacity_factor = 0;  // moe: 0 = dropless, else tokens over capacity are dropped
-  double load_balance_weight = 0.01;  // moe: Switch aux loss alpha
-  double z_loss_weight = 0.0;         // moe: router z-loss weight
+  std::string kind = "dense";  // dense (SwiGLU) | moe
+  int64_t num_experts = 8;
+  int64_t top_k = 2;           // experts per token
+  int64_t d_ff = 0;            // width of each expert (0 = the model's d_ff)
+  int64_t num_shared = 0;      // shared experts every token uses
+  moe::Router router = moe::Router::topk;
+  moe::GateNorm gate_norm = moe::GateNorm::selected;
+  double capacity_factor = 0;  // 0 = dropless, else tokens over capacity are dropped
+  double importance_weight = 0.0;     // Shazeer 2017 importance loss (CV^2 of summed gates)
+  double load_balance_weight = 0.01;  // Switch aux loss alpha
+  double z_loss_weight = 0.0;         // ST-MoE router z-loss
+  double bias_update_rate = 1e-3;     // bias_free router: gamma of the per-step bias update
+
+  // The moe fields (read only when kind is "moe"; "kind" is read apart).
+  template <class V>
+  void fields(V&& v) {
+    v("num_experts", num_experts, "experts E");
+    v("top_k", top_k, "experts per token k");
+    v("d_ff", d_ff, "width of each expert (0: the model's d_ff)");
+    v("num_shared", num_shared, "shared experts every token uses");
+    v("router", router, "topk (Mixtral), noisy (Shazeer 2017) or bias_free (DeepSeek-V3, auxiliary-loss-free)");
+    v("gate_norm", gate_norm, "selected (softmax over the k chosen) or all (softmax over all E, Switch)");
+    v("capacity_factor", capacity_factor, "0: dropless; else capacity per expert, tokens over it dropped");
+    v("importance_weight", importance_weight, "weight of the importance loss (CV^2 of per-expert gate sums)");
+    v("load_balance_weight", load_balance_weight, "weight of the Switch load-balancing loss");
+    v("z_loss_weight", z_loss_weight, "weight of the router z-loss");
+    v("bias_update_rate", bias_update_rate, "bias_free: step of the expert-bias update");
+  }
 };
 
 struct ModelConfig {
@@ -51,8 +73,11 @@ struct ModelConfig {
   void validate() const;           // throws std::invalid_argument naming the field
 };
 
-// The MoE layer config of a layer whose ffn kind is "moe" (Mixtral top-k router, softmax over
-// the selected experts).
+// The MoE layer config of a layer whose ffn kind is "moe".
 moe::Config moe_config(const ModelConfig& c, int64_t layer);
+
+// The noisy router's noise seed of `layer` in a forward seeded `seed` (the Trainer seeds each
+// micro-batch): one formula for the Transformer and the double reference model.
+uint64_t moe_noise_seed(uint64_t seed, int64_t layer);
 
 }  // namespace longctx

@@ -23,7 +23,8 @@ struct SelectionTape {
 // Mean next-token loss of `batch` under `params` (one vector per Transformer parameter, same order
 // and shapes) plus the MoE layers' weighted balancing losses: the training objective.
 // `force_full` runs moba/topk/threshold layers as full attention, as
-// Transformer::force_full_attention (nsa and infini layers keep their kind).
+// Transformer::force_full_attention (nsa and infini layers keep their kind). Noisy MoE routers
+// draw the Transformer's train-time noise at its default seed (set_moe_noise_seed(0)).
 double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>& params, const Batch& batch,
                   bool force_full = false, SelectionTape* tape = nullptr);
 

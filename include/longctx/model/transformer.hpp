@@ -56,6 +56,18 @@ double param_count(const ModelConfig& cfg);
 // the RoPE table. The constructor refuses a config over memory::limit() with this number.
 double model_bytes(const ModelConfig& cfg);
 
+// One MoE layer's routing in a train forward, or summed over a step's micro-batches
+// (add_moe_stats): per-expert load before and after dropping, dropped tokens, the balancing
+// losses and router entropy (means per token), and a bias_free router's selection bias.
+struct MoeLayerStats {
+  int64_t layer = 0;
+  moe::Stats stats;
+  int64_t tokens = 0;
+  std::vector<float> expert_bias;  // bias_free routers only
+};
+// Adds one forward's stats to a sum over forwards (counts add, per-token means weight by tokens).
+void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& one);
+
 // What new_decode_state(capacity, cache_dtype) allocates: each cached layer's keys and values
 // (infini layers cache nothing) and their block statistics (mean, min, max per block).
 double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype);
@@ -96,6 +108,16 @@ class Transformer {
   void backward();
   void zero_grad();
 
+  // MoE routing. The noisy routers draw their train-time noise from this seed (the Trainer sets
+  // one per micro-batch, so a resumed run draws the same noise). moe_stats(): each MoE layer's
+  // routing in the last train forward. update_expert_biases(step): the auxiliary-loss-free
+  // balancing step (arXiv 2412.19437 sec. 2.1.2) of every bias_free layer from the step's summed
+  // loads; it records each new bias in `step`. The bias is a Param (checkpointed) that gets no
+  // gradient, so AdamW leaves it alone.
+  void set_moe_noise_seed(uint64_t seed) { noise_seed_ = seed; }
+  std::vector<MoeLayerStats> moe_stats() const;
+  void update_expert_biases(std::vector<MoeLayerStats>& step);
+
   // Training-time switch (docs/DESIGN.md "Hybrid", train.moba_to_full_step): run the layers whose
   // kind is a sparse approximation of full attention (moba, topk, threshold) as full attention.
   // nsa and infini layers keep their own architecture (they have their own parameters).
@@ -112,6 +134,7 @@ class Transformer {
   std::unique_ptr<Acts> acts_;
   bool force_full_ = false;
   double aux_loss_ = 0;
+  uint64_t noise_seed_ = 0;
 };
 
 }  // namespace longctx

@@ -5,6 +5,7 @@
 // permuted into per-expert runs, one GEMM per expert and row tile), deterministic for a fixed
 // thread count.
 #pragma once
+#include <longctx/core/fields.hpp>
 #include <longctx/core/tensor.hpp>
 
 #include <cstdint>
@@ -22,6 +23,21 @@ enum class GateNorm {
   selected,  // gates = softmax over the k selected logits (Mixtral); refuses k = 1 (gate always 1)
   all        // gates = softmax over all E logits, not renormalised (Switch)
 };
+
+}  // namespace longctx::moe
+
+namespace longctx {
+template <>
+struct EnumNames<moe::Router> {
+  static constexpr std::array<const char*, 3> names{"topk", "noisy", "bias_free"};
+};
+template <>
+struct EnumNames<moe::GateNorm> {
+  static constexpr std::array<const char*, 2> names{"selected", "all"};
+};
+}  // namespace longctx
+
+namespace longctx::moe {
 
 struct Config {
   int64_t d_model = 0, d_ff = 0;

@@ -37,6 +37,7 @@ struct StepStats {
   double loss, lr, grad_norm, tokens_per_s;
   int64_t tokens;
   bool abandoned = false;  // stopped between micro-batches: nothing changed, the step is still to do
+  std::vector<MoeLayerStats> moe;  // each MoE layer's routing over the step (bias after its update)
 };
 
 // Memory a training run of these configs needs: the model's (model_bytes), AdamW's two moments,

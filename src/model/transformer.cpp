@@ -158,6 +158,7 @@ Transformer::Transformer(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   add_filled("norm.weight", {D}, 1.0f);
   if (!cfg.tie_embeddings) add("output.weight", {V, D}, 0.02f);
 
+  running_ = cfg.attention;
   acts_ = std::make_unique<Acts>(nn::Rope(cfg.max_seq_len, dh, cfg.rope_theta));
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -249,8 +250,18 @@ void Transformer::update_expert_biases(std::vector<MoeLayerStats>& step) {
   }
 }
 
+void Transformer::set_running_attention(int64_t layer, const AttentionSpec& spec) {
+  LONGCTX_CHECK(layer >= 0 && layer < cfg_.n_layers, "set_running_attention: layer ", layer, " outside [0, ",
+                cfg_.n_layers, ")");
+  const AttentionSpec& own = cfg_.attention[size_t(layer)];
+  LONGCTX_CHECK(spec.kind() == own.kind(), "set_running_attention: layer ", layer, " is ", own.name(), ", got ",
+                spec.name());
+  spec.validate(concat("set_running_attention: layer ", layer, ": "));
+  running_[size_t(layer)] = spec;
+}
+
 AttentionSpec Transformer::running_spec(int64_t layer) const {
-  const AttentionSpec& s = cfg_.attention[size_t(layer)];
+  const AttentionSpec& s = running_[size_t(layer)];
   return force_full_ && approximates_full(s.kind()) ? AttentionSpec{} : s;
 }
 

@@ -15,7 +15,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
   check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
                          "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
-                         "ckpt_every", "moba_to_full_step", "score_last"},
+                         "ckpt_every", "moba_to_full_step", "score_last", "sparsity_steps", "sparsity_shape"},
                      "train config");
   try {
     c.tokenizer = read_value(j, "tokenizer", c.tokenizer, "train config");
@@ -37,6 +37,10 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     c.ckpt_every = read_value(j, "ckpt_every", c.ckpt_every, "train config");
     c.moba_to_full_step = read_value(j, "moba_to_full_step", c.moba_to_full_step, "train config");
     c.score_last = read_value(j, "score_last", c.score_last, "train config");
+    c.sparsity_steps = read_value(j, "sparsity_steps", c.sparsity_steps, "train config");
+    c.sparsity_shape = enum_from_name<ScheduleShape>(
+        read_value<std::string>(j, "sparsity_shape", enum_name(c.sparsity_shape), "train config"),
+        "train config: sparsity_shape");
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(concat("longctx: train config: ", e.what()));
   }
@@ -57,6 +61,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                 "train config: weight_decay must be >= 0, got ", c.adam.weight_decay);
   LONGCTX_CHECK(c.eval_every > 0 && c.ckpt_every > 0, "train config: eval_every and ckpt_every must be > 0");
   LONGCTX_CHECK(c.eval_tokens > 0, "train config: eval_tokens must be > 0, got ", c.eval_tokens);
+  LONGCTX_CHECK(c.sparsity_steps >= 0, "train config: sparsity_steps must be >= 0 (0: no schedule), got ",
+                c.sparsity_steps);
   LONGCTX_CHECK(c.moba_to_full_step >= -1, "train config: moba_to_full_step must be >= 0, or -1 for never, got ",
                 c.moba_to_full_step);
   LONGCTX_CHECK(c.score_last >= 0 && c.score_last <= c.seq_len, "train config: score_last must be in [0, seq_len = ",
@@ -71,7 +77,30 @@ nlohmann::json TrainConfig::to_json() const {
           {"beta1", adam.beta1},    {"beta2", adam.beta2},    {"eps", adam.eps},
           {"weight_decay", adam.weight_decay}, {"seed", seed}, {"eval_every", eval_every},
           {"eval_tokens", eval_tokens}, {"ckpt_every", ckpt_every}, {"moba_to_full_step", moba_to_full_step},
-          {"score_last", score_last}};
+          {"score_last", score_last}, {"sparsity_steps", sparsity_steps},
+          {"sparsity_shape", enum_name(sparsity_shape)}};
+}
+
+AttentionSpec scheduled_spec(const AttentionSpec& spec, const TrainConfig& t, int64_t step, double* kept_ratio) {
+  if (kept_ratio) *kept_ratio = 1.0;
+  if (t.sparsity_steps == 0) return spec;
+  if (spec.kind() == AttentionKind::topk) {
+    TopkOptions o = spec.get<TopkOptions>();
+    const int64_t available = o.token_level ? t.seq_len : (t.seq_len + o.block_size - 1) / o.block_size;
+    if (o.top_k < available) {
+      const SparsitySchedule s(double(o.top_k) / double(available), t.sparsity_steps, t.sparsity_shape);
+      o.top_k = std::max(o.top_k, s.kept(step, available));
+    }
+    if (kept_ratio) *kept_ratio = std::min(1.0, double(o.top_k) / double(available));
+    return o;
+  }
+  if (spec.kind() == AttentionKind::threshold) {
+    ThresholdOptions o = spec.get<ThresholdOptions>();
+    o.tau = float(SparsitySchedule(o.tau, t.sparsity_steps, t.sparsity_shape).kept_ratio(step));
+    if (kept_ratio) *kept_ratio = o.tau;
+    return o;
+  }
+  return spec;
 }
 
 double training_bytes(const ModelConfig& m, const TrainConfig& t) {
@@ -109,6 +138,15 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corp
 StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batches) {
   const auto t0 = std::chrono::steady_clock::now();
   model_.force_full_attention(cfg_.moba_to_full_step >= 0 && step_ >= cfg_.moba_to_full_step);
+  std::vector<LayerSparsity> sparsity;
+  if (cfg_.sparsity_steps > 0)
+    for (int64_t l = 0; l < model_.config().n_layers; ++l) {
+      const AttentionSpec& own = model_.config().attention[size_t(l)];
+      if (own.kind() != AttentionKind::topk && own.kind() != AttentionKind::threshold) continue;
+      double kept = 1;
+      model_.set_running_attention(l, scheduled_spec(own, cfg_, step_, &kept));
+      sparsity.push_back({l, kept});
+    }
   model_.zero_grad();
   double loss = 0;
   int64_t tokens = 0;
@@ -141,6 +179,7 @@ StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batche
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   StepStats s{step_, loss, lr, norm, double(tokens) / dt, tokens};
   s.moe = std::move(moe);
+  s.sparsity = std::move(sparsity);
   return s;
 }
 

@@ -349,6 +349,42 @@ TEST(Training, MoeRoutersFromConfigTrainLogAndResume) {
   for (int i = 3; i < 6; ++i) EXPECT_EQ(second.step().loss, losses[size_t(i)]) << "step " << i + 1;
 }
 
+// Progressive sparsity: top-k layers start with every block (so step 1 is full attention) and
+// threshold layers with all the mass, reaching their own top_k / tau at sparsity_steps.
+TEST(Training, SparsityScheduleWidensTopkAndThresholdEarly) {
+  TrainConfig tc = small_train();  // seq_len 64
+  tc.sparsity_steps = 4;
+  tc.sparsity_shape = ScheduleShape::cosine;
+  EXPECT_EQ(TrainConfig::from_json(tc.to_json()).to_json(), tc.to_json());
+  const AttentionSpec topk = TopkOptions{16, 2, false, 0.0f}, thr = ThresholdOptions{16, 0.8f, StopRule::bound, 0.0f};
+  double kept = 0;
+  EXPECT_EQ(scheduled_spec(topk, tc, 0, &kept).get<TopkOptions>().top_k, 4);  // all 4 blocks of 64 tokens
+  EXPECT_EQ(kept, 1.0);
+  EXPECT_EQ(scheduled_spec(topk, tc, 2, &kept).get<TopkOptions>().top_k, 3);  // cosine midpoint: ratio 0.75
+  EXPECT_EQ(scheduled_spec(topk, tc, 4, &kept).get<TopkOptions>().top_k, 2);
+  EXPECT_EQ(kept, 0.5);
+  EXPECT_EQ(scheduled_spec(topk, tc, 99, nullptr).get<TopkOptions>().top_k, 2);
+  EXPECT_FLOAT_EQ(scheduled_spec(thr, tc, 0, &kept).get<ThresholdOptions>().tau, 1.0f);
+  EXPECT_FLOAT_EQ(scheduled_spec(thr, tc, 4, &kept).get<ThresholdOptions>().tau, 0.8f);
+  EXPECT_FLOAT_EQ(float(kept), 0.8f);
+  testing::expect_error([] { TrainConfig::from_json({{"sparsity_shape", "step"}}); },
+                        "sparsity_shape must be 'linear' or 'cosine', got 'step'");
+
+  const fs::path dir = make_corpus("sparsity", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer scheduled(small_model(256, "topk"), tc, corpus, 5);  // block_size 16, top_k 2
+  Trainer full(small_model(256, "full"), small_train(), corpus, 5);
+  const StepStats first = scheduled.step();
+  EXPECT_NEAR(first.loss, full.step().loss, 1e-5);  // every block kept: dense causal attention
+  ASSERT_EQ(first.sparsity.size(), 2u);
+  EXPECT_EQ(first.sparsity[0].kept_ratio, 1.0);
+  std::vector<double> ratios;
+  for (int i = 0; i < 5; ++i) ratios.push_back(scheduled.step().sparsity[1].kept_ratio);
+  EXPECT_EQ(ratios, (std::vector<double>{1.0, 0.75, 0.75, 0.5, 0.5}));  // blocks 4, 3, 3, 2, 2 of 4
+  EXPECT_EQ(scheduled.model().config().attention[0].get<TopkOptions>().top_k, 2);  // the config keeps its own
+}
+
 // A step of several micro-batches abandoned between them changes nothing: the step after it is the
 // step an uninterrupted trainer takes.
 TEST(Training, AbandonedStepChangesNothing) {

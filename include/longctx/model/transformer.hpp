@@ -122,6 +122,10 @@ class Transformer {
   // kind is a sparse approximation of full attention (moba, topk, threshold) as full attention.
   // nsa and infini layers keep their own architecture (they have their own parameters).
   void force_full_attention(bool on) { force_full_ = on; }
+  // Training-time options of a layer's attention, of the kind its config names (progressive
+  // sparsity: the Trainer widens top-k / threshold layers early in training). Forwards run with
+  // them until set again; the config (and so checkpoints and decode) keeps the layer's own.
+  void set_running_attention(int64_t layer, const AttentionSpec& spec);
   bool layer_uses_moba(int64_t layer) const;
   AttentionKind attention_kind(int64_t layer) const;  // the kind a forward runs now
 
@@ -132,6 +136,7 @@ class Transformer {
   ModelConfig cfg_;
   std::vector<Param> params_;
   std::unique_ptr<Acts> acts_;
+  std::vector<AttentionSpec> running_;  // per layer: the config's, or set_running_attention's
   bool force_full_ = false;
   double aux_loss_ = 0;
   uint64_t noise_seed_ = 0;

@@ -1,6 +1,7 @@
 // Training: AdamW on packed varlen batches with warmup + cosine LR, gradient clipping and
 // accumulation, periodic validation, JSONL log, atomic safetensors checkpoints and exact resume.
 #pragma once
+#include <longctx/attention/sparse/sparsity_schedule.hpp>
 #include <longctx/model/transformer.hpp>
 #include <longctx/text/corpus.hpp>
 #include <longctx/train/optimizer.hpp>
@@ -25,6 +26,10 @@ struct TrainConfig {
   int64_t eval_every = 100, eval_tokens = 32768;
   int64_t ckpt_every = 100;
   int64_t moba_to_full_step = -1;  // from this step on, MoBA layers run as full attention (-1: never)
+  // Progressive sparsity (SparsitySchedule): over the first sparsity_steps steps, top-k and
+  // threshold layers go from keeping everything to their own top_k / tau (0: off).
+  int64_t sparsity_steps = 0;
+  ScheduleShape sparsity_shape = ScheduleShape::cosine;
   int64_t score_last = 0;  // > 0: train and validate on whole documents' tails, scoring only their
                            // last score_last tokens (an answer-only fine-tune; corpus.hpp tail_batch)
 
@@ -32,12 +37,28 @@ struct TrainConfig {
   nlohmann::json to_json() const;
 };
 
+// A top-k or threshold layer's kept fraction in a step of progressive sparsity: kept blocks (or
+// keys) over those of a seq_len sequence, or the kept attention mass tau.
+struct LayerSparsity {
+  int64_t layer;
+  double kept_ratio;
+};
+
+// The options a top-k or threshold layer trains with at `step` under the train config's
+// schedule (other kinds, or no schedule: `spec` itself). Top-k keeps
+// SparsitySchedule(top_k / available).kept(step, available) of the `available` blocks (keys) of
+// a seq_len sequence, never fewer than top_k; threshold keeps the mass kept_ratio(step) of a
+// schedule whose target is tau.
+AttentionSpec scheduled_spec(const AttentionSpec& spec, const TrainConfig& train, int64_t step,
+                             double* kept_ratio = nullptr);
+
 struct StepStats {
   int64_t step;  // the step just completed (1-based)
   double loss, lr, grad_norm, tokens_per_s;
   int64_t tokens;
   bool abandoned = false;  // stopped between micro-batches: nothing changed, the step is still to do
   std::vector<MoeLayerStats> moe;  // each MoE layer's routing over the step (bias after its update)
+  std::vector<LayerSparsity> sparsity;  // top-k / threshold layers, when sparsity_steps > 0
 };
 
 // Memory a training run of these configs needs: the model's (model_bytes), AdamW's two moments,

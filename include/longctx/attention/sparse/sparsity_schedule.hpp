@@ -1,13 +1,20 @@
 // Training-time progressive sparsity (docs/DESIGN.md "Top-k and mass-threshold sparse attention"):
 // the kept ratio of keys/blocks decays from 1.0 at step 0 to `target` at step `steps`, linearly
-// or along a half cosine, and stays at `target` afterwards.
+// or along a half cosine, and stays at `target` afterwards. The Trainer applies it to top-k and
+// threshold layers when the train config sets sparsity_steps (scheduled_spec, train/trainer.hpp).
 #pragma once
+#include <longctx/core/fields.hpp>
+
 #include <cstdint>
 #include <string>
 
 namespace longctx {
 
 enum class ScheduleShape { linear, cosine };
+template <>
+struct EnumNames<ScheduleShape> {
+  static constexpr std::array<const char*, 2> names{"linear", "cosine"};
+};
 
 class SparsitySchedule {
  public:

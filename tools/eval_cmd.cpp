@@ -144,10 +144,12 @@ void add_eval(CLI::App& app) {
   CLI::App* c = app.add_subcommand("eval", "Validation loss, position-wise loss and passkey retrieval of a checkpoint");
   c->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by `longctx train`")->required();
   c->add_option("--data", o->data, "Corpus folder (its val/ split is scored and gives the passkey filler)")->required();
-  c->add_option("--seq-len", o->seq_len, "Window length of the loss (default: --max-seq-len, else the training max_seq_len)");
+  c->add_option("--seq-len", o->seq_len, "Window length of the loss (default: --max-seq-len, else the training max_seq_len)")
+      ->check(at_least(1));
   c->add_option("--bucket", o->bucket, "Positions per bucket of the position-wise loss")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--max-tokens", o->max_tokens, "Most tokens scored")->check(CLI::PositiveNumber)->capture_default_str();
-  c->add_option("--max-seq-len", o->max_seq_len, "Extend the RoPE table (evaluate beyond the training length)");
+  c->add_option("--max-seq-len", o->max_seq_len, "Extend the RoPE table (evaluate beyond the training length)")
+      ->check(at_least(1));
   c->add_flag("--no-loss", o->no_loss, "Skip the validation loss (passkey only)");
   c->add_flag("--passkey", o->passkey, "Run passkey retrieval (at --seq-len unless --passkey-lengths)");
   c->add_option("--passkey-lengths", o->passkey_lengths, "Passkey context lengths in tokens, e.g. 8192,32768 (implies --passkey)")

@@ -36,7 +36,8 @@ std::string format_bytes(double bytes) {
   int u = 0;
   while (bytes >= 1024 && u < 6) bytes /= 1024, ++u;
   char buf[32];
-  std::snprintf(buf, sizeof buf, bytes < 10 && u > 0 ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+  // three significant digits, so that a need just over the limit does not print as equal to it
+  std::snprintf(buf, sizeof buf, u == 0 || bytes >= 100 ? "%.0f %s" : bytes >= 10 ? "%.1f %s" : "%.2f %s", bytes, units[u]);
   return buf;
 }
 

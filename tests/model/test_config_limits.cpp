@@ -105,8 +105,10 @@ TEST(ConfigLimits, ModelsAndRunsOverTheMemoryLimitAreRefusedBeforeAllocating) {
   memory::set_limit(0);
   EXPECT_EQ(memory::limit(), memory::physical());
   EXPECT_GT(memory::physical(), uint64_t(1) << 28);
-  EXPECT_EQ(memory::format_bytes(1536), "1.5 KiB");
-  EXPECT_EQ(memory::format_bytes(24.0 * (1 << 30)), "24 GiB");
+  EXPECT_EQ(memory::format_bytes(1536), "1.50 KiB");
+  EXPECT_EQ(memory::format_bytes(24.1 * (1 << 30)), "24.1 GiB");
+  EXPECT_EQ(memory::format_bytes(812 * 1024), "812 KiB");
+  EXPECT_EQ(memory::format_bytes(100), "100 B");
 }
 
 }  // namespace

@@ -11,62 +11,120 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
 
 #include "commands.hpp"
+#include "common.hpp"
 
 namespace longctx::cli {
 
 namespace {
 
 struct Options {
-  std::string checkpoint, prompt = "\n";
-  int64_t tokens = 200;
+  std::string checkpoint, prompt = "\n", prompt_file, kv_dtype = "f32";
+  int64_t tokens = 200, prefill_chunk = 2048;
   SamplerConfig sampler;
   uint64_t seed = 1;
 };
 
-void run(const Options& o) {
-  o.sampler.validate();  // before anything is printed
-  std::string tok_spec;
-  Transformer model = load_model(o.checkpoint, &tok_spec);
-  const auto tok = make_tokenizer(tok_spec);
-  std::vector<int32_t> ids = tok->encode(o.prompt);
-  LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
-  const int64_t total = int64_t(ids.size()) + o.tokens, V = model.config().vocab_size;
-  ModelConfig extended = model.config();
-  extended.max_seq_len = std::max(total, extended.max_seq_len);
-  memory::require_fits(model_bytes(extended) + decode_state_bytes(extended, total, DType::f32),
-                       concat("generate: ", ids.size(), " prompt + ", o.tokens, " new tokens (the weights, a RoPE table and ",
-                              "KV caches of ", total, " positions)"));
-  if (total > model.config().max_seq_len) {
-    fmt::print(stderr, "note: {} prompt + {} new tokens run past the {} positions the model was trained on; RoPE "
-               "extends, but quality past position {} is untested\n",
-               ids.size(), o.tokens, model.config().max_seq_len, model.config().max_seq_len);
-    model = load_model(o.checkpoint, nullptr, total);  // RoPE extends
+std::string read_prompt(const Options& o) {
+  if (o.prompt_file.empty()) return o.prompt;
+  if (o.prompt_file == "-") return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+  std::ifstream f(o.prompt_file, std::ios::binary);
+  LONGCTX_CHECK(f.good(), "generate: cannot read --prompt-file '", o.prompt_file, "'");
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// Prints each new token's text as it comes: the text a token adds is decode(context + token) past
+// decode(context) over the last few tokens, O(1) per token (a tokenizer may merge or strip a
+// leading space, so a token is not decoded alone). Bytes of an unfinished UTF-8 character wait.
+class Detokenizer {
+ public:
+  // `printed`: the tokens already shown (the prompt), whose last few are the first context.
+  Detokenizer(const Tokenizer& tok, const std::vector<int32_t>& printed)
+      : tok_(tok), ids_(printed.end() - int64_t(std::min(printed.size(), kContext)), printed.end()),
+        emitted_(ids_.size()) {}
+  void push(int32_t id) {
+    ids_.push_back(id);
+    emit(false);
   }
-  std::mt19937_64 rng(o.seed);
-  DecodeState state = model.new_decode_state(total);
-  std::fputs(o.prompt.c_str(), stdout);
-  std::string shown = tok->decode(ids);
-  const auto t0 = std::chrono::steady_clock::now();
-  Tensor logits = model.extend(state, ids);  // prefill
-  const auto t1 = std::chrono::steady_clock::now();
-  const float* last = logits.f32() + (int64_t(ids.size()) - 1) * V;
-  for (int64_t i = 0; i < o.tokens; ++i) {
-    ids.push_back(sample_token(last, V, o.sampler, rng));
-    const std::string text = tok->decode(ids);  // print only what the new token added
-    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::fputs(text.c_str() + shown.size(), stdout);
+  void flush() { emit(true); }  // what is still held back (the end of the output)
+
+ private:
+  void emit(bool all) {
+    const std::vector<int32_t> ctx(ids_.begin(), ids_.begin() + int64_t(emitted_));
+    const std::string before = tok_.decode(ctx), after = tok_.decode(ids_);
+    const bool stuck = all || ids_.size() - emitted_ > kContext;  // never hold text back for long
+    if (after.compare(0, before.size(), before) != 0 && !stuck) return;  // not a clean extension yet: wait
+    const std::string add = after.substr(std::min(before.size(), after.size()));
+    if (!add.empty() && incomplete_utf8_tail(add) && !stuck) return;
+    std::fputs(add.c_str(), stdout);
     std::fflush(stdout);
-    shown = text;
-    if (i + 1 < o.tokens) {
-      logits = model.extend(state, {ids.back()});  // one decode step over the decode state
-      last = logits.f32();
+    emitted_ = ids_.size();
+    if (ids_.size() > kContext) {  // keep a few tokens of context
+      ids_.erase(ids_.begin(), ids_.end() - int64_t(kContext));
+      emitted_ = ids_.size();
     }
   }
+
+  static constexpr size_t kContext = 8;
+  static bool incomplete_utf8_tail(const std::string& s) {
+    size_t i = s.size(), n = 0;  // continuation bytes at the end
+    while (i > 0 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80 && n < 3) --i, ++n;
+    if (i == 0) return n > 0;
+    const unsigned lead = static_cast<unsigned char>(s[i - 1]);
+    const size_t need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : lead >= 0xC0 ? 1 : 0;
+    return need > n;
+  }
+  const Tokenizer& tok_;
+  std::vector<int32_t> ids_;
+  size_t emitted_ = 0;  // ids_[0, emitted_) are printed
+};
+
+void run(const Options& o) {
+  o.sampler.validate();  // before anything is printed
+  LONGCTX_CHECK(o.kv_dtype != "int8", "generate: --kv-dtype int8 is not implemented yet (f32 or bf16)");
+  const DType cache_dtype = o.kv_dtype == "bf16" ? DType::bf16 : DType::f32;
+  const std::string prompt = read_prompt(o);
+  const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  const auto tok = make_tokenizer(info.tokenizer);
+  std::vector<int32_t> ids = tok->encode(prompt);
+  LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
+  const int64_t total = int64_t(ids.size()) + o.tokens, trained = info.model.max_seq_len;
+  ModelConfig extended = info.model;
+  extended.max_seq_len = std::max(total, trained);
+  memory::require_fits(model_bytes(extended) + decode_state_bytes(extended, total, cache_dtype),
+                       concat("generate: ", ids.size(), " prompt + ", o.tokens, " new tokens (the weights, a RoPE table and ",
+                              "KV caches of ", total, " positions)"));
+  if (total > trained)
+    fmt::print(stderr, "note: {} prompt + {} new tokens run past the {} positions the model was trained on; RoPE "
+               "extends, but quality past position {} is untested\n", ids.size(), o.tokens, trained, trained);
+  Transformer model = load_model(o.checkpoint, nullptr, extended.max_seq_len);  // RoPE extends
+  const int64_t V = model.config().vocab_size;
+  std::mt19937_64 rng(o.seed);
+  DecodeState state = model.new_decode_state(total, cache_dtype);
+  std::fputs(prompt.c_str(), stdout);
+  std::fflush(stdout);
+  const auto t0 = std::chrono::steady_clock::now();
+  bench::Progress progress("prefill", "tokens");
+  Tensor logits = model.prefill(state, ids, o.prefill_chunk,
+                                [&](int64_t done, int64_t n) { if (n > o.prefill_chunk) progress.report(double(done), double(n)); });
+  const auto t1 = std::chrono::steady_clock::now();
+  Detokenizer out(*tok, ids);
+  for (int64_t i = 0; i < o.tokens; ++i) {
+    ids.push_back(sample_token(logits.f32(), V, o.sampler, rng));
+    out.push(ids.back());
+    if (i + 1 < o.tokens) logits = model.extend(state, {ids.back()});  // one decode step over the decode state
+  }
+  out.flush();
   const auto t2 = std::chrono::steady_clock::now();
   const double prefill = std::chrono::duration<double>(t1 - t0).count(), decode = std::chrono::duration<double>(t2 - t1).count();
-  fmt::print(stderr, "\n[prefill {} tokens in {:.3f} s; decoded {} tokens in {:.2f} s: {:.1f} tokens/s]\n",
-             ids.size() - size_t(o.tokens), prefill, o.tokens, decode, double(o.tokens) / decode);
+  const size_t prompt_tokens = ids.size() - size_t(o.tokens);
+  fmt::print(stderr, "\n[prefill {} tokens in {:.3f} s ({:.0f} tokens/s); decoded {} tokens in {:.2f} s ({:.1f} tokens/s); "
+             "{} KV cache]\n", prompt_tokens, prefill, double(prompt_tokens) / prefill, o.tokens, decode,
+             o.tokens > 0 ? double(o.tokens) / decode : 0.0, o.kv_dtype);
 }
 
 }  // namespace
@@ -75,8 +133,14 @@ void add_generate(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("generate", "Stream text from a checkpoint");
   c->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by `longctx train`")->required();
-  c->add_option("--prompt", o->prompt, "Text to continue")->capture_default_str();
+  CLI::Option* text = c->add_option("--prompt", o->prompt, "Text to continue")->capture_default_str();
+  c->add_option("--prompt-file", o->prompt_file, "Read the text to continue from this file ('-': standard input)")
+      ->excludes(text);
   c->add_option("--tokens", o->tokens, "Tokens to generate")->check(CLI::NonNegativeNumber)->capture_default_str();
+  c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call (bounds the logits held)")
+      ->check(at_least(1))->capture_default_str();
+  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage: f32 or bf16 (int8: not implemented yet)")
+      ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
   c->add_option("--temperature", o->sampler.temperature, "0 = greedy")->capture_default_str();
   c->add_option("--top-k", o->sampler.top_k, "Keep the k most likely tokens (0 = all)")->capture_default_str();
   c->add_option("--top-p", o->sampler.top_p, "Nucleus sampling threshold")->capture_default_str();

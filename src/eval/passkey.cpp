@@ -120,11 +120,7 @@ std::vector<int32_t> greedy_complete(Transformer& model, const std::vector<int32
                 "prefill_chunk >= 1, got ", prompt.size(), " tokens, n = ", n, ", chunk ", prefill_chunk);
   DecodeState st = model.new_decode_state(int64_t(prompt.size()) + n - 1);
   const int64_t V = model.config().vocab_size;
-  Tensor logits;
-  for (size_t i = 0; i < prompt.size(); i += size_t(prefill_chunk)) {
-    const size_t end = std::min(prompt.size(), i + size_t(prefill_chunk));
-    logits = model.extend(st, std::vector<int32_t>(prompt.begin() + int64_t(i), prompt.begin() + int64_t(end)));
-  }
+  Tensor logits = model.prefill(st, prompt, prefill_chunk);
   std::vector<int32_t> out;
   for (;;) {
     const float* last = logits.f32() + (logits.shape()[0] - 1) * V;

@@ -449,6 +449,22 @@ Tensor Transformer::extend(DecodeState& state, const std::vector<int32_t>& token
   return out;
 }
 
+Tensor Transformer::prefill(DecodeState& state, const std::vector<int32_t>& tokens, int64_t chunk,
+                            const std::function<void(int64_t, int64_t)>& progress) {
+  LONGCTX_CHECK(!tokens.empty() && chunk >= 1, "prefill: needs tokens and chunk >= 1, got ", tokens.size(),
+                " tokens, chunk ", chunk);
+  const int64_t n = int64_t(tokens.size()), V = cfg_.vocab_size;
+  Tensor logits;
+  for (int64_t i = 0; i < n; i += chunk) {
+    const int64_t end = std::min(n, i + chunk);
+    logits = extend(state, std::vector<int32_t>(tokens.begin() + i, tokens.begin() + end));
+    if (progress) progress(end, n);
+  }
+  Tensor last({1, V});
+  std::copy(logits.f32() + (logits.dim(0) - 1) * V, logits.f32() + logits.dim(0) * V, last.f32());
+  return last;
+}
+
 void Transformer::backward() {
   Acts& A = *acts_;
   LONGCTX_CHECK(A.ready, "backward: call forward(batch, /*train=*/true) first");

@@ -3,8 +3,10 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "cli_helpers.hpp"
@@ -120,6 +122,30 @@ TEST(Cli, TrainResumeEvalGenerate) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(r.output.rfind("And God", 0), 0u) << r.output;
   EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
+
+  // the prompt from a file or standard input; a chunked prefill and a bf16 cache give the same
+  // greedy text as one call over an fp32 cache (stdout only: the timing line differs)
+  std::ofstream(dir / "prompt.txt") << "And God said, Let there be";
+  auto text = [&](const std::string& args) {
+    const fs::path out = dir / "generated.txt";
+    const std::string cmd = std::string(LONGCTX_CLI_PATH) + " generate --checkpoint " + ckpt +
+                            " --tokens 20 --temperature 0 " + args + " > " + out.string() + " 2>/dev/null";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    std::ifstream f(out);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  };
+  const std::string whole = text("--prompt-file " + (dir / "prompt.txt").string());
+  EXPECT_EQ(whole.rfind("And God said, Let there be", 0), 0u) << whole;
+  EXPECT_GT(whole.size(), std::string("And God said, Let there be").size());
+  EXPECT_EQ(text("--prompt-file " + (dir / "prompt.txt").string() + " --prefill-chunk 3"), whole);
+  EXPECT_EQ(text("--prompt-file - < " + (dir / "prompt.txt").string()), whole);
+  EXPECT_EQ(text("--prompt 'And God said, Let there be' --kv-dtype bf16").substr(0, 30), whole.substr(0, 30));
+  r = run_cli("generate --checkpoint " + ckpt + " --prompt-file " + (dir / "none.txt").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("cannot read --prompt-file"), std::string::npos) << r.output;
+  r = run_cli("generate --checkpoint " + ckpt + " --kv-dtype int8");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--kv-dtype int8 is not implemented yet"), std::string::npos) << r.output;
 }
 
 // Bad output paths and conflicting runs are refused before any work (issue 19's first items).

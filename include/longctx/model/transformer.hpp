@@ -8,6 +8,7 @@
 #include <longctx/model/config.hpp>
 #include <longctx/core/tensor.hpp>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -104,6 +105,10 @@ class Transformer {
   // the cache's block statistics, nsa layers by nsa_forward (n > 1) or nsa_decode_step (n = 1)
   // over the cache and its compressed blocks, infini layers through their memory stream.
   Tensor extend(DecodeState& state, const std::vector<int32_t>& tokens);
+  // extend() over `tokens` in calls of at most `chunk` tokens, so the logits held stay within
+  // chunk x vocab; returns the last token's logits [1, V]. progress(done, total) after each call.
+  Tensor prefill(DecodeState& state, const std::vector<int32_t>& tokens, int64_t chunk,
+                 const std::function<void(int64_t done, int64_t total)>& progress = {});
   // Adds the gradient of the last train forward's mean loss + aux_loss() to every Param::grad.
   void backward();
   void zero_grad();

@@ -80,10 +80,21 @@ struct Source {
 // "topk/group" are the method with group-shared selection (group_select).
 AttentionSpec spec_of(const std::string& method, const DecodeBenchConfig& cfg) {
   const std::string base = method.substr(0, method.find("/group"));
+  const bool group = base.size() < method.size();
+  LONGCTX_CHECK(!group || base == "moba" || base == "topk", "bench decode: '/group' applies to moba and topk, got '",
+                method, "'");
   if (base == "dense") return AttentionSpec{};
   switch (attention_kind_from_name(base)) {
-    case AttentionKind::moba: return cfg.moba;
-    case AttentionKind::topk: return cfg.topk;
+    case AttentionKind::moba: {
+      MobaOptions o = cfg.moba;
+      o.group_select = o.group_select || group;
+      return o;
+    }
+    case AttentionKind::topk: {
+      TopkOptions o = cfg.topk;
+      o.group_select = o.group_select || group;
+      return o;
+    }
     case AttentionKind::threshold: return cfg.threshold;
     default: LONGCTX_CHECK(false, "bench decode: unknown method '", method, "' (dense, moba, topk, threshold)");
   }
@@ -112,9 +123,8 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
     double dense_tps = 0, dense_chunk_tps = 0;
     for (const std::string& method : cfg.methods) {
       const AttentionSpec spec = spec_of(method, cfg);
-      const bool group = method.find("/group") != std::string::npos;
       SparseResult r;
-      const double t = time_best([&] { r = attention_over_cache(q1, cache, spec, group); }, 3, cfg.min_seconds);
+      const double t = time_best([&] { r = attention_over_cache(q1, cache, spec); }, 3, cfg.min_seconds);
       nlohmann::json row{{"cache_len", n},      {"method", method},         {"mode", "decode"},
                          {"ms", t * 1e3},       {"tokens_per_s", 1.0 / t},  {"keys_mean", r.mean_keys},
                          {"keys_max", r.max_keys}, {"stream_gbps", stream}};
@@ -128,7 +138,7 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
       progress.report(++done, cases, fmt::format("(decode n={} {}: {:.3f} ms)", n, method, t * 1e3));
       if (n > cfg.chunk_max_length) continue;
       // The last `chunk` tokens of the cache as one chunked-prefill call.
-      const double tc = time_best([&] { r = attention_over_cache(qc, cache, spec, group); }, 1, cfg.min_seconds);
+      const double tc = time_best([&] { r = attention_over_cache(qc, cache, spec); }, 1, cfg.min_seconds);
       nlohmann::json crow{{"cache_len", n},          {"method", method},           {"mode", fmt::format("chunk{}", chunk)},
                           {"ms", tc * 1e3},          {"tokens_per_s", chunk / tc}, {"keys_mean", r.mean_keys},
                           {"keys_max", r.max_keys}};

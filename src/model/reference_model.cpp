@@ -116,7 +116,7 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
         mask = dense_mask(shape, varlen, AttentionOptions{});
         if (kind == AttentionKind::moba) {
           const MobaOptions& o = spec.get<MobaOptions>();
-          mask = moba_mask<double>(shape, q, k, varlen, o.block_size, o.top_k);
+          mask = moba_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, nullptr, o.group_select);
         } else if (kind == AttentionKind::topk) {
           const TopkOptions& o = spec.get<TopkOptions>();
           mask = topk_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, o.token_level);

@@ -184,12 +184,12 @@ TEST(Decode, GroupSharedSelectionAttendsTheGroupsTopBlocks) {
       cache.append(random_tensor({n, hkv, d}, 21), random_tensor({n, hkv, d}, 22));
       const Tensor keys = cache.keys().to(DType::f32);
       const int64_t top_k = 4;
-      const AttentionSpec o = method == AttentionKind::moba ? AttentionSpec(MobaOptions{B, top_k})
-                                                            : AttentionSpec(TopkOptions{B, top_k});
+      const AttentionSpec o = method == AttentionKind::moba ? AttentionSpec(MobaOptions{B, top_k, 0.0f, true})
+                                                            : AttentionSpec(TopkOptions{B, top_k, false, 0.0f, true});
       for (const int64_t q_len : {1, 5}) {
         const Tensor q = random_tensor({q_len, hq, d}, 23, 2.0f);
         const Tensor qf = q.to(DType::f32);
-        const SparseResult r = attention_over_cache(q, cache, o, true);
+        const SparseResult r = attention_over_cache(q, cache, o);
         const int group = hq / hkv;
         for (int64_t t = 0; t < q_len; ++t) {
           const int64_t pos = n - q_len + t, own = pos / B;
@@ -238,17 +238,18 @@ TEST(Decode, GroupSharedSelectionEdgeCases) {
   cache.append(random_tensor({n, 2, 16}, 31), random_tensor({n, 2, 16}, 32));
   const Tensor q = random_tensor({3, 2, 16}, 33, 2.0f), q4 = random_tensor({3, 4, 16}, 34, 2.0f);
   for (const AttentionKind method : {AttentionKind::moba, AttentionKind::topk}) {
-    auto spec = [&](int64_t top_k) {
-      return method == AttentionKind::moba ? AttentionSpec(MobaOptions{B, top_k}) : AttentionSpec(TopkOptions{B, top_k});
+    auto spec = [&](int64_t top_k, bool group = false) {
+      return method == AttentionKind::moba ? AttentionSpec(MobaOptions{B, top_k, 0.0f, group})
+                                           : AttentionSpec(TopkOptions{B, top_k, false, 0.0f, group});
     };
-    const SparseResult a = attention_over_cache(q, cache, spec(3)), b = attention_over_cache(q, cache, spec(3), true);
+    const SparseResult a = attention_over_cache(q, cache, spec(3)), b = attention_over_cache(q, cache, spec(3, true));
     EXPECT_EQ(a.visited, b.visited);
     for (int64_t i = 0; i < a.out.numel(); ++i) ASSERT_NEAR(a.out.f32()[i], b.out.f32()[i], 1e-6);
-    const SparseResult all = attention_over_cache(q4, cache, spec(n / B + 1), true),
+    const SparseResult all = attention_over_cache(q4, cache, spec(n / B + 1, true)),
                        dense = attention_over_cache(q4, cache, {});
     for (int64_t i = 0; i < all.out.numel(); ++i) ASSERT_NEAR(all.out.f32()[i], dense.out.f32()[i], 2e-6);
   }
-  EXPECT_THROW(attention_over_cache(q, cache, ThresholdOptions{B}, true), std::invalid_argument);
+  EXPECT_THROW(attention_over_cache(q, cache, TopkOptions{B, 3, true, 0.0f, true}), std::invalid_argument);  // token level
 }
 
 TEST(Decode, BadInputThrowsClearly) {

@@ -22,6 +22,7 @@ struct MobaCase {
   int hq, hkv, d;
   int64_t block, top_k;
   DType dtype;
+  bool group_select = false;
 };
 
 std::string name_of(const MobaCase& c) {
@@ -30,7 +31,8 @@ std::string name_of(const MobaCase& c) {
   s += "_k";
   for (auto l : c.k_lens) s += "_" + std::to_string(l);
   return s + "_h" + std::to_string(c.hq) + "x" + std::to_string(c.hkv) + "_d" + std::to_string(c.d) + "_B" +
-         std::to_string(c.block) + "_top" + std::to_string(c.top_k) + "_" + dtype_name(c.dtype);
+         std::to_string(c.block) + "_top" + std::to_string(c.top_k) + "_" + dtype_name(c.dtype) +
+         (c.group_select ? "_group" : "");
 }
 
 void PrintTo(const MobaCase& c, std::ostream* os) { *os << name_of(c); }
@@ -46,7 +48,7 @@ TEST_P(MobaVsReference, SelectionForwardAndBackwardMatch) {
   const Tensor k = random_tensor({tk, c.hkv, c.d}, 12, 1.0f, c.dtype);
   const Tensor v = random_tensor({tk, c.hkv, c.d}, 13, 1.0f, c.dtype);
   const Tensor dout = random_tensor({tq, c.hq, c.d}, 14);
-  const MobaOptions opts{c.block, c.top_k, 0.0f};
+  const MobaOptions opts{c.block, c.top_k, 0.0f, c.group_select};
 
   const MobaResult r = moba_attention_forward(q, k, v, vl, opts);
   const AttentionGrads g = moba_attention_backward(q, k, v, r, dout, vl);
@@ -54,7 +56,7 @@ TEST_P(MobaVsReference, SelectionForwardAndBackwardMatch) {
   const reference::Shape s = testing::shape_of(q, k);
   const auto qd = to_vec<double>(q), kd = to_vec<double>(k), vd = to_vec<double>(v);
   std::vector<int32_t> ref_sel;
-  const auto mask = reference::moba_mask<double>(s, qd, kd, vl, c.block, c.top_k, &ref_sel);
+  const auto mask = reference::moba_mask<double>(s, qd, kd, vl, c.block, c.top_k, &ref_sel, c.group_select);
   // Same blocks chosen by every (head, query) (as sets: the reference lists them by score).
   // slots: top_k - 1, or fewer when no sequence has that many past blocks (the reference pads to top_k - 1)
   const size_t ref_slots = size_t(c.top_k - 1), rows = ref_slots == 0 ? 0 : ref_sel.size() / ref_slots;
@@ -82,6 +84,8 @@ const MobaCase kCases[] = {
     {{300}, {300}, 4, 2, 128, 32, 3, DType::bf16},                      // bf16 storage
     {{260}, {260}, 2, 1, 64, 16, 50, DType::f32},                       // top_k past the block count
     {{300}, {300}, 2, 1, 64, 512, 3, DType::f32},                       // block longer than the sequence
+    {{260}, {260}, 8, 2, 64, 16, 5, DType::f32, true},                  // group-shared selection, GQA 8/2
+    {{1, 37, 300, 16, 5}, {1, 37, 300, 16, 5}, 3, 1, 64, 16, 3, DType::f32, true},  // group of 3, varlen
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MobaVsReference, ::testing::ValuesIn(kCases),

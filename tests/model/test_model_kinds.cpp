@@ -53,6 +53,7 @@ const KindCase kKindCases[] = {
     {"full", {{"kind", "full"}}, kDense},
     {"moba", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kDense},
     {"moba_moe", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kMoe},
+    {"moba_group_select", {{"kind", "moba"}, {"block_size", 2}, {"top_k", 3}, {"group_select", true}}, kDense},
     {"moe_noisy", {{"kind", "full"}}, kMoeNoisy},
     {"moe_bias_free_switch", {{"kind", "full"}}, kMoeBiasFree},
     {"topk", {{"kind", "topk"}, {"block_size", 3}, {"top_k", 2}}, kDense},

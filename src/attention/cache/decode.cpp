@@ -208,7 +208,7 @@ SparseResult grouped_selected(const Problem& p, const Tensor& q, const KVCache& 
 
 }  // namespace
 
-SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const AttentionSpec& spec, bool group_select) {
+SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const AttentionSpec& spec) {
   const char* who = "attention_over_cache";
   LONGCTX_CHECK(q.ndim() == 3, who, ": q must be [q_len, heads, head_dim], got ", q.shape_str());
   LONGCTX_CHECK(q.dim(2) == cache.head_dim(), who, ": q head_dim ", q.dim(2), " differs from the cache's ",
@@ -225,9 +225,9 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const A
   LONGCTX_CHECK(softmax_scale >= 0.0f && std::isfinite(softmax_scale), who,
                 ": softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", softmax_scale);
   const bool block_topk = kind == AttentionKind::topk && !spec.get<TopkOptions>().token_level;
-  LONGCTX_CHECK(!group_select || kind == AttentionKind::moba || block_topk, who,
-                ": group_select applies to moba and block topk only, got ", spec.name(),
-                kind == AttentionKind::topk ? " (token_level)" : "");
+  const bool group_select = kind == AttentionKind::moba ? spec.get<MobaOptions>().group_select
+                            : block_topk               ? spec.get<TopkOptions>().group_select
+                                                       : false;
   const int64_t B = cache.block_size();
   LONGCTX_CHECK(spec.stats_block_size() == 0 || (cache.has_stats() && spec.stats_block_size() == B), who, ": ",
                 spec.name(), " reads blocks of ", spec.stats_block_size(), " keys but the cache keeps statistics of ",

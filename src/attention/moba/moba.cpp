@@ -32,6 +32,7 @@ namespace {
 struct Moba {
   Problem p;
   int64_t B, slots;
+  bool group_select;  // one selection per KV head from the scores summed over its query heads
   std::vector<int64_t> first_block;  // per sequence: index of its block 0 in the block arrays
   int64_t full_blocks(const Seq& s) const { return s.lk / B; }
   int64_t max_blocks = 0;            // most blocks (full or partial) of any sequence
@@ -42,7 +43,7 @@ Moba make_moba(const char* who, const Tensor& q, const Tensor& k, const Tensor& 
   opts.validate(std::string(who) + ": ");
   AttentionOptions ao;
   ao.softmax_scale = opts.softmax_scale;
-  Moba m{make_problem(who, q, k, v, varlen, ao), opts.block_size, opts.top_k - 1, {}};
+  Moba m{make_problem(who, q, k, v, varlen, ao), opts.block_size, opts.top_k - 1, opts.group_select, {}};
   int64_t blocks = 0;
   for (const Seq& s : m.p.seqs) {
     m.first_block.push_back(blocks);
@@ -92,7 +93,9 @@ std::vector<Tile> own_block_tiles(const Moba& m) {
   return tiles;
 }
 
-// Per query row: the top-(k-1) eligible blocks by q . mean, ascending, -1 padded.
+// Per query row: the top-(k-1) eligible blocks by q . mean, ascending, -1 padded. With
+// group_select the scores of a KV head's query heads are summed in head order (as decode does)
+// and the group's first head's tile selects for all of them.
 struct GateScratch {
   std::vector<float> q, score;
 };
@@ -109,14 +112,17 @@ std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::ve
         const Tile& t = tiles[size_t(i)];
         const Seq& s = p.seqs[size_t(t.seq)];
         const int64_t own = (t.start + s.offset()) / m.B;  // blocks 0..own-1 are eligible
-        if (own == 0) return;
-        const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, qbuf.data());
+        if (own == 0 || (m.group_select && t.head % p.group != 0)) return;
+        const int heads = m.group_select ? p.group : 1;  // query heads this tile selects for
         const float* mean0 = &means[(m.first_block[size_t(t.seq)] * p.hkv + p.kv_head(t.head)) * p.d];
-        // the tile's gate scores q . mean for every eligible block, one fp32 product
+        // the tile's gate scores q . mean for every eligible block, one fp32 product per head
         if (own > m.slots) {
           score.resize(size_t(t.len * own));
-          gemm::gemm(gemm::Precision::f32, t.len, own, p.d, 1.0f, qr.operand(false),
-                     {mean0, nullptr, int64_t(p.hkv) * p.d, true}, 0.0f, score.data(), own);
+          for (int e = 0; e < heads; ++e) {
+            const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head + e, qbuf.data());
+            gemm::gemm(gemm::Precision::f32, t.len, own, p.d, 1.0f, qr.operand(false),
+                       {mean0, nullptr, int64_t(p.hkv) * p.d, true}, e == 0 ? 0.0f : 1.0f, score.data(), own);
+          }
         }
         for (int64_t r = 0; r < t.len; ++r) {
           int32_t* out = &selected[(size_t(t.head) * p.tq + s.q0 + t.start + r) * m.slots];
@@ -124,6 +130,8 @@ std::vector<int32_t> select_blocks(const Moba& m, const Tensor& q, const std::ve
             top_indices(&score[size_t(r * own)], own, m.slots, out);
           else
             std::iota(out, out + own, 0);
+          for (int e = 1; e < heads; ++e)
+            std::copy_n(out, m.slots, &selected[(size_t(t.head + e) * p.tq + s.q0 + t.start + r) * m.slots]);
         }
       });
   return selected;

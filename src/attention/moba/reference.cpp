@@ -8,7 +8,7 @@ namespace longctx::reference {
 
 template <class T>
 Mask moba_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, const Varlen& varlen,
-               int64_t B, int64_t top_k, std::vector<int32_t>* selected) {
+               int64_t B, int64_t top_k, std::vector<int32_t>* selected, bool group_select) {
   Mask m(size_t(s.hq) * s.tq * s.tk, 0);
   if (selected) selected->assign(size_t(s.hq) * s.tq * std::max<int64_t>(top_k - 1, 0), -1);
   const int group = s.hq / s.hkv;
@@ -30,8 +30,13 @@ Mask moba_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
         const int64_t own = pos / B;
         // Score every strictly-past block, sort by (score desc, block index desc), keep top_k - 1.
         std::vector<std::pair<T, int64_t>> cand;
-        for (int64_t b = 0; b < own; ++b)
-          cand.push_back({row_dot(&q[((sq.q0 + i) * s.hq + h) * s.d], &mean[(b * s.hkv + h / group) * s.d], s.d), b});
+        const int first = group_select ? h / group * group : h, last = group_select ? first + group : h + 1;
+        for (int64_t b = 0; b < own; ++b) {
+          T score = 0;
+          for (int e = first; e < last; ++e)
+            score += row_dot(&q[((sq.q0 + i) * s.hq + e) * s.d], &mean[(b * s.hkv + h / group) * s.d], s.d);
+          cand.push_back({score, b});
+        }
         std::sort(cand.begin(), cand.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second > b.second; });
         cand.resize(std::min<size_t>(cand.size(), size_t(top_k - 1)));
         uint8_t* row = &m[(size_t(h) * s.tq + sq.q0 + i) * s.tk + sq.k0];
@@ -46,8 +51,8 @@ Mask moba_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
 }
 
 template Mask moba_mask<float>(const Shape&, const std::vector<float>&, const std::vector<float>&, const Varlen&,
-                               int64_t, int64_t, std::vector<int32_t>*);
+                               int64_t, int64_t, std::vector<int32_t>*, bool);
 template Mask moba_mask<double>(const Shape&, const std::vector<double>&, const std::vector<double>&, const Varlen&,
-                                int64_t, int64_t, std::vector<int32_t>*);
+                                int64_t, int64_t, std::vector<int32_t>*, bool);
 
 }  // namespace longctx::reference

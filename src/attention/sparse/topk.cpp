@@ -12,12 +12,15 @@ using namespace attn;
 void TopkOptions::validate(const std::string& prefix) const {
   require(top_k > 0, prefix, "top_k", top_k, "> 0");
   require(block_size > 0, prefix, "block_size", block_size, "> 0");
+  LONGCTX_CHECK(!(group_select && token_level), prefix, "group_select applies to block-level top-k only");
 }
 
 SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
                                     const TopkOptions& opts) {
   const char* who = "topk_attention_forward";
   opts.validate(std::string(who) + ": ");
+  LONGCTX_CHECK(!opts.group_select, who, ": group_select is implemented for decode over a KV cache only "
+                "(attention_over_cache); the prefill and training forward selects per query head");
   AttentionOptions ao;
   ao.softmax_scale = opts.softmax_scale;
   const Problem p = make_problem(who, q, k, v, varlen, ao);

@@ -19,10 +19,9 @@ namespace longctx {
 // q: [q_len, Hq, d] (fp32 or bf16), Hq a multiple of cache.kv_heads(), 1 <= q_len <= cache.size().
 // spec: full, moba, topk or threshold (nsa and infini decode through their own state:
 // nsa_decode_step, InfiniStream); a block-level kind's block_size must be the cache's.
-// group_select (moba, block topk): one block selection per KV head from the gate scores (q . mean,
-// or the Quest bound) summed over the group's query heads, NSA-style; every head of the group
-// then attends the same blocks. Not MoBA's per-head semantics: off by default.
-SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const AttentionSpec& spec = {},
-                                  bool group_select = false);
+// The options' group_select (moba, block topk): one block selection per KV head from the gate
+// scores (q . mean, or the Quest bound) summed over the group's query heads, NSA-style; every
+// head of the group then attends the same blocks. Not MoBA's per-head semantics: off by default.
+SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const AttentionSpec& spec = {});
 
 }  // namespace longctx

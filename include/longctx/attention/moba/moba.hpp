@@ -23,11 +23,16 @@ struct MobaOptions {
   int64_t block_size = 512;
   int64_t top_k = 3;  // blocks per query, own block included
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
+  // One selection per KV head from the gate scores summed over its query heads (NSA's group-shared
+  // rule, arXiv 2502.11089 sec. 3.3.3): a GQA group then reads one set of blocks. Off: MoBA's own
+  // per-query-head selection.
+  bool group_select = false;
 
   template <class V>
   void fields(V&& v) {  // core/fields.hpp
     v("block_size", block_size, "keys per block B");
     v("top_k", top_k, "blocks per query k, own block included");
+    v("group_select", group_select, "one selection per KV head from scores summed over its query heads (NSA-style)");
   }
   void validate(const std::string& prefix) const;  // throws "<prefix>block_size must be > 0, got 0"
 };

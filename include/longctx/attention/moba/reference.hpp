@@ -8,9 +8,10 @@ namespace longctx::reference {
 // Per-query-head MoBA visibility (docs/DESIGN.md "MoBA"): own block causally plus the top-(top_k-1)
 // strictly-past full blocks by q . mean(K_block), ties toward the later block. Block means and
 // scores are computed in T. `selected`, if given, receives per (h, query row) the chosen past
-// blocks in descending score order, padded with -1 to top_k - 1 entries.
+// blocks in descending score order, padded with -1 to top_k - 1 entries. `group_select`: the
+// score of a block is summed over the query heads of its KV head, and all of them take the same.
 template <class T>
 Mask moba_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, const Varlen& varlen,
-               int64_t block_size, int64_t top_k, std::vector<int32_t>* selected = nullptr);
+               int64_t block_size, int64_t top_k, std::vector<int32_t>* selected = nullptr, bool group_select = false);
 
 }  // namespace longctx::reference

@@ -39,12 +39,16 @@ struct TopkOptions {
   int64_t top_k = 8;  // blocks, own block included (block level), or keys (token level)
   bool token_level = false;
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
+  // Block level, decode over a KV cache only (attention_over_cache): one selection per KV head from
+  // the Quest bounds summed over its query heads. The prefill / training forward refuses it.
+  bool group_select = false;
 
   template <class V>
   void fields(V&& v) {  // core/fields.hpp
     v("block_size", block_size, "keys per block (block level; also the KV cache's statistics block)");
     v("top_k", top_k, "blocks per query, own block included (block level), or keys (token level)");
     v("token_level", token_level, "select single keys by q . k instead of blocks by the Quest bound");
+    v("group_select", group_select, "decode only: one selection per KV head from bounds summed over its query heads");
   }
   void validate(const std::string& prefix) const;  // throws "<prefix>top_k must be > 0, got 0"
 };

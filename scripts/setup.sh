@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake ninja-build pkg-config
       libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libfmt-dev libsentencepiece-dev sentencepiece time python3
-      gnuplot-nox jq)  # gnuplot and jq: `longctx eval --plot` (scripts/plot_eval.sh)
+      gnuplot-nox jq  # gnuplot and jq: `longctx eval --plot` (scripts/plot_eval.sh)
+      clang libclang-rt-14-dev libomp-dev)  # libFuzzer and OpenMP for clang: scripts/fuzz.sh
 
 source scripts/apt_need.sh
 need "${PKGS[@]}"

@@ -14,10 +14,11 @@
 namespace longctx::simd {
 
 // exp(x) with < 2 ulp-ish relative error (degree-6 polynomial after range reduction to
-// |r| <= ln2/2, measured in tests/core/test_simd.cpp); exp(x) = 0 for x < -87.3 (incl. -inf).
+// |r| <= ln2/2, measured in tests/core/test_simd.cpp); exp(x) = 0 for x < -87.3 (incl. -inf);
+// NaN stays NaN (diverged weights must show as a NaN loss, not as a number).
 inline float exp_approx(float x) {
   const float lo = -87.3f, hi = 88.7f;
-  float xc = x < lo ? lo : (x > hi ? hi : x);
+  float xc = x > lo ? (x < hi ? x : hi) : lo;  // NaN -> lo, so the int conversion below stays defined
   // round(xc / ln2) via the 1.5*2^23 trick (vectorises, no libm call)
   const float magic = 12582912.0f;
   float n = (xc * 1.44269504088896341f + magic) - magic;
@@ -34,7 +35,7 @@ inline float exp_approx(float x) {
   float scale;
   __builtin_memcpy(&scale, &e, 4);
   float y = p * scale;
-  return x < lo ? 0.0f : y;
+  return x < lo ? 0.0f : (x == x ? y : x);
 }
 
 // The logistic function 1 / (1 + e^-x) (gates, SiLU): float through exp_approx (vectorises in

@@ -13,20 +13,85 @@ std::string tokenizer_of(const std::map<std::string, std::string>& metadata) {
   return it == metadata.end() ? "bytes" : it->second;
 }
 
+[[noreturn]] void config_error(const std::string& path, std::string reason) {
+  if (reason.rfind("model config: ", 0) == 0) reason.erase(0, 14);  // ModelConfig's own prefix, said once
+  if (reason.size() > 300) reason = reason.substr(0, 300) + "...";
+  throw std::runtime_error("longctx: corrupt checkpoint " + path + ": model config metadata: " + reason);
+}
+
+[[noreturn]] void tensor_error(const std::string& path, const std::string& what) {
+  throw std::runtime_error("longctx: checkpoint " + path + ": " + what);
+}
+
+uint64_t sat_mul(uint64_t a, uint64_t b) {
+  uint64_t r;
+  return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+// A lower bound on the number of weights `c` describes (token embedding, each layer's q/k/v/o
+// projections and FFN; norms, the untied head and kind-specific weights come on top), saturating.
+uint64_t min_weights(const ModelConfig& c) {
+  const uint64_t D = uint64_t(c.d_model), kv = sat_mul(uint64_t(c.n_kv_heads), uint64_t(c.head_dim()));
+  uint64_t total = sat_mul(uint64_t(c.vocab_size), D);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    total = sat_add(total, sat_add(sat_mul(2 * D, D), sat_mul(2 * D, kv)));
+    if (c.ffn[size_t(l)].kind == "moe") {
+      const moe::Config m = moe_config(c, l);
+      total = sat_add(total, sat_mul(sat_mul(3 * D, uint64_t(m.num_experts)), uint64_t(m.d_ff)));
+    } else {
+      total = sat_add(total, sat_mul(3 * D, uint64_t(c.d_ff)));
+    }
+  }
+  return total;
+}
+
 }  // namespace
 
 ModelConfig checkpoint_config(const std::map<std::string, std::string>& metadata, const std::string& path) {
   const auto it = metadata.find("longctx.model_config");
   if (it == metadata.end()) throw std::runtime_error("longctx: " + path + " is not a longctx checkpoint (no model config)");
-  return ModelConfig::from_json(nlohmann::json::parse(it->second));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(it->second);
+  } catch (const nlohmann::json::exception& e) {
+    config_error(path, std::string("not JSON (") + e.what() + ")");
+  }
+  if (!j.is_object()) config_error(path, "not a JSON object (got " + j.dump().substr(0, 80) + ")");
+  try {
+    return ModelConfig::from_json(j);
+  } catch (const std::invalid_argument& e) {
+    config_error(path, message_of(e));
+  } catch (const nlohmann::json::exception& e) {
+    config_error(path, e.what());
+  }
 }
 
 void load_weights(Transformer& m, const SafetensorsFile& f, const std::string& path) {
+  std::map<std::string, const Tensor*> file;
+  for (const auto& [name, t] : f.tensors) file[name] = &t;
+  std::map<std::string, const Param*> weights;
+  for (const Param& p : m.params()) weights[p.name] = &p;
+  // Every tensor of the file belongs to the model: a weight, or an AdamW moment of one (Trainer).
+  for (const auto& [name, t] : file) {
+    std::string weight = name;
+    for (const std::string prefix : {"optimizer.m.", "optimizer.v."})
+      if (name.rfind(prefix, 0) == 0) weight = name.substr(prefix.size());
+    const auto w = weights.find(weight);
+    if (w == weights.end())
+      tensor_error(path, "tensor '" + name + "' is not a weight of the model" +
+                             (weight == name ? "" : " nor an AdamW moment of one") + " (a checkpoint of another model?)");
+    const Tensor& want = w->second->value;
+    if (t->dtype() != want.dtype())
+      tensor_error(path, concat("tensor '", name, "' is ", t->dtype() == DType::f32 ? "F32" : "BF16",
+                                ", the model expects F32"));
+    if (t->shape() != want.shape())
+      tensor_error(path, "tensor '" + name + "' has shape " + t->shape_str() + ", the model expects " + want.shape_str());
+  }
   for (Param& p : m.params()) {
-    const Tensor& t = f.at(p.name);
-    LONGCTX_CHECK(t.shape() == p.value.shape() && t.dtype() == DType::f32, "checkpoint ", path, ": tensor '", p.name,
-                  "' has shape ", t.shape_str(), ", the model expects ", p.value.shape_str());
-    std::memcpy(p.value.raw(), t.raw(), t.nbytes());
+    const auto t = file.find(p.name);
+    if (t == file.end()) tensor_error(path, "no tensor '" + p.name + "' (a weight of the model)");
+    std::memcpy(p.value.raw(), t->second->raw(), t->second->nbytes());
   }
 }
 
@@ -61,6 +126,12 @@ Transformer load_model(const std::string& path, std::string* tokenizer, int64_t 
   const SafetensorsFile f = load_safetensors(path, [](const std::string& name) { return name.rfind("optimizer.", 0) != 0; });
   ModelConfig cfg = checkpoint_config(f.metadata, path);
   if (max_seq_len > 0) cfg.max_seq_len = max_seq_len;
+  // A config that does not match the tensors must not make us allocate far more than the file
+  // holds; the slack leaves a small mismatch to load_weights, which names the tensor.
+  uint64_t held = 0;
+  for (const auto& [name, t] : f.tensors) held += uint64_t(t.numel());
+  if (const uint64_t need = min_weights(cfg); need > sat_add(2 * held, uint64_t(1) << 20))
+    config_error(path, concat("it describes a model of at least ", need, " weights, the file holds ", held));
   Transformer m(cfg, 0);
   load_weights(m, f, path);
   if (tokenizer) *tokenizer = tokenizer_of(f.metadata);

@@ -1,6 +1,7 @@
 // Vector math: the polynomial exp against libm, and the reductions against plain loops.
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -19,6 +20,11 @@ TEST(Simd, ExpApproxRelativeErrorBelow3e7) {
   EXPECT_EQ(simd::exp_approx(0.0f), 1.0f);
   EXPECT_EQ(simd::exp_approx(-INFINITY), 0.0f);
   EXPECT_EQ(simd::exp_approx(-100.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(simd::exp_approx(NAN)));  // no float -> int conversion of NaN (UB; found by the fuzzer)
+  std::vector<float> x{1.0f, NAN, -2.0f};
+  EXPECT_TRUE(std::isnan(simd::exp_scaled_sum(x.data(), 3, 1.0f, 0.0f)));
+  EXPECT_TRUE(std::isnan(x[1]));
+  EXPECT_FLOAT_EQ(x[0], std::exp(1.0f));
 }
 
 TEST(Simd, VectorFunctionsMatchScalarLoops) {

@@ -20,10 +20,16 @@ struct CheckpointInfo {
 };
 CheckpointInfo read_checkpoint_info(const std::string& checkpoint);
 
-// The model config stored in a checkpoint's metadata; throws when the file is not a longctx one.
+// The model config stored in a checkpoint's metadata; throws when the file is not a longctx one,
+// and std::runtime_error "longctx: corrupt checkpoint <path>: model config metadata: <reason>"
+// when the config is not JSON, not an object, or fails ModelConfig's validation.
 ModelConfig checkpoint_config(const std::map<std::string, std::string>& metadata, const std::string& path);
 
-// Copies the checkpoint's tensors into the model's Params (names and shapes must match).
+// Copies the checkpoint's tensors into the model's Params. Throws std::runtime_error
+// "longctx: checkpoint <path>: ..." naming the tensor when a weight is missing, when the file holds
+// a tensor that is neither a weight nor an AdamW moment ("optimizer.m.<weight>",
+// "optimizer.v.<weight>") of one, or when a tensor's dtype (the model's are F32) or shape differ
+// from the weight's.
 void load_weights(Transformer& model, const SafetensorsFile& file, const std::string& path);
 
 // The first place two JSON values differ, as "path: a vs b" (e.g. "d_ff: 64 vs 128",
@@ -32,7 +38,9 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
 
 // Loads a model (config + weights, never the optimizer state) from a checkpoint; returns the
 // tokenizer spec via `tokenizer`. max_seq_len > 0 replaces the config's (RoPE is computed, so
-// any length works; for evaluating beyond the training length).
+// any length works; for evaluating beyond the training length). Before building the model, a config
+// whose weights could not fit in the file's tensors is refused (model config metadata error), so
+// a small hostile file cannot make it allocate gigabytes.
 Transformer load_model(const std::string& checkpoint, std::string* tokenizer = nullptr, int64_t max_seq_len = 0);
 
 }  // namespace longctx

@@ -230,7 +230,16 @@ void Trainer::resume(const std::string& path) {
   const std::string model_diff = first_difference(saved.to_json(), model_.config().to_json());
   LONGCTX_CHECK(model_diff.empty(), "resume: checkpoint ", path,
                 " was trained with another model config (checkpoint vs config): ", model_diff);
-  const TrainConfig saved_train = TrainConfig::from_json(nlohmann::json::parse(f.metadata.at("longctx.train_config")));
+  // a training checkpoint's own metadata, each piece named when missing or malformed
+  const auto metadata_json = [&](const char* key) {
+    const auto it = f.metadata.find(key);
+    LONGCTX_CHECK(it != f.metadata.end(), "resume: checkpoint ", path, " has no ", key,
+                  " (a weights-only file? start from it with --init-from)");
+    const nlohmann::json j = nlohmann::json::parse(it->second, nullptr, false);
+    LONGCTX_CHECK(j.is_object(), "resume: checkpoint ", path, ": ", key, " is not a JSON object");
+    return j;
+  };
+  const TrainConfig saved_train = TrainConfig::from_json(metadata_json("longctx.train_config"));
   // the settings that decide which batches come next
   const auto data_settings = [](const TrainConfig& c) {
     return nlohmann::json{{"seed", c.seed},   {"seq_len", c.seq_len},    {"batch_tokens", c.batch_tokens},
@@ -241,14 +250,21 @@ void Trainer::resume(const std::string& path) {
                 data_diff);
   load_weights(model_, f, path);
   auto& params = model_.params();
-  for (size_t i = 0; i < params.size(); ++i) {
-    std::memcpy(opt_.m()[i].raw(), f.at("optimizer.m." + params[i].name).raw(), opt_.m()[i].nbytes());
-    std::memcpy(opt_.v()[i].raw(), f.at("optimizer.v." + params[i].name).raw(), opt_.v()[i].nbytes());
-  }
-  const auto state = nlohmann::json::parse(f.metadata.at("longctx.state"));
-  step_ = state.at("step").get<int64_t>();
-  opt_.set_steps(state.at("adam_steps").get<int64_t>());
-  tokens_seen_ = state.at("tokens_seen").get<double>();
+  for (size_t i = 0; i < params.size(); ++i)
+    for (const char* moment : {"m", "v"}) {
+      const std::string name = concat("optimizer.", moment, ".", params[i].name);
+      LONGCTX_CHECK(f.has(name), "resume: checkpoint ", path, " has no AdamW moment '", name,
+                    "' (a weights-only file? start from it with --init-from)");
+      Tensor& dst = moment[0] == 'm' ? opt_.m()[i] : opt_.v()[i];
+      std::memcpy(dst.raw(), f.at(name).raw(), dst.nbytes());  // shapes checked by load_weights
+    }
+  const nlohmann::json state = metadata_json("longctx.state");
+  const std::string what = concat("resume: checkpoint ", path, ": longctx.state");
+  step_ = read_value<int64_t>(state, "step", -1, what);
+  const int64_t adam_steps = read_value<int64_t>(state, "adam_steps", -1, what);
+  LONGCTX_CHECK(step_ >= 0 && adam_steps >= 0, what, " needs step and adam_steps >= 0");
+  opt_.set_steps(adam_steps);
+  tokens_seen_ = read_value<double>(state, "tokens_seen", 0.0, what);
 }
 
 }  // namespace longctx

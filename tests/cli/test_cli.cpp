@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <vector>
 
 #include "cli_helpers.hpp"
 
@@ -199,6 +200,33 @@ TEST(Cli, RefusesBeforeWorking) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--seq-len 128 is longer than the config's max_seq_len (64)"), std::string::npos)
       << r.output;
+}
+
+// The train log carries each step's MoE routing and progressive-sparsity ratios.
+TEST(Cli, TrainLogsMoeRoutingAndSparsity) {
+  const fs::path dir = tiny_run_dir("longctx_cli_moe_log");
+  std::ofstream(dir / "moe.json") << R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64,
+    "max_seq_len": 64, "attention": {"kind": "topk", "block_size": 16, "top_k": 2},
+    "ffn": {"kind": "moe", "num_experts": 4, "top_k": 1, "d_ff": 16, "router": "bias_free", "gate_norm": "all"}},
+    "train": {"seq_len": 64, "batch_tokens": 256, "steps": 3, "warmup": 1, "eval_every": 3, "ckpt_every": 3,
+    "eval_tokens": 256, "sparsity_steps": 2}})";
+  const CliRun r = run_cli("train --config " + (dir / "moe.json").string() + " --data " + (dir / "data").string() +
+                           " --out " + (dir / "run").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("memory: about"), std::string::npos) << r.output;
+  std::ifstream log(dir / "run" / "log.jsonl");
+  std::string line;
+  std::vector<nlohmann::json> steps;
+  while (std::getline(log, line)) steps.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(steps.size(), 3u);
+  for (const nlohmann::json& s : steps) {
+    ASSERT_TRUE(s.contains("moe")) << s.dump();
+    EXPECT_EQ(s["moe"]["1"]["load"].size(), 4u);
+    EXPECT_EQ(s["moe"]["1"]["expert_bias"].size(), 4u);
+    EXPECT_GT(s["moe"]["0"]["router_entropy"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(steps[0]["kept_ratio"]["0"], 1.0);  // all 4 blocks at step 1
+  EXPECT_EQ(steps[2]["kept_ratio"]["1"], 0.5);  // top_k 2 of 4 from step sparsity_steps on
 }
 
 TEST(Cli, TrainRejectsBadConfigAndMissingData) {

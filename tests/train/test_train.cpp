@@ -437,6 +437,20 @@ TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
   reseeded.seed += 1;
   Trainer resown(small_model(256), reseeded, load_corpus(dir.string(), *tok), 1);
   expect_error([&] { resown.resume(good); }, "used other data settings (checkpoint vs config): seed: ");
+  // a weights-only file (no optimizer state, no train metadata) is named as such on resume
+  const SafetensorsFile full = load_safetensors(good);
+  std::vector<std::pair<std::string, const Tensor*>> weights;
+  for (const auto& [name, tensor] : full.tensors)
+    if (name.rfind("optimizer.", 0) != 0) weights.push_back({name, &tensor});
+  std::map<std::string, std::string> meta = full.metadata;
+  const std::string lean = (dir / "weights_only.safetensors").string();
+  save_safetensors(lean, weights, meta);
+  Trainer again(small_model(256), small_train(), load_corpus(dir.string(), *tok), 1);
+  expect_error([&] { again.resume(lean); }, "has no AdamW moment 'optimizer.m.");
+  meta.erase("longctx.train_config");
+  save_safetensors(lean, weights, meta);
+  expect_error([&] { again.resume(lean); }, "has no longctx.train_config (a weights-only file? start from it with --init-from)");
+  EXPECT_NO_THROW(load_model(lean));  // inference needs only the weights
 }
 
 TEST(Checkpoint, InitFromLoadsWeightsOnlyAndStartsAtStepZero) {

@@ -23,29 +23,6 @@ std::string tokenizer_of(const std::map<std::string, std::string>& metadata) {
   throw std::runtime_error("longctx: checkpoint " + path + ": " + what);
 }
 
-uint64_t sat_mul(uint64_t a, uint64_t b) {
-  uint64_t r;
-  return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
-}
-uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
-
-// A lower bound on the number of weights `c` describes (token embedding, each layer's q/k/v/o
-// projections and FFN; norms, the untied head and kind-specific weights come on top), saturating.
-uint64_t min_weights(const ModelConfig& c) {
-  const uint64_t D = uint64_t(c.d_model), kv = sat_mul(uint64_t(c.n_kv_heads), uint64_t(c.head_dim()));
-  uint64_t total = sat_mul(uint64_t(c.vocab_size), D);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    total = sat_add(total, sat_add(sat_mul(2 * D, D), sat_mul(2 * D, kv)));
-    if (c.ffn[size_t(l)].kind == "moe") {
-      const moe::Config m = moe_config(c, l);
-      total = sat_add(total, sat_mul(sat_mul(3 * D, uint64_t(m.num_experts)), uint64_t(m.d_ff)));
-    } else {
-      total = sat_add(total, sat_mul(3 * D, uint64_t(c.d_ff)));
-    }
-  }
-  return total;
-}
-
 }  // namespace
 
 ModelConfig checkpoint_config(const std::map<std::string, std::string>& metadata, const std::string& path) {
@@ -128,10 +105,10 @@ Transformer load_model(const std::string& path, std::string* tokenizer, int64_t 
   if (max_seq_len > 0) cfg.max_seq_len = max_seq_len;
   // A config that does not match the tensors must not make us allocate far more than the file
   // holds; the slack leaves a small mismatch to load_weights, which names the tensor.
-  uint64_t held = 0;
-  for (const auto& [name, t] : f.tensors) held += uint64_t(t.numel());
-  if (const uint64_t need = min_weights(cfg); need > sat_add(2 * held, uint64_t(1) << 20))
-    config_error(path, concat("it describes a model of at least ", need, " weights, the file holds ", held));
+  double held = 0;
+  for (const auto& [name, t] : f.tensors) held += double(t.numel());
+  if (const double need = param_count(cfg); need > 2 * held + double(1 << 20))
+    config_error(path, concat("it describes a model of ", need, " weights, the file holds ", held));
   Transformer m(cfg, 0);
   load_weights(m, f, path);
   if (tokenizer) *tokenizer = tokenizer_of(f.metadata);

@@ -37,5 +37,7 @@ void add_eval(CLI::App& app);
 void add_passkey_corpus(CLI::App& app);
 // `longctx generate`
 void add_generate(CLI::App& app);
+// `longctx export`
+void add_export(CLI::App& app);
 
 }  // namespace longctx::cli

@@ -109,9 +109,8 @@ void run(const Options& o) {
   po.seed = o.passkey_seed;
   po.prefill_chunk = o.prefill_chunk;
   const int64_t rope_len = std::max({o.max_seq_len, o.no_loss ? 0 : seq_len, passkey_capacity(po)});
-  std::string tok_spec;
-  Transformer model = load_model(o.checkpoint, &tok_spec, std::max(rope_len, info.model.max_seq_len));
-  const auto tok = make_tokenizer(tok_spec);
+  Transformer model = load_model(o.checkpoint, nullptr, std::max(rope_len, info.model.max_seq_len));
+  const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
 
   nlohmann::json summary{{"checkpoint", o.checkpoint}, {"data", o.data}, {"threads", parallel::max_threads()},
                          {"model", model_summary(model, info)}};

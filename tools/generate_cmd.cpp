@@ -89,7 +89,7 @@ void run(const Options& o) {
   const DType cache_dtype = o.kv_dtype == "bf16" ? DType::bf16 : DType::f32;
   const std::string prompt = read_prompt(o);
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
-  const auto tok = make_tokenizer(info.tokenizer);
+  const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
   std::vector<int32_t> ids = tok->encode(prompt);
   LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
   const int64_t total = int64_t(ids.size()) + o.tokens, trained = info.model.max_seq_len;

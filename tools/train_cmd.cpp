@@ -108,7 +108,8 @@ int run(const Options& o) {
     mj["max_seq_len"] = std::max(src->model.max_seq_len, tc.seq_len);
   }
   if (o.steps > 0) tc.steps = o.steps;
-  const auto tok = make_tokenizer(tc.tokenizer);
+  // a fine-tune reads the tokenizer from its source checkpoint (the model file may be elsewhere)
+  const auto tok = make_tokenizer(tc.tokenizer, src && src->tokenizer == tc.tokenizer ? src->tokenizer_model : "");
   if (!mj.contains("vocab_size")) mj["vocab_size"] = tok->vocab_size();
   const ModelConfig mc = ModelConfig::from_json(mj);
   LONGCTX_CHECK(mc.vocab_size >= tok->vocab_size(), "train: model vocab_size (", mc.vocab_size,

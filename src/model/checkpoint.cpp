@@ -3,6 +3,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "core/base64.hpp"
 
 namespace longctx {
 
@@ -96,7 +101,40 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
 
 CheckpointInfo read_checkpoint_info(const std::string& path) {
   const auto metadata = read_safetensors_metadata(path);
-  return {checkpoint_config(metadata, path), tokenizer_of(metadata)};
+  const auto it = metadata.find("longctx.tokenizer_model");
+  std::string model;
+  if (it != metadata.end()) {
+    try {
+      model = base64_decode(it->second, "longctx.tokenizer_model");
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error("longctx: corrupt checkpoint " + path + ": " + message_of(e));
+    }
+  }
+  return {checkpoint_config(metadata, path), tokenizer_of(metadata), std::move(model)};
+}
+
+uint64_t export_weights(const std::string& path, const std::string& out) {
+  LONGCTX_CHECK(std::filesystem::weakly_canonical(path) != std::filesystem::weakly_canonical(out),
+                "export: --out must not be the checkpoint itself (", out, ")");
+  const SafetensorsFile f = load_safetensors(path, [](const std::string& name) { return name.rfind("optimizer.", 0) != 0; });
+  const ModelConfig cfg = checkpoint_config(f.metadata, path);
+  std::map<std::string, std::string> metadata{{"format", "longctx"},
+                                               {"longctx.model_config", cfg.to_json().dump()},
+                                               {"longctx.tokenizer", tokenizer_of(f.metadata)}};
+  const std::string spec = metadata["longctx.tokenizer"];
+  if (const auto it = f.metadata.find("longctx.tokenizer_model"); it != f.metadata.end()) {
+    metadata["longctx.tokenizer_model"] = it->second;
+  } else if (spec.rfind("spm:", 0) == 0) {  // an older checkpoint names the model file: embed it now
+    std::ifstream in(spec.substr(4), std::ios::binary);
+    LONGCTX_CHECK(in.good(), "export: ", path, " was trained with tokenizer '", spec, "', whose model file is not "
+                  "there from here: run export from the folder the run was trained in");
+    metadata["longctx.tokenizer_model"] =
+        base64_encode(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+  }
+  std::vector<std::pair<std::string, const Tensor*>> tensors;
+  for (const auto& [name, t] : f.tensors) tensors.push_back({name, &t});
+  save_safetensors(out, tensors, metadata);
+  return std::filesystem::file_size(out);
 }
 
 Transformer load_model(const std::string& path, std::string* tokenizer, int64_t max_seq_len) {

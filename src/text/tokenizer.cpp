@@ -24,6 +24,7 @@ class ByteTokenizer final : public Tokenizer {
   }
   int64_t vocab_size() const override { return 256; }
   std::string spec() const override { return "bytes"; }
+  std::string serialized() const override { return ""; }
 };
 
 // The offset of the first byte that is not part of a well-formed UTF-8 sequence (RFC 3629: no
@@ -50,9 +51,10 @@ int64_t first_invalid_utf8(const std::string& text) {
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(std::string path) : path_(std::move(path)) {
-    const auto status = sp_.Load(path_);
-    LONGCTX_CHECK(status.ok(), "tokenizer: cannot load SentencePiece model '", path_, "': ", status.ToString());
+  SentencePieceTokenizer(std::string path, const std::string& serialized) : path_(std::move(path)) {
+    const auto status = serialized.empty() ? sp_.Load(path_) : sp_.LoadFromSerializedProto(serialized);
+    LONGCTX_CHECK(status.ok(), "tokenizer: cannot load SentencePiece model '", path_, "'",
+                  serialized.empty() ? "" : " (the copy in the checkpoint)", ": ", status.ToString());
   }
   // SentencePiece reads UTF-8 and would turn other bytes into <unk>, losing them: refused instead.
   std::vector<int32_t> encode(const std::string& text) const override {
@@ -73,6 +75,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
   std::string spec() const override { return "spm:" + path_; }
+  std::string serialized() const override { return sp_.serialized_model_proto(); }
 
  private:
   std::string path_;
@@ -81,9 +84,9 @@ class SentencePieceTokenizer final : public Tokenizer {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec) {
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec, const std::string& serialized) {
   if (spec == "bytes") return std::make_unique<ByteTokenizer>();
-  if (spec.rfind("spm:", 0) == 0) return std::make_unique<SentencePieceTokenizer>(spec.substr(4));
+  if (spec.rfind("spm:", 0) == 0) return std::make_unique<SentencePieceTokenizer>(spec.substr(4), serialized);
   throw std::invalid_argument(concat("longctx: unknown tokenizer '", spec, "' (use 'bytes' or 'spm:<model path>')"));
 }
 

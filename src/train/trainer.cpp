@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/base64.hpp"
 #include "core/json_fields.hpp"
 
 namespace longctx {
@@ -204,12 +205,14 @@ void Trainer::save(const std::string& path) const {
     tensors.push_back({"optimizer.v." + params[i].name, &opt_.v()[i]});
   }
   const nlohmann::json state{{"step", step_}, {"adam_steps", opt_.steps()}, {"tokens_seen", tokens_seen_}};
-  save_safetensors(path, tensors,
-                   {{"format", "longctx"},
-                    {"longctx.model_config", model_.config().to_json().dump()},
-                    {"longctx.train_config", cfg_.to_json().dump()},
-                    {"longctx.tokenizer", cfg_.tokenizer},
-                    {"longctx.state", state.dump()}});
+  std::map<std::string, std::string> metadata{{"format", "longctx"},
+                                               {"longctx.model_config", model_.config().to_json().dump()},
+                                               {"longctx.train_config", cfg_.to_json().dump()},
+                                               {"longctx.tokenizer", cfg_.tokenizer},
+                                               {"longctx.state", state.dump()}};
+  if (tokenizer_model_.empty() && cfg_.tokenizer != "bytes") tokenizer_model_ = make_tokenizer(cfg_.tokenizer)->serialized();
+  if (!tokenizer_model_.empty()) metadata["longctx.tokenizer_model"] = base64_encode(tokenizer_model_);
+  save_safetensors(path, tensors, metadata);
 }
 
 void Trainer::init_from(const std::string& path) {
@@ -221,6 +224,8 @@ void Trainer::init_from(const std::string& path) {
   const std::string diff = first_difference(saved, ours);
   LONGCTX_CHECK(diff.empty(), "init-from: checkpoint ", path, " has another model config (checkpoint vs config): ",
                 diff);
+  if (const CheckpointInfo info = read_checkpoint_info(path); info.tokenizer == cfg_.tokenizer)
+    tokenizer_model_ = info.tokenizer_model;  // the fine-tune carries the same tokenizer on
   load_weights(model_, f, path);
 }
 

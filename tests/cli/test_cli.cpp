@@ -141,6 +141,27 @@ TEST(Cli, TrainResumeEvalGenerate) {
   EXPECT_EQ(text("--prompt-file " + (dir / "prompt.txt").string() + " --prefill-chunk 3"), whole);
   EXPECT_EQ(text("--prompt-file - < " + (dir / "prompt.txt").string()), whole);
   EXPECT_EQ(text("--prompt 'And God said, Let there be' --kv-dtype bf16").substr(0, 30), whole.substr(0, 30));
+  // a weights-only export generates the same text and is no training checkpoint
+  const std::string lean = (dir / "lean.safetensors").string();
+  r = run_cli("export --checkpoint " + ckpt + " --out " + lean);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--weights-only is the one export format so far"), std::string::npos) << r.output;
+  r = run_cli("export --checkpoint " + ckpt + " --out " + lean + " --weights-only");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_LT(fs::file_size(lean), fs::file_size(ckpt) / 2);
+  {
+    const fs::path out = dir / "generated.txt";
+    const std::string cmd = std::string(LONGCTX_CLI_PATH) + " generate --checkpoint " + lean +
+                            " --tokens 20 --temperature 0 --prompt-file " + (dir / "prompt.txt").string() + " > " +
+                            out.string() + " 2>/dev/null";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    std::ifstream f(out);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()), whole);
+  }
+  r = run_cli("train --config " + (dir / "config.json").string() + " --data " + (dir / "data").string() + " --out " +
+              (dir / "lean_run").string() + " --init-from " + lean + " --steps 1");
+  EXPECT_EQ(r.status, 0) << r.output;  // a fine-tune starts from it
+
   r = run_cli("generate --checkpoint " + ckpt + " --prompt-file " + (dir / "none.txt").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("cannot read --prompt-file"), std::string::npos) << r.output;

@@ -67,12 +67,38 @@ TEST(Tokenizer, SentencePieceRoundTrip) {
   const std::string s = "And God said, Let there be light: and there was light.";
   EXPECT_EQ(tok->decode(tok->encode(s)), s);
   EXPECT_LT(tok->encode(s).size(), s.size());  // merges happened
+  // the model's bytes rebuild it without the file (what a checkpoint embeds)
+  const auto copy = make_tokenizer("spm:/not/there.model", tok->serialized());
+  EXPECT_EQ(copy->encode(s), tok->encode(s));
+  EXPECT_EQ(make_tokenizer("bytes")->serialized(), "");
   const std::string utf8 = "Gr\u00fc\u00dfe \u20ac \U0001D11E";  // 2-, 3- and 4-byte sequences (byte fallback)
   EXPECT_EQ(tok->decode(tok->encode(utf8)), utf8);
   // SentencePiece would map other bytes to <unk>: refused, naming the offset (and, in a corpus, the file)
   testing::expect_error([&] { tok->encode("ok \xff\xfe"); }, "byte 3 (0xff) is not valid UTF-8");
   for (const std::string bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "a\xe2\x82", "\x80"})
     testing::expect_error([&] { tok->encode(bad); }, "is not valid UTF-8");  // overlong, surrogate, > U+10FFFF, cut, stray
+  // a checkpoint carries its SentencePiece model: it loads after the model file is gone, and so
+  // does its weights-only export
+  {
+    TrainConfig tc = small_train();
+    tc.tokenizer = "spm:" + prefix + ".model";
+    Trainer t(small_model(tok->vocab_size()), tc, load_corpus(dir.string(), *tok), 1);
+    const std::string ckpt = (dir / "spm_run.safetensors").string(), lean = (dir / "spm_lean.safetensors").string();
+    t.save(ckpt);
+    fs::rename(prefix + ".model", prefix + ".moved");
+    const CheckpointInfo info = read_checkpoint_info(ckpt);
+    EXPECT_EQ(info.tokenizer, tc.tokenizer);
+    EXPECT_EQ(make_tokenizer(info.tokenizer, info.tokenizer_model)->encode(s), tok->encode(s));
+    EXPECT_LT(export_weights(ckpt, lean), fs::file_size(ckpt));
+    const SafetensorsFile exported = load_safetensors(lean);
+    EXPECT_EQ(exported.tensors.size(), t.model().params().size());  // the weights, no AdamW moments
+    EXPECT_EQ(exported.metadata.count("longctx.state"), 0u);
+    const CheckpointInfo lean_info = read_checkpoint_info(lean);
+    EXPECT_EQ(lean_info.tokenizer_model, info.tokenizer_model);
+    EXPECT_NO_THROW(load_model(lean));
+    testing::expect_error([&] { export_weights(lean, lean); }, "must not be the checkpoint itself");
+    fs::rename(prefix + ".moved", prefix + ".model");
+  }
   std::ofstream(dir / "train" / "z.txt") << "fine text, then \xe9t\xe9 in Latin-1";
   testing::expect_error([&] { load_corpus(dir.string(), *tok); }, "z.txt: tokenizer: SentencePiece needs UTF-8 text; byte 16");
 }

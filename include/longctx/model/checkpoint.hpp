@@ -1,7 +1,8 @@
 // longctx checkpoints: a safetensors file (model/safetensors.hpp) holding the weights under their
 // Param names, the AdamW moments under "optimizer.m.<name>" / "optimizer.v.<name>" (training
 // checkpoints only), and in its metadata the model config ("longctx.model_config"), the
-// tokenizer spec ("longctx.tokenizer"), the train config and the step. Written by
+// tokenizer spec ("longctx.tokenizer") and model ("longctx.tokenizer_model"), the train config and
+// the step. Written by
 // Trainer::save; read here for inference, which never needs the optimizer state.
 #pragma once
 #include <longctx/model/config.hpp>
@@ -17,6 +18,10 @@ namespace longctx {
 struct CheckpointInfo {
   ModelConfig model;
   std::string tokenizer;
+  // The tokenizer model's bytes the checkpoint carries ("longctx.tokenizer_model", base64 in the
+  // metadata), so it works from any folder; empty for bytes and for older checkpoints (then the
+  // spec's path is read). make_tokenizer(tokenizer, tokenizer_model) builds it.
+  std::string tokenizer_model;
 };
 CheckpointInfo read_checkpoint_info(const std::string& checkpoint);
 
@@ -35,6 +40,12 @@ void load_weights(Transformer& model, const SafetensorsFile& file, const std::st
 // The first place two JSON values differ, as "path: a vs b" (e.g. "d_ff: 64 vs 128",
 // "layers[1].attention.kind: \"moba\" vs \"full\""); empty when they are equal.
 std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "");
+
+// Writes the inference part of a checkpoint to `out`: the weights (no AdamW moments: a third of a
+// training checkpoint's size) and the model config and tokenizer, with the tokenizer model
+// embedded (an older checkpoint's "spm:<path>" is read from that path). `--resume` refuses the
+// result; eval, generate and `train --init-from` take it. Returns the bytes written.
+uint64_t export_weights(const std::string& checkpoint, const std::string& out);
 
 // Loads a model (config + weights, never the optimizer state) from a checkpoint; returns the
 // tokenizer spec via `tokenizer`. max_seq_len > 0 replaces the config's (RoPE is computed, so

@@ -15,9 +15,13 @@ class Tokenizer {
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual std::string spec() const = 0;
+  // The model file's bytes (SentencePiece's serialized proto; empty for bytes), so a checkpoint
+  // can carry its tokenizer (longctx.tokenizer_model).
+  virtual std::string serialized() const = 0;
 };
 
-// "bytes" or "spm:<path>"; throws naming the spec when it cannot be loaded.
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec);
+// "bytes" or "spm:<path>"; throws naming the spec when it cannot be loaded. With `serialized`
+// (a model's bytes, from a checkpoint) an spm tokenizer is built from them, not from the path.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& spec, const std::string& serialized = "");
 
 }  // namespace longctx

@@ -95,6 +95,7 @@ class Trainer {
   Transformer model_;
   AdamW opt_;
   Corpus corpus_;
+  mutable std::string tokenizer_model_;  // the tokenizer model's bytes, saved in every checkpoint (read once)
   std::vector<Batch> eval_;
   int64_t step_ = 0;
   double tokens_seen_ = 0;

@@ -165,6 +165,7 @@ int run(const Options& o) {
                        {"tokens_per_s", s.tokens_per_s}};
     if (!s.moe.empty()) rec["moe"] = moe_record(s.moe);
     for (const LayerSparsity& ls : s.sparsity) rec["kept_ratio"][std::to_string(ls.layer)] = ls.kept_ratio;
+    for (const LayerGates& g : infini_gates(trainer.model())) rec["infini_gate"][std::to_string(g.layer)] = g.memory_weight;
     const bool eval_now = s.step % tc.eval_every == 0 || s.step == tc.steps;
     if (eval_now) rec["val_loss"] = trainer.evaluate();
     log.append(rec);

@@ -40,7 +40,9 @@ std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t s
       for_each_nsa_weight(w, c, cfg.n_heads, cfg.head_dim(), cfg.d_model, add);
       break;
     }
-    case AttentionKind::infini: add("beta", std::vector<float>(size_t(cfg.n_heads), 0.0f), {cfg.n_heads}); break;
+    case AttentionKind::infini:
+      add("beta", std::vector<float>(size_t(cfg.n_heads), s.get<InfiniOptions>().beta_init), {cfg.n_heads});
+      break;
     case AttentionKind::full:
     case AttentionKind::moba:
     case AttentionKind::topk:

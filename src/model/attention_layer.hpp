@@ -36,7 +36,8 @@ void for_each_nsa_weight(NsaWeights<T>& w, const NsaConfig& c, int64_t hq, int64
 
 // The parameters a kind adds beyond wq/wk/wv/wo, named "layers.<layer>.attention.<kind>.*":
 // nsa: its compressors and gate, initialised as nsa_init_weights (gate biased toward the window
-// branch); infini: beta [Hq], 0 (gates start at 0.5). Decay on matrices only (ndim >= 2).
+// branch); infini: beta [Hq], InfiniOptions::beta_init (-2: gates start toward local attention).
+// Decay on matrices only (ndim >= 2).
 std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t seed);
 
 // How many values kind_params(cfg, layer, .) holds, without allocating them.

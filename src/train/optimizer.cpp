@@ -23,13 +23,14 @@ void AdamW::step(std::vector<Param>& params, double lr) {
   for (size_t i = 0; i < params.size(); ++i) {
     float *w = params[i].value.f32(), *m = m_[i].f32(), *v = v_[i].f32();
     const float* g = params[i].grad.f32();
-    const float decay = params[i].decay ? float(1.0 - lr * cfg_.weight_decay) : 1.0f;
+    const double lr_i = lr * params[i].lr_scale;
+    const float decay = params[i].decay ? float(1.0 - lr_i * cfg_.weight_decay) : 1.0f;
     const int64_t n = params[i].value.numel();
 #pragma omp parallel for schedule(static) if (parallel::worth_threads(n))
     for (int64_t j = 0; j < n; ++j) {
       m[j] = b1 * m[j] + (1 - b1) * g[j];
       v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j];
-      w[j] = w[j] * decay - float(lr) * (m[j] * c1) / (std::sqrt(v[j] * c2) + eps);
+      w[j] = w[j] * decay - float(lr_i) * (m[j] * c1) / (std::sqrt(v[j] * c2) + eps);
     }
   }
 }

@@ -16,7 +16,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
   check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
                          "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
-                         "ckpt_every", "moba_to_full_step", "score_last", "sparsity_steps", "sparsity_shape"},
+                         "ckpt_every", "moba_to_full_step", "score_last", "sparsity_steps", "sparsity_shape", "infini_beta_lr"},
                      "train config");
   try {
     c.tokenizer = read_value(j, "tokenizer", c.tokenizer, "train config");
@@ -39,6 +39,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     c.moba_to_full_step = read_value(j, "moba_to_full_step", c.moba_to_full_step, "train config");
     c.score_last = read_value(j, "score_last", c.score_last, "train config");
     c.sparsity_steps = read_value(j, "sparsity_steps", c.sparsity_steps, "train config");
+    c.infini_beta_lr = read_value(j, "infini_beta_lr", c.infini_beta_lr, "train config");
     c.sparsity_shape = enum_from_name<ScheduleShape>(
         read_value<std::string>(j, "sparsity_shape", enum_name(c.sparsity_shape), "train config"),
         "train config: sparsity_shape");
@@ -62,6 +63,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                 "train config: weight_decay must be >= 0, got ", c.adam.weight_decay);
   LONGCTX_CHECK(c.eval_every > 0 && c.ckpt_every > 0, "train config: eval_every and ckpt_every must be > 0");
   LONGCTX_CHECK(c.eval_tokens > 0, "train config: eval_tokens must be > 0, got ", c.eval_tokens);
+  LONGCTX_CHECK(c.infini_beta_lr >= 0 && std::isfinite(c.infini_beta_lr),
+                "train config: infini_beta_lr must be >= 0 (0: the model's lr), got ", c.infini_beta_lr);
   LONGCTX_CHECK(c.sparsity_steps >= 0, "train config: sparsity_steps must be >= 0 (0: no schedule), got ",
                 c.sparsity_steps);
   LONGCTX_CHECK(c.moba_to_full_step >= -1, "train config: moba_to_full_step must be >= 0, or -1 for never, got ",
@@ -79,7 +82,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"weight_decay", adam.weight_decay}, {"seed", seed}, {"eval_every", eval_every},
           {"eval_tokens", eval_tokens}, {"ckpt_every", ckpt_every}, {"moba_to_full_step", moba_to_full_step},
           {"score_last", score_last}, {"sparsity_steps", sparsity_steps},
-          {"sparsity_shape", enum_name(sparsity_shape)}};
+          {"sparsity_shape", enum_name(sparsity_shape)}, {"infini_beta_lr", infini_beta_lr}};
 }
 
 AttentionSpec scheduled_spec(const AttentionSpec& spec, const TrainConfig& t, int64_t step, double* kept_ratio) {
@@ -102,6 +105,22 @@ AttentionSpec scheduled_spec(const AttentionSpec& spec, const TrainConfig& t, in
     return o;
   }
   return spec;
+}
+
+bool is_infini_beta(const std::string& param_name) {
+  const std::string tail = ".attention.infini.beta";
+  return param_name.size() > tail.size() && param_name.compare(param_name.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::vector<LayerGates> infini_gates(const Transformer& model) {
+  std::vector<LayerGates> out;
+  for (const Param& p : model.params())
+    if (is_infini_beta(p.name)) {
+      LayerGates g{std::stoll(p.name.substr(7)), {}};  // "layers.<l>.attention.infini.beta"
+      for (int64_t h = 0; h < p.value.numel(); ++h) g.memory_weight.push_back(1.0 / (1.0 + std::exp(-double(p.value.f32()[h]))));
+      out.push_back(std::move(g));
+    }
+  return out;
 }
 
 double training_bytes(const ModelConfig& m, const TrainConfig& t) {
@@ -131,6 +150,8 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corp
     : cfg_(fits_in_memory(model, train)), model_(model, init_seed), opt_(model_.params(), train.adam), corpus_(std::move(corpus)) {
   LONGCTX_CHECK(train.seq_len <= model.max_seq_len, "train config: seq_len (", train.seq_len,
                 ") exceeds the model's max_seq_len (", model.max_seq_len, ")");
+  for (Param& p : model_.params())
+    if (is_infini_beta(p.name) && cfg_.infini_beta_lr > 0) p.lr_scale = cfg_.infini_beta_lr / cfg_.lr;
   eval_ = cfg_.score_last > 0
               ? tail_eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.eval_tokens)
               : eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.eval_tokens);

@@ -29,8 +29,8 @@ const json kNsa{{"kind", "nsa"}, {"block_len", 2}, {"stride", 1},  {"select_len"
                 {"local_blocks", 1}, {"window", 3}, {"compress", "mlp"}, {"hidden", 3}};
 const json kNsaMean{{"kind", "nsa"}, {"block_len", 4}, {"stride", 2},  {"select_len", 3}, {"top_n", 2},
                     {"local_blocks", 1}, {"window", 2}, {"compress", "mean"}};
-const json kInfini{{"kind", "infini"}, {"segment_len", 4}, {"update", "linear"}};
-const json kInfiniDelta{{"kind", "infini"}, {"segment_len", 3}, {"update", "delta"}};
+const json kInfini{{"kind", "infini"}, {"segment_len", 4}, {"update", "linear"}, {"beta_init", -2.0}};
+const json kInfiniDelta{{"kind", "infini"}, {"segment_len", 3}, {"update", "delta"}, {"beta_init", 0.5}};
 
 const json kDense{{"kind", "dense"}};
 const json kMoe{{"kind", "moe"},      {"num_experts", 4},           {"top_k", 2},          {"d_ff", 6},
@@ -141,7 +141,7 @@ TEST(ModelKinds, ParamsAreNamedAndDecayOnMatricesOnly) {
   const Param& beta = m.param("layers.1.attention.infini.beta");
   EXPECT_EQ(beta.value.shape(), std::vector<int64_t>{2});
   EXPECT_FALSE(beta.decay);
-  for (int64_t i = 0; i < 2; ++i) EXPECT_EQ(beta.value.at(i), 0.0f);  // gates start at 0.5
+  for (int64_t i = 0; i < 2; ++i) EXPECT_EQ(beta.value.at(i), 0.5f);  // kInfiniDelta's beta_init (default -2: toward local)
   const Param& gw = m.param("layers.0.attention.nsa.gate_w");
   EXPECT_EQ(gw.value.shape(), (std::vector<int64_t>{6, 8}));
   EXPECT_TRUE(gw.decay);

@@ -411,6 +411,39 @@ TEST(Training, SparsityScheduleWidensTopkAndThresholdEarly) {
   EXPECT_EQ(scheduled.model().config().attention[0].get<TopkOptions>().top_k, 2);  // the config keeps its own
 }
 
+// Infini's gates start toward local attention and train at their own learning rate: Adam's first
+// step moves each beta by lr(0) * infini_beta_lr / lr (the step of a bias-corrected first moment
+// is +-lr), not by lr(0) as every other weight.
+TEST(Training, InfiniBetaHasItsOwnLearningRateAndStartsLocal) {
+  const fs::path dir = make_corpus("infini_beta", 4);
+  const auto tok = make_tokenizer("bytes");
+  const ModelConfig cfg = ModelConfig::from_json({{"vocab_size", 256}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 2},
+                                                 {"d_ff", 64}, {"max_seq_len", 256},
+                                                 {"attention", {{"kind", "infini"}, {"segment_len", 16}}}});
+  TrainConfig tc = small_train();  // lr 1e-2, warmup 10
+  tc.infini_beta_lr = 0.05;
+  Trainer t(cfg, tc, load_corpus(dir.string(), *tok), 1);
+  const std::vector<LayerGates> g0 = infini_gates(t.model());
+  ASSERT_EQ(g0.size(), 2u);
+  EXPECT_EQ(g0[1].layer, 1);
+  for (double w : g0[0].memory_weight) EXPECT_NEAR(w, 1.0 / (1.0 + std::exp(2.0)), 1e-7);  // beta_init -2
+  std::vector<float> before;
+  for (const Param& p : t.model().params())
+    if (is_infini_beta(p.name)) {
+      EXPECT_FALSE(p.decay);
+      before.insert(before.end(), p.value.f32(), p.value.f32() + p.value.numel());
+    }
+  const StepStats s = t.step();
+  size_t i = 0;
+  for (const Param& p : t.model().params())
+    if (is_infini_beta(p.name))
+      for (int64_t h = 0; h < p.value.numel(); ++h, ++i)
+        EXPECT_NEAR(std::abs(p.value.f32()[h] - before[i]), s.lr * 0.05 / 1e-2, 0.02 * s.lr * 0.05 / 1e-2)  // eps
+            << p.name << "[" << h << "]";
+  EXPECT_EQ(TrainConfig::from_json(tc.to_json()).infini_beta_lr, 0.05);
+  testing::expect_error([] { TrainConfig::from_json({{"infini_beta_lr", -1}}); }, "infini_beta_lr must be >= 0");
+}
+
 // A step of several micro-batches abandoned between them changes nothing: the step after it is the
 // step an uninterrupted trainer takes.
 TEST(Training, AbandonedStepChangesNothing) {

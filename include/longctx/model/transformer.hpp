@@ -20,6 +20,7 @@ struct Param {
   std::string name;
   Tensor value, grad;
   bool decay;  // AdamW weight decay applies (matrices yes, norm gains no)
+  double lr_scale = 1.0;  // AdamW's step is lr * lr_scale (the Trainer gives Infini's beta its own lr)
 };
 
 // Packed sequences: tokens[T], targets[T] (next token, -1 = none), cu_seqlens {0, ..., T}.

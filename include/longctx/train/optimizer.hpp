@@ -14,8 +14,8 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(const std::vector<Param>& params, AdamWConfig cfg);
-  // One update with learning rate lr: m, v moments with bias correction; decay lr * wd * w on
-  // Params with decay = true.
+  // One update with learning rate lr (times each Param's lr_scale): m, v moments with bias
+  // correction; decay lr * wd * w on Params with decay = true.
   void step(std::vector<Param>& params, double lr);
   int64_t steps() const { return t_; }
   // Moments, for checkpoints (same order as the params).

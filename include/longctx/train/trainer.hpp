@@ -29,6 +29,9 @@ struct TrainConfig {
   // Progressive sparsity (SparsitySchedule): over the first sparsity_steps steps, top-k and
   // threshold layers go from keeping everything to their own top_k / tau (0: off).
   int64_t sparsity_steps = 0;
+  // Infini-attention's gate logits beta train at their own peak learning rate (the schedule's
+  // shape applies; 0 = the model's lr), without weight decay, as its reproductions advise.
+  double infini_beta_lr = 1e-2;
   ScheduleShape sparsity_shape = ScheduleShape::cosine;
   int64_t score_last = 0;  // > 0: train and validate on whole documents' tails, scoring only their
                            // last score_last tokens (an answer-only fine-tune; corpus.hpp tail_batch)
@@ -60,6 +63,15 @@ struct StepStats {
   std::vector<MoeLayerStats> moe;  // each MoE layer's routing over the step (bias after its update)
   std::vector<LayerSparsity> sparsity;  // top-k / threshold layers, when sparsity_steps > 0
 };
+
+// An infini layer's gates sigmoid(beta_h) per query head: the weight of the memory read against
+// local attention (arXiv 2404.07143 eq. 6), logged per step.
+struct LayerGates {
+  int64_t layer;
+  std::vector<double> memory_weight;
+};
+std::vector<LayerGates> infini_gates(const Transformer& model);
+bool is_infini_beta(const std::string& param_name);  // "layers.<l>.attention.infini.beta"
 
 // Memory a training run of these configs needs: the model's (model_bytes), AdamW's two moments,
 // and an estimate of the activations one micro-batch keeps for the backward (about

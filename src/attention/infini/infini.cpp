@@ -18,6 +18,7 @@ using namespace attn;
 
 void InfiniOptions::validate(const std::string& prefix) const {
   require(segment_len > 0, prefix, "segment_len", segment_len, "> 0");
+  require(std::isfinite(beta_init), prefix, "beta_init", beta_init, "finite");
 }
 
 namespace {

@@ -42,11 +42,16 @@ struct InfiniOptions {
   int64_t segment_len = 2048;  // N, tokens per segment (> 0)
   InfiniUpdate update = InfiniUpdate::linear;
   float softmax_scale = 0.0f;  // local attention scale; 0 means 1/sqrt(head_dim)
+  // A model's initial gate logit beta (every head): sigmoid(-2) = 0.12 on the memory, so training
+  // starts close to local attention, as reproductions of the paper advise. Read by the model's
+  // weight init only; the kernels take beta as an argument.
+  float beta_init = -2.0f;
 
   template <class V>
   void fields(V&& v) {  // core/fields.hpp
     v("segment_len", segment_len, "tokens per segment N");
     v("update", update, "memory update: linear (eq. 4) or delta (eq. 5)");
+    v("beta_init", beta_init, "initial gate logit of the model's heads (sigmoid(beta) weighs the memory)");
   }
   void validate(const std::string& prefix) const;  // throws "<prefix>segment_len must be > 0, got 0"
 };

@@ -3,6 +3,7 @@
 
 #include <fmt/core.h>
 #include <longctx/core/error.hpp>
+#include <longctx/core/files.hpp>
 #include <omp.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -130,14 +131,9 @@ void print_table(const std::vector<nlohmann::json>& rows, const std::vector<Colu
 }
 
 void write_json_file(const std::string& path, const nlohmann::json& doc) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp);
-    if (!f) throw std::runtime_error("cannot write " + tmp);
-    f << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // model output may be invalid UTF-8
-    if (!f) throw std::runtime_error("write to " + tmp + " failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+  // model output may be invalid UTF-8: replaced, not refused
+  const std::string text = doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  write_file_atomically(path, [&](const auto& put) { put(text.data(), text.size()); });
 }
 
 void write_json(const std::string& path, const nlohmann::json& machine, const std::vector<nlohmann::json>& rows) {

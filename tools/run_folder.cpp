@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/core.h>
 #include <longctx/core/error.hpp>
+#include <longctx/core/files.hpp>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -26,24 +27,6 @@ namespace longctx::cli {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Writes `text` to `path` through a temp file, fsync and rename: the old or the new contents, never
-// a mix.
-void replace_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  LONGCTX_CHECK(fd >= 0, "train: cannot write ", tmp, ": ", std::strerror(errno));
-  bool ok = true;
-  for (size_t done = 0; ok && done < text.size();) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    ok = n > 0 || (n < 0 && errno == EINTR);
-    done += n > 0 ? size_t(n) : 0;
-  }
-  ok = ok && ::fsync(fd) == 0;
-  ::close(fd);
-  LONGCTX_CHECK(ok, "train: writing ", tmp, " failed: ", std::strerror(errno));
-  fs::rename(tmp, path);
-}
 
 }  // namespace
 
@@ -87,12 +70,7 @@ StepLog::~StepLog() { ::close(fd_); }
 
 void StepLog::append(const nlohmann::json& record) {
   const std::string line = record.dump() + "\n";
-  for (size_t done = 0; done < line.size();) {
-    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    LONGCTX_CHECK(n > 0, "train: writing the log ", path_, " failed: ", std::strerror(errno));
-    done += size_t(n);
-  }
+  write_all(fd_, line.data(), line.size(), "the log " + path_);
 }
 
 void StepLog::sync() { ::fsync(fd_); }
@@ -120,7 +98,7 @@ void trim_log(const std::string& path, int64_t step) {
   std::string kept;
   for (const auto& [s, line] : lines) kept += line + "\n";
   if (kept != text) {
-    replace_file(path, kept);
+    write_file_atomically(path, [&](const auto& put) { put(kept.data(), kept.size()); });
     fmt::print(stderr, "log {}: kept steps up to the checkpoint's {} ({} line(s) after it dropped, {} unreadable)\n",
                path, step, after, unreadable);
   }

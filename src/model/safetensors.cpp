@@ -1,14 +1,11 @@
 #include <longctx/core/error.hpp>
+#include <longctx/core/files.hpp>
 #include <longctx/model/safetensors.hpp>
 #include <nlohmann/json.hpp>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -197,36 +194,13 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  LONGCTX_CHECK(fd >= 0, "cannot write checkpoint '", tmp, "': ", std::strerror(errno));
-  bool ok = true;
-  auto put = [&](const void* data, size_t n) {
-    for (size_t done = 0; ok && done < n;) {
-      const ssize_t w = ::write(fd, static_cast<const char*>(data) + done, n - done);
-      ok = w > 0 || (w < 0 && errno == EINTR);
-      done += w > 0 ? size_t(w) : 0;
-    }
-  };
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(uint64_t(text.size()) >> (8 * i));
-  put(len, 8);
-  put(text.data(), text.size());
-  for (const auto& [name, t] : tensors) put(t->raw(), size_t(t->nbytes()));
-  ok = ok && ::fsync(fd) == 0;  // the data is on disk before the rename makes it visible
-  const int err = errno;
-  ::close(fd);
-  if (!ok) {
-    std::filesystem::remove(tmp);
-    LONGCTX_CHECK(false, "writing checkpoint '", tmp, "' failed (disk full?): ", std::strerror(err));
-  }
-  std::filesystem::rename(tmp, path);
-  // and the rename itself survives a power cut once the folder's entry is on disk
-  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  write_file_atomically(path, [&](const auto& put) {
+    put(len, 8);
+    put(text.data(), text.size());
+    for (const auto& [name, t] : tensors) put(t->raw(), size_t(t->nbytes()));
+  });
 }
 
 SafetensorsFile load_safetensors(const std::string& path, const std::function<bool(const std::string&)>& want) {

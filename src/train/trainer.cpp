@@ -114,12 +114,15 @@ bool is_infini_beta(const std::string& param_name) {
 
 std::vector<LayerGates> infini_gates(const Transformer& model) {
   std::vector<LayerGates> out;
-  for (const Param& p : model.params())
-    if (is_infini_beta(p.name)) {
-      LayerGates g{std::stoll(p.name.substr(7)), {}};  // "layers.<l>.attention.infini.beta"
-      for (int64_t h = 0; h < p.value.numel(); ++h) g.memory_weight.push_back(1.0 / (1.0 + std::exp(-double(p.value.f32()[h]))));
-      out.push_back(std::move(g));
-    }
+  for (int64_t l = 0; l < model.config().n_layers; ++l) {
+    if (model.config().attention[size_t(l)].kind() != AttentionKind::infini) continue;
+    const std::string name = concat("layers.", l, ".attention.infini.beta");
+    const auto p = std::find_if(model.params().begin(), model.params().end(), [&](const Param& q) { return q.name == name; });
+    LONGCTX_CHECK(p != model.params().end(), "infini_gates: the model has no ", name);
+    LayerGates g{l, {}};
+    for (int64_t h = 0; h < p->value.numel(); ++h) g.memory_weight.push_back(1.0 / (1.0 + std::exp(-double(p->value.f32()[h]))));
+    out.push_back(std::move(g));
+  }
   return out;
 }
 

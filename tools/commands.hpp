@@ -29,6 +29,8 @@ void add_bench_train(CLI::App& bench);
 void add_bench_infini(CLI::App& bench);
 // `longctx bench moe`
 void add_bench_moe(CLI::App& bench);
+// `longctx bench exp`
+void add_bench_exp(CLI::App& bench);
 // `longctx train`
 void add_train(CLI::App& app);
 // `longctx eval`

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   longctx::cli::add_bench_train(*bench);
   longctx::cli::add_bench_infini(*bench);
   longctx::cli::add_bench_moe(*bench);
+  longctx::cli::add_bench_exp(*bench);
   longctx::cli::add_train(app);
   longctx::cli::add_eval(app);
   longctx::cli::add_passkey_corpus(app);

@@ -2,20 +2,46 @@
 
 #include <longctx/core/tensor.hpp>
 
+#include <atomic>
 #include <limits>
 
 namespace longctx::simd {
 
-LONGCTX_SIMD_CLONES
-float exp_scaled_sum(float* x, int64_t n, float scale, float shift) {
+namespace {
+
+std::atomic<ExpImpl> g_exp_impl{ExpImpl::poly6};
+
+template <float (*Exp)(float)>
+[[gnu::always_inline]] inline float exp_scaled_sum_with(float* x, int64_t n, float scale, float shift) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
-    float e = exp_approx(x[i] * scale - shift);
+    float e = Exp(x[i] * scale - shift);
     x[i] = e;
     sum += e;
   }
   return sum;
+}
+
+LONGCTX_SIMD_CLONES
+float exp_scaled_sum_poly6(float* x, int64_t n, float scale, float shift) {
+  return exp_scaled_sum_with<exp_approx>(x, n, scale, shift);
+}
+
+LONGCTX_SIMD_CLONES
+float exp_scaled_sum_poly3(float* x, int64_t n, float scale, float shift) {
+  return exp_scaled_sum_with<exp_poly3>(x, n, scale, shift);
+}
+
+}  // namespace
+
+void set_exp_impl(ExpImpl impl) { g_exp_impl.store(impl, std::memory_order_relaxed); }
+
+ExpImpl exp_impl() { return g_exp_impl.load(std::memory_order_relaxed); }
+
+float exp_scaled_sum(float* x, int64_t n, float scale, float shift) {
+  return exp_impl() == ExpImpl::poly3 ? exp_scaled_sum_poly3(x, n, scale, shift)
+                                      : exp_scaled_sum_poly6(x, n, scale, shift);
 }
 
 LONGCTX_SIMD_CLONES

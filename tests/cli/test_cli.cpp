@@ -63,6 +63,29 @@ TEST(Cli, BenchDecodeAndThresholdRun) {
   EXPECT_NE(r.output.find("keys_frac"), std::string::npos) << r.output;
 }
 
+TEST(Cli, BenchExpReportsBothExps) {
+  const auto path = std::filesystem::temp_directory_path() / "longctx_cli_exp.json";
+  std::filesystem::remove(path);
+  const CliRun r = run_cli("bench exp --elements 256 --length 40 --heads 2 --kv-heads 1 --head-dim 16 --rounds 1 "
+                           "--min-seconds 0 --json " + path.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream f(path);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["rows"].size(), 4u);  // (exp, dense-fwd) x (poly6, poly3)
+  const auto& rows = j["rows"];
+  EXPECT_EQ(rows[0]["exp"], "poly6");
+  EXPECT_EQ(rows[1]["exp"], "poly3");
+  EXPECT_LT(rows[0]["max_rel_err"].get<double>(), 3e-7);
+  EXPECT_GT(rows[1]["max_rel_err"].get<double>(), 5e-5);  // the degree-3 polynomial's 7.5e-5
+  EXPECT_LT(rows[1]["max_rel_err"].get<double>(), 8e-5);
+  for (int i : {0, 1}) EXPECT_GT(rows[i]["elements_per_s"].get<double>(), 0.0);
+  EXPECT_EQ(rows[2]["case"], "dense-fwd");
+  EXPECT_LT(rows[2]["out_rel_err"].get<double>(), 1e-5);
+  EXPECT_GT(rows[3]["out_rel_err"].get<double>(), rows[2]["out_rel_err"].get<double>());
+  EXPECT_LT(rows[3]["out_rel_err"].get<double>(), 1e-3);
+  std::filesystem::remove(path);
+}
+
 TEST(Cli, UnknownMethodFailsWithAClearMessage) {
   const CliRun r = run_cli("bench attention --methods nosuch --lengths 64");
   EXPECT_NE(r.status, 0);

@@ -90,4 +90,10 @@ void axpy(float* y, const float* x, int64_t n, float a) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+LONGCTX_SIMD_CLONES
+void mul_add(float* y, const float* a, const float* b, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += a[i] * b[i];
+}
+
 }  // namespace longctx::simd

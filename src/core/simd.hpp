@@ -94,5 +94,7 @@ void bf16_to_f32(const uint16_t* src, float* dst, int64_t n);
 void add_inplace(float* y, const float* x, int64_t n);
 // y[i] += a * x[i]
 void axpy(float* y, const float* x, int64_t n, float a);
+// y[i] += a[i] * b[i]
+void mul_add(float* y, const float* a, const float* b, int64_t n);
 
 }  // namespace longctx::simd

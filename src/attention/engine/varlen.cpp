@@ -24,7 +24,7 @@ Varlen Varlen::from_lengths(const std::vector<int64_t>& q_lens, const std::vecto
 
 namespace attn {
 
-static void check_cu(const char* who, const char* name, const std::vector<int64_t>& cu, int64_t total) {
+void check_cu(const char* who, const char* name, const std::vector<int64_t>& cu, int64_t total) {
   LONGCTX_CHECK(cu.size() >= 2, who, ": ", name, " needs at least 2 entries, got ", cu.size());
   LONGCTX_CHECK(cu.front() == 0, who, ": ", name, "[0] must be 0, got ", cu.front());
   for (size_t i = 1; i < cu.size(); ++i)

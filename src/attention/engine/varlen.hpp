@@ -38,6 +38,9 @@ struct Problem {
 // make_problem validates, the naive references take them as given.
 std::vector<Seq> sequences_of(const Varlen& varlen, int64_t tq, int64_t tk);
 
+// Checks that `cu` (named `name` in errors) delimits packed sequences of `total` rows: at least 2
+// entries, from 0, non-decreasing, ending at total.
+void check_cu(const char* who, const char* name, const std::vector<int64_t>& cu, int64_t total);
 // Checks shapes, dtypes, head counts and cu_seqlens; `who` names the calling kernel in errors.
 Problem make_problem(const char* who, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Varlen& varlen, const AttentionOptions& opts);

@@ -65,6 +65,8 @@ void run_attention_bench(const AttentionBenchConfig& cfg, bool worker) {
   for (const auto& m : cfg.methods) {
     const std::string prefix = "bench attention: ";
     if (m == "moba") cfg.moba.validate(prefix);
+    LONGCTX_CHECK(m != "moba" || !cfg.decode || cfg.moba.key_conv == 0, prefix,
+                  "--key-conv is not timed in decode mode (a step convolves one key), got ", cfg.moba.key_conv);
     if (m == "topk") cfg.topk.validate(prefix);
     if (m == "threshold") cfg.threshold.validate(prefix);
     if (m == "nsa") cfg.nsa.validate(prefix);

@@ -1,4 +1,5 @@
 #include <longctx/attention/dense/flash.hpp>
+#include <longctx/attention/moba/key_conv.hpp>
 #include <longctx/attention/moba/moba.hpp>
 #include <longctx/attention/nsa/nsa.hpp>
 #include <longctx/core/error.hpp>
@@ -32,11 +33,35 @@ MethodRun dense(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
           dense_pairs(in, cfg.heads), {}};
 }
 
+// MoBA's key convolution as a model layer runs it (moba/key_conv.hpp): over fp32 keys before the
+// kernel, taps near the identity; the kernel then reads the convolved keys in the input's dtype.
+struct KeyConvRun {
+  Tensor k32, w, b;
+  Tensor keys(const AttentionInputs& in) const {
+    Tensor y = key_conv_forward(k32, w, b, in.varlen.cu_k);
+    return in.k.dtype() == DType::f32 ? std::move(y) : y.to(in.k.dtype());
+  }
+};
+
+std::shared_ptr<const KeyConvRun> key_conv_run(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
+  const MobaOptions& o = cfg.moba;
+  if (o.key_conv == 0) return nullptr;  // (run_attention_bench refuses it in decode mode)
+  auto run = std::make_shared<KeyConvRun>();
+  const int64_t C = in.k.dim(1) * in.k.dim(2);
+  run->k32 = in.k.to(DType::f32);
+  run->w = random_normal({o.key_conv, C}, 9, 0.1f);
+  for (int64_t c = 0; c < C; ++c) run->w.f32()[(o.key_conv - 1) * C + c] += 1.0f;
+  if (o.key_conv_bias) run->b = random_normal({C}, 10, 0.1f);
+  return run;
+}
+
 // MoBA: one untimed forward counts the attended pairs (own block causally plus the selected
-// full blocks); the timed closure recomputes everything, gate included.
+// full blocks); the timed closure recomputes everything, gate (and key convolution) included.
 MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
   const MobaOptions opts = cfg.moba;
-  const MobaResult r = moba_attention_forward(in.q, in.k, in.v, in.varlen, opts);
+  const std::shared_ptr<const KeyConvRun> conv = key_conv_run(in, cfg);
+  auto keys = [&in, conv] { return conv ? conv->keys(in) : in.k.alias(); };
+  const MobaResult r = moba_attention_forward(in.q, keys(), in.v, in.varlen, opts);
   double pairs = 0;
   const int64_t tq = in.q.dim(0), B = opts.block_size;
   for (size_t si = 0; si + 1 < in.varlen.cu_q.size(); ++si)
@@ -48,11 +73,14 @@ MethodRun moba(const AttentionInputs& in, const AttentionBenchConfig& cfg) {
         for (int64_t c = 0; c < r.slots; ++c) pairs += r.selected[size_t((h * tq + row) * r.slots + c)] >= 0 ? double(B) : 0.0;
       }
     }
-  return {[&in, &cfg, opts] {
-            const MobaResult f = moba_attention_forward(in.q, in.k, in.v, in.varlen, opts);
-            if (cfg.backward) moba_attention_backward(in.q, in.k, in.v, f, in.dout, in.varlen);
+  return {[&in, &cfg, opts, conv, keys] {
+            const Tensor k = keys();
+            const MobaResult f = moba_attention_forward(in.q, k, in.v, in.varlen, opts);
+            if (!cfg.backward) return;
+            const AttentionGrads g = moba_attention_backward(in.q, k, in.v, f, in.dout, in.varlen);
+            if (conv) key_conv_backward(conv->k32, conv->w, opts.key_conv_bias, g.dk, in.varlen.cu_k);
           },
-          pairs, {}};
+          pairs, nlohmann::json{{"key_conv", opts.key_conv}}};
 }
 
 // Keys NSA's three branches attend for a query at position t: visible compressed blocks, the

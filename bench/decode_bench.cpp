@@ -104,6 +104,8 @@ AttentionSpec spec_of(const std::string& method, const DecodeBenchConfig& cfg) {
 }  // namespace
 
 void run_decode_bench(const DecodeBenchConfig& cfg) {
+  LONGCTX_CHECK(cfg.moba.key_conv == 0, "bench decode: --key-conv is not timed here (a decode step convolves one key "
+                "before the attention over the cache), got ", cfg.moba.key_conv);
   const int threads = parallel::max_threads();
   const double gflops = sgemm_gflops();
   const DType dt = cfg.dtype == "bf16" ? DType::bf16 : DType::f32;

@@ -42,19 +42,20 @@ inline std::vector<std::vector<double>> params_as_double(const Transformer& m) {
 }
 
 // A model whose matrices are `factor` times their init, so that attention patterns, selections
-// and gates are far from uniform.
+// and gates are far from uniform. Only the matrices that decay: MoBA's key-convolution taps keep
+// their identity init (their own tests randomise them).
 inline Transformer scaled_model(const ModelConfig& cfg, uint64_t seed, float factor) {
   Transformer model(cfg, seed);
   for (Param& p : model.params())
-    if (p.value.ndim() >= 2)
+    if (p.value.ndim() >= 2 && p.decay)
       for (int64_t i = 0; i < p.value.numel(); ++i) p.value.f32()[i] *= factor;
   return model;
 }
 
 // Fast backward (fp32) vs central differences of the double reference model, every parameter.
 // The reference's selections (sparse masks, NSA blocks) are recorded at the point and held fixed.
-inline void check_gradients(const ModelConfig& cfg) {
-  Transformer model = scaled_model(cfg, 7, 20.0f);
+inline void check_gradients(Transformer model) {
+  const ModelConfig& cfg = model.config();
   const Batch batch = tiny_batch();
   model.zero_grad();
   const double loss = model.forward(batch, true) + model.aux_loss();
@@ -80,11 +81,12 @@ inline void check_gradients(const ModelConfig& cfg) {
     }
   EXPECT_LT(worst / scale, 1e-3) << "worst abs error " << worst << " vs largest gradient " << scale;
 }
+inline void check_gradients(const ModelConfig& cfg) { check_gradients(scaled_model(cfg, 7, 20.0f)); }
 
 // Prefill the first chunks[0] tokens, then extend by chunks[1], chunks[2], ... and one token at a
 // time for the rest: every row of logits must equal the full forward's.
-inline void check_extend_matches_forward(const ModelConfig& cfg, std::vector<size_t> chunks = {5}) {
-  Transformer model = scaled_model(cfg, 11, 10.0f);
+inline void check_extend_matches_forward(Transformer& model, std::vector<size_t> chunks = {5}) {
+  const ModelConfig& cfg = model.config();
   const std::vector<int32_t> ids{1, 4, 2, 9, 3, 3, 7, 0, 5, 10, 6, 2, 8, 8, 1};
   Batch whole;
   whole.tokens = ids;
@@ -105,6 +107,10 @@ inline void check_extend_matches_forward(const ModelConfig& cfg, std::vector<siz
   }
   EXPECT_EQ(st.size(), int64_t(ids.size()));
   EXPECT_THROW(model.extend(st, {1}), std::invalid_argument);  // capacity reached
+}
+inline void check_extend_matches_forward(const ModelConfig& cfg, std::vector<size_t> chunks = {5}) {
+  Transformer model = scaled_model(cfg, 11, 10.0f);
+  check_extend_matches_forward(model, std::move(chunks));
 }
 
 }  // namespace longctx::testing

@@ -2,9 +2,12 @@
 
 #include <longctx/attention/cache/decode.hpp>
 #include <longctx/attention/dense/flash.hpp>
+#include <longctx/attention/moba/key_conv.hpp>
 #include <longctx/core/error.hpp>
 
 #include <algorithm>
+
+#include "core/simd.hpp"
 
 namespace longctx::attention_layer {
 
@@ -43,8 +46,19 @@ std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t s
     case AttentionKind::infini:
       add("beta", std::vector<float>(size_t(cfg.n_heads), s.get<InfiniOptions>().beta_init), {cfg.n_heads});
       break;
+    case AttentionKind::moba: {
+      const MobaOptions& o = s.get<MobaOptions>();
+      if (o.key_conv == 0) break;
+      // identity at init (docs/DESIGN.md "MoBA key convolution"): the layer starts as plain MoBA
+      const int64_t C = cfg.n_kv_heads * cfg.head_dim();
+      std::vector<float> taps(size_t(o.key_conv * C), 0.0f);
+      std::fill(taps.end() - C, taps.end(), 1.0f);
+      add("key_conv.weight", taps, {o.key_conv, C});
+      out.back().decay = false;  // a gain per channel, like the norms': decay would shrink the keys
+      if (o.key_conv_bias) add("key_conv.bias", std::vector<float>(size_t(C), 0.0f), {C});
+      break;
+    }
     case AttentionKind::full:
-    case AttentionKind::moba:
     case AttentionKind::topk:
     case AttentionKind::threshold: break;
   }
@@ -64,6 +78,9 @@ int64_t kind_param_count(const ModelConfig& cfg, int64_t layer) {
                         });
   } else if (s.kind() == AttentionKind::infini) {
     n = cfg.n_heads;  // beta
+  } else if (s.kind() == AttentionKind::moba) {
+    const MobaOptions& o = s.get<MobaOptions>();
+    n = (o.key_conv + (o.key_conv > 0 && o.key_conv_bias ? 1 : 0)) * cfg.n_kv_heads * cfg.head_dim();
   }
   return n;
 }
@@ -80,12 +97,22 @@ std::vector<float> infini_beta(const std::vector<Param*>& kp) {
   return {b.f32(), b.f32() + b.numel()};
 }
 
+bool has_key_conv(AttentionKind running, const std::vector<Param*>& kp) {
+  return (running == AttentionKind::moba || running == AttentionKind::full) && !kp.empty();
+}
+
+Tensor key_conv_bias(const std::vector<Param*>& kp) { return kp.size() > 1 ? kp[1]->value.alias() : Tensor(); }
+
 void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
              const std::vector<int64_t>& pos, const Varlen& varlen, Tensor q, Tensor k, Tensor v, const Tensor& h1,
              Acts& a) {
   const int64_t T = q.dim(0);
   a.kind = s.kind();
   if (a.kind == AttentionKind::infini) a.q_mem = q.clone(), a.k_mem = k.clone();  // the memory uses q/k before RoPE
+  if (has_key_conv(a.kind, kp)) {
+    a.k_conv_in = std::move(k);
+    k = key_conv_forward(a.k_conv_in, kp[0]->value, key_conv_bias(kp), varlen.cu_k);
+  }
   rope.apply(q.f32(), T, q.dim(1), pos.data(), false);
   rope.apply(k.f32(), T, k.dim(1), pos.data(), false);
   a.q = std::move(q), a.k = std::move(k), a.v = std::move(v);
@@ -161,6 +188,12 @@ Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::
   if (a.kind == AttentionKind::infini)
     for (auto [d, m] : {std::pair{&ag.dq, &dq_mem}, std::pair{&ag.dk, &dk_mem}})
       for (int64_t i = 0; i < d->numel(); ++i) d->f32()[i] += m->f32()[i];
+  if (!a.k_conv_in.empty()) {  // back through the key convolution
+    KeyConvGrads cg = key_conv_backward(a.k_conv_in, kp[0]->value, kp.size() > 1, ag.dk, varlen.cu_k);
+    ag.dk = std::move(cg.dx);
+    simd::add_inplace(kp[0]->grad.f32(), cg.dw.f32(), cg.dw.numel());
+    if (kp.size() > 1) simd::add_inplace(kp[1]->grad.f32(), cg.db.f32(), cg.db.numel());
+  }
   g.dq = std::move(ag.dq), g.dk = std::move(ag.dk), g.dv = std::move(ag.dv);
   return g;
 }
@@ -181,6 +214,7 @@ LayerDecodeState new_state(const AttentionSpec& s, const ModelConfig& cfg, const
   if (o.block_stats) o.block_size = s.stats_block_size();
   o.dtype = cache_dtype;
   st.cache.emplace(o);
+  if (has_key_conv(s.kind(), kp)) st.key_conv.emplace(kp[0]->value, key_conv_bias(kp));
   if (s.kind() == AttentionKind::nsa) {
     st.nsa.emplace();
     st.nsa_weights = nsa_weights(s.get<NsaConfig>(), cfg, kp);
@@ -193,6 +227,7 @@ void decode(const AttentionSpec& s, const nn::Rope& rope, const std::vector<int6
   const int64_t n = q.dim(0);
   a.kind = s.kind();
   if (a.kind == AttentionKind::infini) a.q_mem = q.clone(), a.k_mem = k.clone();
+  if (st.key_conv) k = st.key_conv->feed(k);
   rope.apply(q.f32(), n, q.dim(1), pos.data(), false);
   rope.apply(k.f32(), n, k.dim(1), pos.data(), false);
   if (a.kind == AttentionKind::infini) {

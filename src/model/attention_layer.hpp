@@ -36,8 +36,10 @@ void for_each_nsa_weight(NsaWeights<T>& w, const NsaConfig& c, int64_t hq, int64
 
 // The parameters a kind adds beyond wq/wk/wv/wo, named "layers.<layer>.attention.<kind>.*":
 // nsa: its compressors and gate, initialised as nsa_init_weights (gate biased toward the window
-// branch); infini: beta [Hq], InfiniOptions::beta_init (-2: gates start toward local attention).
-// Decay on matrices only (ndim >= 2).
+// branch); infini: beta [Hq], InfiniOptions::beta_init (-2: gates start toward local attention);
+// moba with key_conv K > 0: its key convolution key_conv.weight [K, Hkv * head_dim] (identity:
+// tap K - 1 is 1, the others 0) and, with key_conv_bias, key_conv.bias [Hkv * head_dim] (0).
+// Decay on matrices only (ndim >= 2), except the key convolution's taps.
 std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t seed);
 
 // How many values kind_params(cfg, layer, .) holds, without allocating them.
@@ -49,11 +51,19 @@ int64_t kind_param_count(const ModelConfig& cfg, int64_t layer);
 NsaWeights<float> nsa_weights(const NsaConfig& c, const ModelConfig& cfg, const std::vector<Param*>& kp);
 std::vector<float> infini_beta(const std::vector<Param*>& kp);
 
+// Whether a layer running `running` has a key convolution: a moba layer's kind params are its key
+// convolution's (weight, then bias), if any. A moba layer run as full attention (force_full_attention)
+// keeps convolving its keys: the convolution is part of the layer's parameters, not of the sparse
+// approximation. The bias as a Tensor (an alias of its Param, or empty).
+bool has_key_conv(AttentionKind running, const std::vector<Param*>& kp);
+Tensor key_conv_bias(const std::vector<Param*>& kp);
+
 // What the backward needs from the forward. Each result keeps the options it ran with.
 struct Acts {
   AttentionKind kind = AttentionKind::full;  // the kind this forward ran (force_full_attention applied)
   Tensor q, k, v;          // attention inputs, q and k RoPE'd
   Tensor q_mem, k_mem;     // infini: q and k before RoPE (the memory's)
+  Tensor k_conv_in;        // moba key convolution: its input, the keys before it and RoPE
   MobaResult dense;        // full and moba (selection empty for full)
   SparseResult sparse;     // topk, threshold; decode over a KV cache
   NsaResult nsa;

@@ -80,6 +80,11 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
       attention_layer::for_each_nsa_weight(nsa_w, spec.get<NsaConfig>(), Hq, dh, D,
                                            [&](const std::string&, Vec& w, const auto&) { w = take(); });
     const Vec* beta = spec.kind() == AttentionKind::infini ? &take() : nullptr;
+    // moba: the key convolution's taps and bias (kind params), applied before RoPE even when the
+    // layer runs as full attention
+    const MobaOptions* moba = spec.kind() == AttentionKind::moba ? &spec.get<MobaOptions>() : nullptr;
+    const Vec* conv_w = moba && moba->key_conv > 0 ? &take() : nullptr;
+    const Vec* conv_b = conv_w && moba->key_conv_bias ? &take() : nullptr;
     const Vec& ffn_norm = take();
     const bool moe_layer = cfg.ffn[size_t(l)].kind == "moe";
     moe::reference::Params<double> mp;
@@ -94,6 +99,7 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     Vec q = matmul(h, T, D, wq, Hq * dh), k = matmul(h, T, D, wk, Hkv * dh);
     const Vec v = matmul(h, T, D, wv, Hkv * dh);
     const Vec q_mem = q, k_mem = k;  // infini's memory uses q/k before RoPE
+    if (conv_w) k = key_conv_forward<double>(k, Hkv * dh, *conv_w, conv_b ? *conv_b : Vec{}, batch.cu_seqlens);
     rope(q, T, Hq, dh, pos, cfg.rope_theta);
     rope(k, T, Hkv, dh, pos, cfg.rope_theta);
     const AttentionKind kind = force_full && approximates_full(spec.kind()) ? AttentionKind::full : spec.kind();

@@ -416,6 +416,8 @@ double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_
     if (s.kind() == AttentionKind::infini) continue;
     bytes += 2 * double(capacity) * row * double(dtype_size(cache_dtype));
     if (s.stats_block_size() > 0) bytes += 3 * 4 * double(capacity / s.stats_block_size() + 1) * row;
+    if (s.kind() == AttentionKind::moba && s.get<MobaOptions>().key_conv > 0)
+      bytes += KeyConvStream::bytes(s.get<MobaOptions>().key_conv, int64_t(row), s.get<MobaOptions>().key_conv_bias);
   }
   return bytes;
 }

@@ -132,7 +132,10 @@ double training_bytes(const ModelConfig& m, const TrainConfig& t) {
     const FfnSpec& f = m.ffn[size_t(l)];
     const double ffn_width = f.kind == "moe" ? double(moe_config(m, l).d_ff * (f.top_k + f.num_shared)) : double(m.d_ff);
     const double routing = f.kind == "moe" ? double(f.num_experts + 2 * f.top_k * m.d_model) : 0.0;  // gathered rows
-    per_token += 8.0 * double(m.d_model) + 2.0 * double(m.n_kv_heads * m.head_dim()) + 3.0 * ffn_width + routing;
+    const AttentionSpec& a = m.attention[size_t(l)];
+    const bool key_conv = a.kind() == AttentionKind::moba && a.get<MobaOptions>().key_conv > 0;  // keeps its input
+    per_token += 8.0 * double(m.d_model) + (key_conv ? 3.0 : 2.0) * double(m.n_kv_heads * m.head_dim()) + 3.0 * ffn_width +
+                 routing;
   }
   return model_bytes(m) + 2 * 4 * param_count(m) + 4 * per_token * double(t.batch_tokens);
 }

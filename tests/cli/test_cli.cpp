@@ -57,10 +57,17 @@ TEST(Cli, BenchDecodeAndThresholdRun) {
   r = run_cli("bench threshold --length 256 --queries 4 --block-size 16 --taus 0.9 --top-ks 2");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("threshold/heuristic"), std::string::npos) << r.output;
-  r = run_cli("bench attention --methods topk,threshold --lengths 128 --heads 2 --kv-heads 1 --head-dim 16 "
-              "--block-size 16 --top-k 2 --reps 1 --min-seconds 0");
+  // moba with its key convolution in front of the kernel
+  r = run_cli("bench attention --methods topk,threshold,moba --lengths 128 --heads 2 --kv-heads 1 --head-dim 16 "
+              "--block-size 16 --top-k 2 --key-conv 3 --key-conv-bias true --reps 1 --min-seconds 0 --json " + path.string());
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("keys_frac"), std::string::npos) << r.output;
+  std::ifstream g(path);
+  const nlohmann::json rows = nlohmann::json::parse(g)["rows"];
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[2]["method"], "moba");
+  EXPECT_EQ(rows[2]["key_conv"], 3);
+  std::filesystem::remove(path);
 }
 
 TEST(Cli, BenchExpReportsBothExps) {
@@ -101,6 +108,12 @@ TEST(Cli, BadKernelArgumentIsReported) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("bench attention: block_size must be > 0, got 0"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("worker failed"), std::string::npos) << r.output;
+  r = run_cli("bench attention --methods moba --lengths 64 --key-conv 3 --mode decode");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("bench attention: --key-conv is not timed in decode mode"), std::string::npos) << r.output;
+  r = run_cli("bench attention --methods moba --lengths 64 --key-conv 17");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("bench attention: key_conv must be in [0, 16] (0: none), got 17"), std::string::npos) << r.output;
   r = run_cli("bench attention --methods dense --lengths 64,0");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--lengths: must be >= 1"), std::string::npos) << r.output;

@@ -72,6 +72,8 @@ TEST(ConfigLimits, ParamCountEqualsTheBuiltModel) {
       {{{"kind", "nsa"}, {"compress", "mean"}}, {{"kind", "moe"}}},
       {{{"kind", "infini"}, {"segment_len", 4}}, {{"kind", "dense"}}},
       {{{"kind", "topk"}}, {{"kind", "dense"}}},
+      {{{"kind", "moba"}, {"key_conv", 3}, {"key_conv_bias", true}}, {{"kind", "dense"}}},
+      {{{"kind", "moba"}, {"key_conv", 5}}, {{"kind", "dense"}}},
   };
   for (const auto& [attention, ffn] : cases) {
     const ModelConfig cfg = testing::tiny_model(attention, ffn);

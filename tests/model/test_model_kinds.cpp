@@ -54,6 +54,8 @@ const KindCase kKindCases[] = {
     {"moba", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kDense},
     {"moba_moe", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kMoe},
     {"moba_group_select", {{"kind", "moba"}, {"block_size", 2}, {"top_k", 3}, {"group_select", true}}, kDense},
+    // the learned key convolution at its identity init (test_model_key_conv.cpp randomises it)
+    {"moba_key_conv", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}, {"key_conv", 3}, {"key_conv_bias", true}}, kDense},
     {"moe_noisy", {{"kind", "full"}}, kMoeNoisy},
     {"moe_bias_free_switch", {{"kind", "full"}}, kMoeBiasFree},
     {"topk", {{"kind", "topk"}, {"block_size", 3}, {"top_k", 2}}, kDense},

@@ -280,6 +280,27 @@ TEST(Checkpoint, NsaInfiniModelRoundTrips) {
                           orig.params()[i].value.nbytes()), 0) << orig.params()[i].name;
 }
 
+// MoBA's key convolution trains (its taps leave the identity) and its Params round-trip.
+TEST(Checkpoint, MobaKeyConvTrainsAndRoundTrips) {
+  const fs::path dir = make_corpus("ckpt_key_conv", 4);
+  const auto tok = make_tokenizer("bytes");
+  const nlohmann::json conv{{"kind", "moba"}, {"block_size", 8}, {"top_k", 2}, {"key_conv", 3}, {"key_conv_bias", true}};
+  Trainer t(small_kinds_model(conv, {{"kind", "full"}}), small_train(), load_corpus(dir.string(), *tok), 3);
+  const Tensor init = t.model().param("layers.0.attention.moba.key_conv.weight").value.clone();
+  for (int i = 0; i < 3; ++i) t.step();
+  const Tensor& taps = t.model().param("layers.0.attention.moba.key_conv.weight").value;
+  EXPECT_NE(std::memcmp(taps.raw(), init.raw(), init.nbytes()), 0);
+  const std::string path = (dir / "kc.safetensors").string();
+  t.save(path);
+  Transformer m = load_model(path);
+  EXPECT_EQ(m.config().to_json(), t.model().config().to_json());
+  Batch b;
+  b.tokens = tok->encode("And God said, Let there be light");
+  b.cu_seqlens = {0, b.size()};
+  const Tensor want = t.model().logits(b), got = m.logits(b);
+  EXPECT_EQ(std::memcmp(want.raw(), got.raw(), want.nbytes()), 0);
+}
+
 TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
   const fs::path dir = make_corpus("ckpt", 4);
   const auto tok = make_tokenizer("bytes");

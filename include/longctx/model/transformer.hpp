@@ -5,6 +5,7 @@
 #include <longctx/attention/infini/infini.hpp>
 #include <longctx/attention/nsa/nsa.hpp>
 #include <longctx/attention/cache/kv_cache.hpp>
+#include <longctx/attention/moba/key_conv.hpp>
 #include <longctx/model/config.hpp>
 #include <longctx/core/tensor.hpp>
 
@@ -34,9 +35,12 @@ struct Batch {
 // One layer's inference state, by its attention kind: full, moba, topk and threshold layers keep a
 // KV cache (its block statistics serve the sparse kinds); nsa layers a KV cache plus NSA's cache
 // of compressed blocks and a snapshot of the layer's NSA weights; infini layers only their
-// constant-size memory stream (M, z and the current segment; its beta is a snapshot too).
+// constant-size memory stream (M, z and the current segment; its beta is a snapshot too). A moba
+// layer with a key convolution also keeps its last K - 1 unconvolved keys (and a snapshot of the
+// convolution's weights); its cache holds the convolved keys.
 struct LayerDecodeState {
   std::optional<KVCache> cache;
+  std::optional<KeyConvStream> key_conv;
   std::optional<NsaDecodeCache> nsa;
   NsaWeights<float> nsa_weights;
   std::optional<InfiniStream> infini;
@@ -71,7 +75,8 @@ struct MoeLayerStats {
 void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& one);
 
 // What new_decode_state(capacity, cache_dtype) allocates: each cached layer's keys and values
-// (infini layers cache nothing) and their block statistics (mean, min, max per block).
+// (infini layers cache nothing), their block statistics (mean, min, max per block) and the key
+// convolutions' kept keys and weights.
 double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype);
 
 class Transformer {

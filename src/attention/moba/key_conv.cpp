@@ -99,7 +99,7 @@ KeyConvGrads key_conv_backward(const Tensor& x, const Tensor& w, bool bias, cons
   return g;
 }
 
-KeyConvStream::KeyConvStream(const Tensor& w, const Tensor& b) : w_(w.clone()), b_(b.clone()) {
+KeyConvStream::KeyConvStream(const Tensor& w, const Tensor& b) : w_(w.clone()), b_(b.empty() ? Tensor() : b.clone()) {
   LONGCTX_CHECK(w.ndim() == 2 && w.dim(0) >= 1, kWho, ": stream weights must be [kernel, channels], got ", w.shape_str());
 }
 

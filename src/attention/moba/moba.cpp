@@ -9,6 +9,7 @@
 //      running state in block order (LSE merge), a fixed order.
 // Backward: one item per (sequence, KV head, key tile) owns its dK/dV rows and takes both the
 // own-block queries and the gathered selecting queries; dQ goes to per-thread accumulators.
+#include <longctx/attention/moba/key_conv.hpp>
 #include <longctx/attention/moba/moba.hpp>
 #include <longctx/core/error.hpp>
 #include <longctx/core/fields.hpp>
@@ -193,6 +194,8 @@ std::vector<GatherTile> gather_tiles(const Moba& m, const Selectors& sel, int64_
 void MobaOptions::validate(const std::string& prefix) const {
   require(block_size > 0, prefix, "block_size", block_size, "> 0");
   require(top_k > 0, prefix, "top_k", top_k, "> 0");
+  require(key_conv >= 0 && key_conv <= kMaxKeyConv, prefix, "key_conv", key_conv,
+          "in [0, " + std::to_string(kMaxKeyConv) + "] (0: none)");
 }
 
 MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,

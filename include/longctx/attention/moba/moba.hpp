@@ -27,12 +27,18 @@ struct MobaOptions {
   // rule, arXiv 2502.11089 sec. 3.3.3): a GQA group then reads one set of blocks. Off: MoBA's own
   // per-query-head selection.
   bool group_select = false;
+  // A model layer's learned key convolution (Xiao et al., arXiv 2511.11571; moba/key_conv.hpp):
+  // the layer convolves its keys before RoPE and this kernel, which does not read these fields.
+  int64_t key_conv = 0;        // kernel K; 0 = none
+  bool key_conv_bias = false;  // with a learned bias
 
   template <class V>
   void fields(V&& v) {  // core/fields.hpp
     v("block_size", block_size, "keys per block B");
     v("top_k", top_k, "blocks per query k, own block included");
     v("group_select", group_select, "one selection per KV head from scores summed over its query heads (NSA-style)");
+    v("key_conv", key_conv, "kernel of the learned causal key convolution before the gate and attention (0: none)");
+    v("key_conv_bias", key_conv_bias, "the key convolution has a learned bias");
   }
   void validate(const std::string& prefix) const;  // throws "<prefix>block_size must be > 0, got 0"
 };

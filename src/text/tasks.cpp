@@ -120,7 +120,7 @@ void add_insert(TaskPrompt& t, std::string text, double depth) { t.inserts.push_
 
 TaskPrompt make_task_prompt(TaskKind kind, double depth, uint64_t seed) {
   LONGCTX_CHECK(depth >= 0.0 && depth <= 1.0, "tasks: depth must be in [0, 1], got ", depth);
-  Rng rng(seed_mix(seed, 0x7A5C));
+  Rng rng(seed_mix(seed_mix(seed, 0x7A5C), uint64_t(kind)));
   TaskPrompt t;
   t.kind = kind;
   switch (kind) {

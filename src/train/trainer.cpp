@@ -195,7 +195,8 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corp
                     " is too short for the ", enum_name(kind), " task (its inserts, query and answer take about ", need,
                     " tokens)");
     }
-    task_eval_ = task_eval_batches(filler_of(corpus_.val, *tok_), *tok_, cfg_.tasks, cfg_.batch_tokens, cfg_.seed);
+    if (cfg_.tasks.eval_docs > 0)
+      task_eval_ = task_eval_batches(filler_of(corpus_.val, *tok_), *tok_, cfg_.tasks, cfg_.batch_tokens, cfg_.seed);
   }
 }
 

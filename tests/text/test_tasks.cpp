@@ -296,6 +296,20 @@ TEST(Tasks, SentencePieceExamplesHaveExactLengthAndTheirAnswer) {
   const auto doc = make_task_document(TaskKind::multivalue, f, *tok, 500, 0.2, 9);
   ASSERT_TRUE(doc.has_value());
   EXPECT_EQ(doc->tokens.size(), 500u);
+  // mixed into batches: the scored targets of each task document are its answer
+  const std::vector<std::vector<int32_t>> docs{tok->encode(std::string(kVerses) + kVerses)};
+  const TaskMix mix = TaskMix::from_json({{"fraction", 1.0}, {"kinds", {"passkey", "copy"}}, {"score", "answer"}}, 160);
+  const Batch b = mixed_batch(WindowSampler(docs), f, *tok, mix, 160, 640, 2, 0, 0);
+  ASSERT_EQ(b.cu_seqlens, (std::vector<int64_t>{0, 160, 320, 480, 640}));
+  for (size_t s = 0; s + 1 < b.cu_seqlens.size(); ++s) {
+    std::vector<int32_t> scored;
+    for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t)
+      if (b.targets[size_t(t)] >= 0) scored.push_back(b.targets[size_t(t)]);
+    const std::string answer = tok->decode(scored), text = tok->decode({b.tokens.begin() + b.cu_seqlens[s],
+                                                                          b.tokens.begin() + b.cu_seqlens[s + 1]});
+    EXPECT_TRUE(std::regex_match(answer, std::regex(R"( ?(\d{5}|[a-z]{4}_[a-z]{5}))"))) << answer;
+    EXPECT_NE(text.find(answer.substr(answer.find_first_not_of(' '))), std::string::npos) << "the answer is in the document";
+  }
 }
 
 // ---- the training mix ------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # Plots of `longctx eval --json` results (gnuplot and jq, installed by scripts/setup.sh; this script
 # never installs anything: `longctx eval --plot` runs it in the middle of an evaluation).
 #   scripts/plot_eval.sh OUT.png EVAL.json
-#       position-wise loss curve and the passkey accuracy grid (length x depth) of one eval
+#       position-wise loss curve, the passkey accuracy grid (length x depth) and one RULER grid per
+#       task (`longctx eval --ruler`) of one eval, three panels to a row
 #   scripts/plot_eval.sh --positions OUT.png A.json B.json ...
 #       the position-wise loss curves of several evals in one plot, labelled by file name
 set -euo pipefail
@@ -41,18 +42,21 @@ plot $cmds
 EOF
 }
 
-passkey_plot() {  # gnuplot commands drawing the accuracy grid of one file
-  local f=$1
-  jq -r '.passkey as $p | .passkey.cells[] | . as $c |
-         "\([$p.depths[] ] | map(. == $c.depth) | index(true)) \([$p.lengths[]] | map(. == $c.length) | index(true)) \(.accuracy)"' \
-     "$f" > "$tmp/grid.dat"
-  local xt yt nx ny
-  xt=$(jq -r '[.passkey.depths | to_entries[] | "\"\(.value)\" \(.key)"] | join(", ")' "$f")
-  yt=$(jq -r '[.passkey.lengths | to_entries[] | "\"\(.value)\" \(.key)"] | join(", ")' "$f")
-  nx=$(jq '.passkey.depths | length' "$f")
-  ny=$(jq '.passkey.lengths | length' "$f")
+grid_plot() {  # gnuplot commands drawing one accuracy grid (length x depth): section passkey, or one task of ruler
+  local f=$1 section=$2 task=$3
+  jq -r --arg s "$section" --arg t "$task" '.[$s] as $p | $p.cells[] | select($t == "" or .task == $t) | . as $c |
+         "\([$p.depths[]] | map(. == $c.depth) | index(true)) \([$p.lengths[]] | map(. == $c.length) | index(true)) \(.accuracy)"' \
+     "$f" > "$tmp/grid_$section$task.dat"
+  local xt yt nx ny title
+  xt=$(jq -r --arg s "$section" '[.[$s].depths | to_entries[] | "\"\(.value)\" \(.key)"] | join(", ")' "$f")
+  # lengths, with the multiples they were given as ("2x (1024)") where the section has them
+  yt=$(jq -r --arg s "$section" '.[$s] as $p | [$p.lengths | to_entries[] |
+         "\"\(if $p.length_names then "\($p.length_names[.key]) (\(.value))" else .value end)\" \(.key)"] | join(", ")' "$f")
+  nx=$(jq --arg s "$section" '.[$s].depths | length' "$f")
+  ny=$(jq --arg s "$section" '.[$s].lengths | length' "$f")
+  title=$([ -n "$task" ] && echo "RULER $task" || echo "Passkey")
   cat <<EOF
-set title sprintf('Passkey accuracy (%d trials per cell)', $(jq '.passkey.trials' "$f"))
+set title sprintf('$title accuracy (%d trials per cell)', $(jq --arg s "$section" '.[$s].trials' "$f"))
 set xlabel 'needle depth'
 set ylabel 'context length (tokens)'
 set xtics ($xt)
@@ -63,7 +67,7 @@ set cbrange [0:1]
 set palette defined (0 '#b2182b', 0.5 '#f7f7f7', 1 '#2166ac')
 unset grid
 unset key
-plot '$tmp/grid.dat' using 1:2:3 with image, '' using 1:2:(sprintf('%.2f', \$3)) with labels
+plot '$tmp/grid_$section$task.dat' using 1:2:3 with image, '' using 1:2:(sprintf('%.2f', \$3)) with labels
 EOF
 }
 
@@ -77,12 +81,15 @@ else
   f=$1
   has_loss=$(jq '.rows | length > 0' "$f")
   has_passkey=$(jq '.passkey != null and (.passkey.cells | length) > 0' "$f")
+  ruler_tasks=$(jq -r '.ruler // {} | .tasks // [] | .[]' "$f")
   {
-    n=0; [ "$has_loss" = true ] && n=$((n + 1)); [ "$has_passkey" = true ] && n=$((n + 1))
-    [ $n -gt 0 ] || { echo "plot_eval: $f holds neither a position-wise loss nor a passkey grid" >&2; exit 1; }
-    echo "set terminal pngcairo size $((700 * n)),560 noenhanced"
+    n=$(echo "$ruler_tasks" | grep -c . || true)
+    [ "$has_loss" = true ] && n=$((n + 1)); [ "$has_passkey" = true ] && n=$((n + 1))
+    [ $n -gt 0 ] || { echo "plot_eval: $f holds neither a position-wise loss nor a retrieval grid" >&2; exit 1; }
+    cols=$((n < 3 ? n : 3)); rows=$(((n + 2) / 3))
+    echo "set terminal pngcairo size $((700 * cols)),$((560 * rows)) noenhanced"
     echo "set output '$out'"
-    echo "set multiplot layout 1,$n title '$(basename "$f")'"
+    echo "set multiplot layout $rows,$cols title '$(basename "$f")'"
     if [ "$has_loss" = true ]; then
       trained=$(jq '.summary.model.trained_max_seq_len // 0' "$f")
       last=$(jq '.rows[-1].end' "$f")
@@ -93,7 +100,8 @@ else
       loss_plot "$f"
       echo "unset arrow 1; unset label 1"
     fi
-    [ "$has_passkey" = true ] && passkey_plot "$f"
+    [ "$has_passkey" = true ] && grid_plot "$f" passkey ""
+    for task in $ruler_tasks; do grid_plot "$f" ruler "$task"; done
     echo "unset multiplot"
   } > "$tmp/plot.gp"
 fi

@@ -1,11 +1,11 @@
-// `longctx eval`: validation loss, perplexity, position-wise loss and passkey retrieval of a
-// checkpoint, at the training length or beyond it (RoPE extends), with time and peak memory.
+// `longctx eval`: validation loss, perplexity, position-wise loss, passkey retrieval and the
+// RULER-style retrieval grid (eval_retrieval.hpp) of a checkpoint, at the training length or
+// beyond it (RoPE extends), with time and peak memory.
 #include <fmt/core.h>
 #include <longctx/model/checkpoint.hpp>
 #include <longctx/core/threads.hpp>
 #include <longctx/core/error.hpp>
 #include <longctx/eval/eval.hpp>
-#include <longctx/eval/passkey.hpp>
 #include <longctx/text/corpus.hpp>
 #include <longctx/train/trainer.hpp>
 #include <unistd.h>
@@ -17,6 +17,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "eval_retrieval.hpp"
 
 namespace longctx::cli {
 
@@ -32,6 +33,7 @@ struct Options {
   std::vector<double> passkey_depths{0.0, 0.25, 0.5, 0.75, 1.0};
   int64_t passkey_trials = 5, prefill_chunk = 2048;
   uint64_t passkey_seed = 1;
+  RulerFlags ruler;
 };
 
 // What the checkpoint is: enough to tell runs apart in a table of eval JSONs.
@@ -58,32 +60,6 @@ nlohmann::json run_loss(const Options& o, Transformer& model, const Tokenizer& t
           {"windows", r.windows}, {"tokens_per_s", double(r.tokens) / r.seconds}, {"loss_seconds", r.seconds}};
 }
 
-nlohmann::json run_passkey(const Options& o, Transformer& model, const Tokenizer& tok, PasskeyOptions po) {
-  const std::string filler = passkey_filler(load_split_texts((fs::path(o.data) / "val").string()));
-  double work = 0, done = 0;  // in prompt tokens, for the ETA
-  for (int64_t l : po.lengths) work += double(l) * double(po.depths.size());
-  bench::Progress progress("passkey", "prompt tokens", 0);
-  po.progress = [&](int64_t cells_done, int64_t cells, const PasskeyCell& c) {
-    done += double(c.length);
-    progress.report(done, work, fmt::format("(cell {}/{}: length {}, depth {:.2f}: {}/{} correct)", cells_done, cells, c.length,
-                                      c.depth, c.correct, c.trials));
-  };
-  const PasskeyGrid g = evaluate_passkey(model, tok, filler, po);
-  std::vector<nlohmann::json> cells;
-  for (const PasskeyCell& c : g.cells)
-    cells.push_back({{"length", c.length}, {"depth", c.depth}, {"trials", c.trials}, {"correct", c.correct},
-                     {"accuracy", c.accuracy}, {"seconds", c.seconds}, {"sample", c.sample},
-                     {"sample_shown", nlohmann::json(c.sample).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace)}});
-  bench::print_table(cells, {{"length", "length", ""}, {"depth", "depth", "{:.2f}"}, {"correct", "correct", ""},
-                             {"trials", "trials", ""}, {"accuracy", "accuracy", "{:.2f}"},
-                             {"seconds", "seconds", "{:.1f}"}, {"sample_shown", "first answer", ""}});
-  for (auto& c : cells) c.erase("sample_shown");
-  fmt::print("passkey accuracy {:.3f} over {} cells x {} trials in {:.1f} s\n", g.accuracy, g.cells.size(), po.trials,
-             g.seconds);
-  return {{"lengths", po.lengths}, {"depths", po.depths}, {"trials", po.trials}, {"seed", po.seed},
-          {"accuracy", g.accuracy}, {"seconds", g.seconds}, {"cells", cells}};
-}
-
 // scripts/plot_eval.sh next to the binary's build folder (build/longctx -> scripts/) or beside it.
 std::string plot_script() {
   const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path();
@@ -94,21 +70,23 @@ std::string plot_script() {
 
 void run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  LONGCTX_CHECK(!o.no_loss || o.passkey || !o.passkey_lengths.empty(),
-                "eval: --no-loss without --passkey or --passkey-lengths leaves nothing to evaluate");
+  LONGCTX_CHECK(!o.no_loss || o.passkey || !o.passkey_lengths.empty() || o.ruler.requested(),
+                "eval: --no-loss without --passkey, --passkey-lengths or --ruler leaves nothing to evaluate");
   bench::check_output_path(o.json, "eval: --json");
   bench::check_output_path(o.plot, "eval: --plot");
   LONGCTX_CHECK(o.plot.empty() || std::system("command -v gnuplot >/dev/null 2>&1 && command -v jq >/dev/null 2>&1") == 0,
                 "eval: --plot needs gnuplot and jq (scripts/setup.sh installs them)");
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const int64_t seq_len = o.seq_len > 0 ? o.seq_len : o.max_seq_len > 0 ? o.max_seq_len : info.model.max_seq_len;
-  PasskeyOptions po;
+  TaskGridOptions po;  // the passkey test: one task
   po.lengths = o.passkey_lengths.empty() && o.passkey ? std::vector<int64_t>{seq_len} : o.passkey_lengths;
   po.depths = o.passkey_depths;
   po.trials = o.passkey_trials;
   po.seed = o.passkey_seed;
   po.prefill_chunk = o.prefill_chunk;
-  const int64_t rope_len = std::max({o.max_seq_len, o.no_loss ? 0 : seq_len, passkey_capacity(po)});
+  const TaskGridOptions ruler = ruler_grid(o.ruler, info.model.max_seq_len, o.prefill_chunk);
+  const int64_t rope_len =
+      std::max({o.max_seq_len, o.no_loss ? 0 : seq_len, task_grid_capacity(po), task_grid_capacity(ruler)});
   Transformer model = load_model(o.checkpoint, nullptr, std::max(rope_len, info.model.max_seq_len));
   const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
 
@@ -117,13 +95,16 @@ void run(const Options& o) {
   std::vector<nlohmann::json> rows;
   if (!o.no_loss) summary.update(run_loss(o, model, *tok, seq_len, rows));
   nlohmann::json passkey;
-  if (!po.lengths.empty()) passkey = run_passkey(o, model, *tok, po);
+  if (!po.lengths.empty()) passkey = run_task_grid("passkey", o.data, model, *tok, po);
+  nlohmann::json ruler_json;
+  if (!ruler.lengths.empty()) ruler_json = run_ruler(o.ruler, info.model.max_seq_len, o.data, model, *tok, ruler);
   summary["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   summary["peak_rss_mb"] = bench::peak_rss_mb();
   fmt::print("eval took {:.1f} s, peak RSS {:.0f} MiB\n", summary["seconds"].get<double>(),
              summary["peak_rss_mb"].get<double>());
-  // The run's summary, the position-wise buckets ("rows", as in the bench JSONs) and the passkey grid.
-  const nlohmann::json doc{{"summary", summary}, {"rows", rows}, {"passkey", passkey}};
+  // The run's summary, the position-wise buckets ("rows", as in the bench JSONs), the passkey grid
+  // and the RULER grid.
+  const nlohmann::json doc{{"summary", summary}, {"rows", rows}, {"passkey", passkey}, {"ruler", ruler_json}};
   const std::string json = !o.json.empty() ? o.json
                                            : o.plot.empty() ? ""
                                                             : (fs::temp_directory_path() /
@@ -140,7 +121,7 @@ void run(const Options& o) {
 
 void add_eval(CLI::App& app) {
   auto o = std::make_shared<Options>();
-  CLI::App* c = app.add_subcommand("eval", "Validation loss, position-wise loss and passkey retrieval of a checkpoint");
+  CLI::App* c = app.add_subcommand("eval", "Validation loss, position-wise loss, passkey and RULER-style retrieval of a checkpoint");
   c->add_option("--checkpoint", o->checkpoint, "checkpoint.safetensors written by `longctx train`")->required();
   c->add_option("--data", o->data, "Corpus folder (its val/ split is scored and gives the passkey filler)")->required();
   c->add_option("--seq-len", o->seq_len, "Window length of the loss (default: --max-seq-len, else the training max_seq_len)")
@@ -158,8 +139,9 @@ void add_eval(CLI::App& app) {
   c->add_option("--passkey-trials", o->passkey_trials, "Examples per (length, depth) cell")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--passkey-seed", o->passkey_seed, "Seed of keys and filler offsets")->capture_default_str();
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call of the passkey decode")->check(CLI::PositiveNumber)->capture_default_str();
+  add_ruler_options(*c, o->ruler);
   c->add_option("--json", o->json, "Write everything to this JSON file");
-  c->add_option("--plot", o->plot, "Write a PNG (position-wise loss, passkey grid) with scripts/plot_eval.sh (gnuplot)");
+  c->add_option("--plot", o->plot, "Write a PNG (position-wise loss, passkey and RULER grids) with scripts/plot_eval.sh (gnuplot)");
   c->callback([o] { run(*o); });
 }
 

@@ -4,8 +4,8 @@
 // val documents from its val split.
 #include <fmt/core.h>
 #include <longctx/core/error.hpp>
-#include <longctx/eval/passkey.hpp>
 #include <longctx/text/corpus.hpp>
+#include <longctx/text/tasks.hpp>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -31,18 +31,18 @@ struct Options {
 // (key, depth) of each for the manifest.
 nlohmann::json write_split(const Options& o, const Tokenizer& tok, const std::string& split, int64_t n,
                            const fs::path& dir) {
-  const std::string filler = passkey_filler(load_split_texts((fs::path(o.data) / split).string()));
+  const TaskFiller filler(load_split_texts((fs::path(o.data) / split).string()));
   fs::create_directories(dir / split);
   std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + (split == "train" ? 1 : 2));
   nlohmann::json docs = nlohmann::json::array();
   for (int64_t i = 0; i < n; ++i) {
     const double depth = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
-    const PasskeyExample ex = make_passkey_example(filler, tok, o.length, depth, rng());
+    const TaskExample ex = make_task_example(TaskKind::passkey, filler, tok, o.length, depth, rng());
     const fs::path file = dir / split / fmt::format("passkey_{:06}.txt", i);
     std::ofstream f(file, std::ios::binary);
-    f << passkey_document(ex);
+    f << ex.prompt << ex.task.answer << "\n";
     LONGCTX_CHECK(f.good(), "passkey-corpus: cannot write ", file.string());
-    docs.push_back({{"file", file.filename().string()}, {"key", ex.key}, {"depth", depth}});
+    docs.push_back({{"file", file.filename().string()}, {"key", ex.task.items[0]}, {"depth", depth}});
   }
   return docs;
 }

@@ -109,7 +109,8 @@ int run(const Options& o) {
   }
   if (o.steps > 0) tc.steps = o.steps;
   // a fine-tune reads the tokenizer from its source checkpoint (the model file may be elsewhere)
-  const auto tok = make_tokenizer(tc.tokenizer, src && src->tokenizer == tc.tokenizer ? src->tokenizer_model : "");
+  const std::shared_ptr<const Tokenizer> tok =
+      make_tokenizer(tc.tokenizer, src && src->tokenizer == tc.tokenizer ? src->tokenizer_model : "");
   if (!mj.contains("vocab_size")) mj["vocab_size"] = tok->vocab_size();
   const ModelConfig mc = ModelConfig::from_json(mj);
   LONGCTX_CHECK(mc.vocab_size >= tok->vocab_size(), "train: model vocab_size (", mc.vocab_size,
@@ -121,7 +122,7 @@ int run(const Options& o) {
   lock_run_folder(o.out);
   remove_partial_files(o.out);
   const std::string ckpt = o.out + "/checkpoint.safetensors", log_path = o.out + "/log.jsonl";
-  Trainer trainer(mc, tc, std::move(corpus), o.init_seed);
+  Trainer trainer(mc, tc, std::move(corpus), o.init_seed, tok);
   if (o.resume) {
     LONGCTX_CHECK(fs::exists(ckpt), "train: --resume but no checkpoint at ", ckpt);
     trainer.resume(ckpt);
@@ -168,14 +169,21 @@ int run(const Options& o) {
     for (const LayerGates& g : infini_gates(trainer.model())) rec["infini_gate"][std::to_string(g.layer)] = g.memory_weight;
     const bool eval_now = s.step % tc.eval_every == 0 || s.step == tc.steps;
     if (eval_now) rec["val_loss"] = trainer.evaluate();
+    double answer_loss = 0;  // with a task mix: the mean over the tasks of their held-out answer losses
+    if (eval_now)
+      for (const Trainer::AnswerLoss& a : trainer.evaluate_answers()) {
+        rec["val_answer_loss"][enum_name(a.kind)] = a.loss;
+        answer_loss += a.loss / double(tc.tasks.kinds.size());
+      }
     log.append(rec);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double remaining = elapsed / double(s.step - first) * double(tc.steps - s.step);
     const int width = 24, done = int(width * s.step / tc.steps);
-    const std::string line = fmt::format("step {}/{} [{}{}] loss {:.4f} lr {:.2e} {:.0f} tok/s ETA {}{}", s.step,
+    const std::string line = fmt::format("step {}/{} [{}{}] loss {:.4f} lr {:.2e} {:.0f} tok/s ETA {}{}{}", s.step,
                                          tc.steps, std::string(size_t(done), '#'), std::string(size_t(width - done), '.'),
                                          s.loss, s.lr, smooth_tps, bench::format_duration(remaining),
-                                         eval_now ? fmt::format(" | val_loss {:.4f}", rec["val_loss"].get<double>()) : "");
+                                         eval_now ? fmt::format(" | val_loss {:.4f}", rec["val_loss"].get<double>()) : "",
+                                         rec.contains("val_answer_loss") ? fmt::format(" answer {:.4f}", answer_loss) : "");
     if (tty)
       fmt::print(stderr, "\r{}{}", line, eval_now ? "\n" : "\033[K");
     else if (eval_now || s.step % 10 == 0)

@@ -280,6 +280,8 @@ void check_batch(const ModelConfig& cfg, const Batch& b) {
   LONGCTX_CHECK(T > 0, "batch: no tokens");
   LONGCTX_CHECK(b.targets.empty() || int64_t(b.targets.size()) == T, "batch: ", b.targets.size(), " targets for ", T,
                 " tokens");
+  LONGCTX_CHECK(b.weights.empty() || int64_t(b.weights.size()) == T, "batch: ", b.weights.size(), " weights for ", T,
+                " tokens");
   LONGCTX_CHECK(b.cu_seqlens.size() >= 2 && b.cu_seqlens.front() == 0 && b.cu_seqlens.back() == T,
                 "batch: cu_seqlens must run from 0 to the token count ", T);
   for (size_t i = 1; i < b.cu_seqlens.size(); ++i)
@@ -389,12 +391,13 @@ double Transformer::forward(const Batch& batch, bool train) {
   run(batch, train, logits);
   Tensor dlogits = train ? Tensor(logits.shape()) : Tensor();
   const nn::LossSum loss = nn::cross_entropy(logits.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(),
+                                             batch.weights.empty() ? nullptr : batch.weights.data(),
                                              train ? dlogits.f32() : nullptr);
   if (train) {
     acts_->dlogits = std::move(dlogits);
     acts_->ready = true;
   }
-  return loss.count ? loss.sum / double(loss.count) : 0.0;
+  return loss.weight > 0 ? loss.sum / loss.weight : 0.0;
 }
 
 Tensor Transformer::logits(const Batch& batch) {
@@ -406,7 +409,7 @@ Tensor Transformer::logits(const Batch& batch) {
 std::vector<double> Transformer::token_losses(const Batch& batch) {
   LONGCTX_CHECK(int64_t(batch.targets.size()) == batch.size(), "token_losses: batch needs one target per token");
   const Tensor lg = logits(batch);
-  return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr).rows;
+  return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr, nullptr).rows;
 }
 
 double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype) {

@@ -81,14 +81,20 @@ void Rope::apply(float* x, int64_t T, int64_t H, const int64_t* pos, bool invers
   }
 }
 
-LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, float* dlogits) {
+LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, const float* weights,
+                      float* dlogits) {
   int64_t count = 0;
+  double weight = 0;
   for (int64_t t = 0; t < T; ++t) {
     LONGCTX_CHECK(targets[t] < V, "cross_entropy: target ", targets[t], " >= vocab size ", V);
-    count += targets[t] >= 0;
+    if (targets[t] < 0) continue;
+    LONGCTX_CHECK(!weights || (weights[t] >= 0 && std::isfinite(weights[t])), "cross_entropy: weight ",
+                  weights ? weights[t] : 0.0f, " at ", t, " must be finite and >= 0");
+    count += 1;
+    weight += weights ? double(weights[t]) : 1.0;
   }
   std::vector<double> row_loss(size_t(T), 0.0);  // summed serially below: deterministic
-  const float inv = count ? 1.0f / float(count) : 0.0f;
+  const float inv = weight > 0 ? 1.0f / float(weight) : 0.0f;
 #pragma omp parallel for schedule(static) if (parallel::worth_threads(T * V))
   for (int64_t t = 0; t < T; ++t) {
     const float* z = logits + t * V;
@@ -102,14 +108,15 @@ LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* 
     const double lse = double(m) + std::log(sum);
     row_loss[size_t(t)] = lse - double(z[targets[t]]);
     if (dlogits) {
+      const float scale = weights ? weights[t] * inv : inv;
       float* g = dlogits + t * V;
-      for (int64_t i = 0; i < V; ++i) g[i] = float(std::exp(double(z[i]) - lse)) * inv;
-      g[targets[t]] -= inv;
+      for (int64_t i = 0; i < V; ++i) g[i] = float(std::exp(double(z[i]) - lse)) * scale;
+      g[targets[t]] -= scale;
     }
   }
   double total = 0;
-  for (double l : row_loss) total += l;
-  return {total, count, std::move(row_loss)};
+  for (size_t t = 0; t < row_loss.size(); ++t) total += weights ? double(weights[t]) * row_loss[t] : row_loss[t];
+  return {total, count, weight, std::move(row_loss)};
 }
 
 }  // namespace longctx::nn

@@ -37,14 +37,17 @@ class Rope {
   std::vector<float> cos_, sin_;
 };
 
-// Mean cross-entropy over rows whose target is >= 0 (-1 = no target); writes dlogits (the
-// gradient of that mean) when given. Returns the sum of losses, the number of targets and each
-// row's loss (0 where there is no target).
+// Mean cross-entropy over rows whose target is >= 0 (-1 = no target), weighted by `weights` when
+// given (sum of w * loss over sum of w; nullptr: every row weighs 1); writes dlogits (the gradient
+// of that mean) when given. Returns the weighted sum of losses, the number of targets, the sum of
+// their weights and each row's (unweighted) loss (0 where there is no target).
 struct LossSum {
   double sum;
   int64_t count;
+  double weight;
   std::vector<double> rows;
 };
-LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, float* dlogits);
+LossSum cross_entropy(const float* logits, int64_t T, int64_t V, const int32_t* targets, const float* weights,
+                      float* dlogits);
 
 }  // namespace longctx::nn

@@ -54,14 +54,6 @@ int64_t total(const std::vector<std::vector<int32_t>>& docs) {
   return n;
 }
 
-// Appends the window doc[start, start + len + 1) as one sequence (len inputs, len targets).
-void append_sequence(Batch& b, const std::vector<int32_t>& doc, int64_t start, int64_t len) {
-  if (b.cu_seqlens.empty()) b.cu_seqlens.push_back(0);
-  b.tokens.insert(b.tokens.end(), doc.begin() + start, doc.begin() + start + len);
-  b.targets.insert(b.targets.end(), doc.begin() + start + 1, doc.begin() + start + len + 1);
-  b.cu_seqlens.push_back(b.size());
-}
-
 // Appends a document's tail (its last seq_len inputs at most) with only the last score_last targets kept.
 void append_tail(Batch& b, const std::vector<int32_t>& doc, int64_t seq_len, int64_t score_last) {
   const int64_t len = std::min(seq_len, int64_t(doc.size()) - 1);
@@ -75,6 +67,26 @@ void check_tail_args(int64_t seq_len, int64_t batch_tokens, int64_t score_last) 
 }
 
 }  // namespace
+
+void append_sequence(Batch& b, const std::vector<int32_t>& doc, int64_t start, int64_t len) {
+  if (b.cu_seqlens.empty()) b.cu_seqlens.push_back(0);
+  b.tokens.insert(b.tokens.end(), doc.begin() + start, doc.begin() + start + len);
+  b.targets.insert(b.targets.end(), doc.begin() + start + 1, doc.begin() + start + len + 1);
+  b.cu_seqlens.push_back(b.size());
+}
+
+WindowSampler::WindowSampler(const std::vector<std::vector<int32_t>>& docs) : docs_(docs) {
+  int64_t sum = 0;
+  for (const auto& d : docs) cum_.push_back(sum += int64_t(d.size()) - 1);
+  LONGCTX_CHECK(sum > 0, "corpus: no document has two tokens to draw a window from");
+}
+
+void WindowSampler::append(Batch& b, std::mt19937_64& rng, int64_t max_len) const {
+  const int64_t r = std::uniform_int_distribution<int64_t>(0, cum_.back() - 1)(rng);
+  const size_t di = size_t(std::upper_bound(cum_.begin(), cum_.end(), r) - cum_.begin());
+  const int64_t start = r - (di ? cum_[di - 1] : 0);
+  append_sequence(b, docs_[di], start, std::min(max_len, int64_t(docs_[di].size()) - 1 - start));
+}
 
 std::vector<std::string> load_split_texts(const std::string& split_dir) {
   std::vector<std::string> texts;
@@ -94,19 +106,10 @@ Batch sample_batch(const std::vector<std::vector<int32_t>>& docs, int64_t seq_le
                    uint64_t index) {
   LONGCTX_CHECK(seq_len > 0 && batch_tokens > 0, "sample_batch: seq_len and batch_tokens must be > 0, got ", seq_len,
                 " and ", batch_tokens);
-  std::vector<int64_t> cum;
-  int64_t sum = 0;
-  for (const auto& d : docs) cum.push_back(sum += int64_t(d.size()) - 1);  // positions that have a successor
+  const WindowSampler windows(docs);
   std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + index);
   Batch b;
-  while (b.size() < batch_tokens) {
-    const int64_t r = std::uniform_int_distribution<int64_t>(0, sum - 1)(rng);
-    const size_t di = size_t(std::upper_bound(cum.begin(), cum.end(), r) - cum.begin());
-    const auto& doc = docs[di];
-    const int64_t start = r - (di ? cum[di - 1] : 0);
-    const int64_t len = std::min({seq_len, int64_t(doc.size()) - 1 - start, batch_tokens - b.size()});
-    append_sequence(b, doc, start, len);
-  }
+  while (b.size() < batch_tokens) windows.append(b, rng, std::min(seq_len, batch_tokens - b.size()));
   return b;
 }
 

@@ -16,7 +16,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
   check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
                          "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
-                         "ckpt_every", "moba_to_full_step", "score_last", "sparsity_steps", "sparsity_shape", "infini_beta_lr"},
+                         "ckpt_every", "moba_to_full_step", "score_last", "sparsity_steps", "sparsity_shape", "infini_beta_lr",
+                         "tasks"},
                      "train config");
   try {
     c.tokenizer = read_value(j, "tokenizer", c.tokenizer, "train config");
@@ -71,11 +72,14 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                 c.moba_to_full_step);
   LONGCTX_CHECK(c.score_last >= 0 && c.score_last <= c.seq_len, "train config: score_last must be in [0, seq_len = ",
                 c.seq_len, "], got ", c.score_last);
+  if (j.contains("tasks")) c.tasks = TaskMix::from_json(j.at("tasks"), c.seq_len);
+  LONGCTX_CHECK(!(c.tasks.enabled() && c.score_last > 0), "train config: tasks (fraction ", c.tasks.fraction,
+                ") and score_last (", c.score_last, ") exclude each other: a mix is language modelling on whole batches");
   return c;
 }
 
 nlohmann::json TrainConfig::to_json() const {
-  return {{"tokenizer", tokenizer}, {"seq_len", seq_len},     {"batch_tokens", batch_tokens},
+  nlohmann::json j{{"tokenizer", tokenizer}, {"seq_len", seq_len},     {"batch_tokens", batch_tokens},
           {"accum", accum},         {"steps", steps},         {"warmup", warmup},
           {"lr", lr},               {"min_lr", min_lr},       {"grad_clip", grad_clip},
           {"beta1", adam.beta1},    {"beta2", adam.beta2},    {"eps", adam.eps},
@@ -83,6 +87,8 @@ nlohmann::json TrainConfig::to_json() const {
           {"eval_tokens", eval_tokens}, {"ckpt_every", ckpt_every}, {"moba_to_full_step", moba_to_full_step},
           {"score_last", score_last}, {"sparsity_steps", sparsity_steps},
           {"sparsity_shape", enum_name(sparsity_shape)}, {"infini_beta_lr", infini_beta_lr}};
+  if (tasks.enabled()) j["tasks"] = tasks.to_json();
+  return j;
 }
 
 AttentionSpec scheduled_spec(const AttentionSpec& spec, const TrainConfig& t, int64_t step, double* kept_ratio) {
@@ -150,9 +156,30 @@ const TrainConfig& fits_in_memory(const ModelConfig& m, const TrainConfig& t) {
   return t;
 }
 
+// The mean loss over every scored target of the batches (each batch's mean weighted by its targets).
+double mean_target_loss(Transformer& model, const std::vector<Batch>& batches) {
+  double sum = 0;
+  int64_t n = 0;
+  for (const Batch& b : batches) {
+    int64_t targets = 0;
+    for (int32_t t : b.targets) targets += t >= 0;
+    sum += model.forward(b, false) * double(targets);
+    n += targets;
+  }
+  return n ? sum / double(n) : 0.0;
+}
+
+// The documents' text again (the filler of task documents).
+TaskFiller filler_of(const std::vector<std::vector<int32_t>>& docs, const Tokenizer& tok) {
+  std::vector<std::string> texts;
+  for (const auto& d : docs) texts.push_back(tok.decode(d));
+  return TaskFiller(texts);
+}
+
 }  // namespace
 
-Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed)
+Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed,
+                 std::shared_ptr<const Tokenizer> tokenizer)
     : cfg_(fits_in_memory(model, train)), model_(model, init_seed), opt_(model_.params(), train.adam), corpus_(std::move(corpus)) {
   LONGCTX_CHECK(train.seq_len <= model.max_seq_len, "train config: seq_len (", train.seq_len,
                 ") exceeds the model's max_seq_len (", model.max_seq_len, ")");
@@ -161,6 +188,19 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corp
   eval_ = cfg_.score_last > 0
               ? tail_eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.eval_tokens)
               : eval_batches(corpus_.val, cfg_.seq_len, cfg_.batch_tokens, cfg_.eval_tokens);
+  if (cfg_.tasks.enabled()) {
+    tok_ = tokenizer ? std::move(tokenizer) : std::shared_ptr<const Tokenizer>(make_tokenizer(cfg_.tokenizer));
+    task_filler_ = std::make_unique<const TaskFiller>(filler_of(corpus_.train, *tok_));
+    for (const auto& [kind, weight] : cfg_.tasks.kinds) {
+      const TaskPrompt p = make_task_prompt(kind, 0.5, 0);
+      const int64_t need = task_fixed_tokens(p, *tok_) + int64_t(tok_->encode(p.answer + "\n").size());
+      LONGCTX_CHECK(need <= cfg_.tasks.min_length + 1, "train config: tasks.min_length ", cfg_.tasks.min_length,
+                    " is too short for the ", enum_name(kind), " task (its inserts, query and answer take about ", need,
+                    " tokens)");
+    }
+    if (cfg_.tasks.eval_docs > 0)
+      task_eval_ = task_eval_batches(filler_of(corpus_.val, *tok_), *tok_, cfg_.tasks, cfg_.batch_tokens, cfg_.seed);
+  }
 }
 
 StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batches) {
@@ -181,9 +221,11 @@ StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batche
   std::vector<MoeLayerStats> moe;  // routing summed over the micro-batches
   for (int64_t micro = 0; micro < cfg_.accum; ++micro) {
     const uint64_t index = uint64_t(step_ * cfg_.accum + micro);
-    const Batch b = cfg_.score_last > 0
-                        ? tail_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.seed, index)
-                        : sample_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.seed, index);
+    const Batch b =
+        cfg_.score_last > 0  ? tail_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.seed, index)
+        : cfg_.tasks.enabled() ? mixed_batch(WindowSampler(corpus_.train), *task_filler_, *tok_, cfg_.tasks, cfg_.seq_len,
+                                             cfg_.batch_tokens, cfg_.seed, index, step_)
+                               : sample_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.seed, index);
     model_.set_moe_noise_seed(cfg_.seed * 0x100000001B3ull + index);  // a resumed run draws the same noise
     loss += model_.forward(b, true) / double(cfg_.accum);
     add_moe_stats(moe, model_.moe_stats());
@@ -211,16 +253,12 @@ StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batche
   return s;
 }
 
-double Trainer::evaluate() {
-  double sum = 0;
-  int64_t n = 0;
-  for (const Batch& b : eval_) {
-    int64_t targets = 0;
-    for (int32_t t : b.targets) targets += t >= 0;
-    sum += model_.forward(b, false) * double(targets);
-    n += targets;
-  }
-  return n ? sum / double(n) : 0.0;
+double Trainer::evaluate() { return mean_target_loss(model_, eval_); }
+
+std::vector<Trainer::AnswerLoss> Trainer::evaluate_answers() {
+  std::vector<AnswerLoss> out;
+  for (const TaskEvalSet& set : task_eval_) out.push_back({set.kind, mean_target_loss(model_, set.batches)});
+  return out;
 }
 
 void Trainer::save(const std::string& path) const {
@@ -275,7 +313,8 @@ void Trainer::resume(const std::string& path) {
   // the settings that decide which batches come next
   const auto data_settings = [](const TrainConfig& c) {
     return nlohmann::json{{"seed", c.seed},   {"seq_len", c.seq_len},    {"batch_tokens", c.batch_tokens},
-                          {"accum", c.accum}, {"tokenizer", c.tokenizer}};
+                          {"accum", c.accum}, {"tokenizer", c.tokenizer},
+                          {"tasks", c.tasks.enabled() ? c.tasks.to_json() : nlohmann::json()}};
   };
   const std::string data_diff = first_difference(data_settings(saved_train), data_settings(cfg_));
   LONGCTX_CHECK(data_diff.empty(), "resume: checkpoint ", path, " used other data settings (checkpoint vs config): ",

@@ -40,8 +40,10 @@ TEST(CliPasskey, CorpusDocumentsAnswerTheirNeedlesAndFineTuneInitsFromACheckpoin
   CliRun r = run_cli("passkey-corpus --data " + (dir / "data").string() + " --out " + pk.string() +
                      " --docs 4 --val-docs 2 --length 150 --seed 3");
   ASSERT_EQ(r.status, 0) << r.output;
-  const std::regex doc_re(R"(^[^]* The pass key is (\d{5})\. Remember it\. \1 is the pass key\. [^]*)"
-                          R"( What is the pass key\? The pass key is (\d{5})\n$)");
+  // the needle is a line of its own after a sentence end (the filler is one line of sentences), the
+  // question after another
+  const std::regex doc_re(R"(^([^]*\. )?The pass key is (\d{5})\. Remember it\. \2 is the pass key\.\n([^]*\. )?)"
+                          R"(What is the pass key\? The pass key is (\d{5})\n$)");
   const nlohmann::json manifest = nlohmann::json::parse(read(pk / "passkey.json"));
   for (const auto& [split, n] : {std::pair<std::string, size_t>{"train", 4}, {"val", 2}}) {
     ASSERT_EQ(manifest[split].size(), n);
@@ -52,8 +54,8 @@ TEST(CliPasskey, CorpusDocumentsAnswerTheirNeedlesAndFineTuneInitsFromACheckpoin
       const std::string text = read(pk / split / m["file"].get<std::string>());
       std::smatch match;
       ASSERT_TRUE(std::regex_match(text, match, doc_re)) << text;
-      EXPECT_EQ(match[1], match[2]) << "the answer is the needle's key";
-      EXPECT_EQ(match[1], m["key"].get<std::string>());
+      EXPECT_EQ(match[2], match[4]) << "the answer is the needle's key";
+      EXPECT_EQ(match[2], m["key"].get<std::string>());
       EXPECT_EQ(text.size(), 150u + 6u + 1u) << "prompt bytes + \" <key>\" + newline";
     }
   }
@@ -87,10 +89,10 @@ TEST(CliPasskey, EvalBeyondTrainingLengthWritesJsonAndPlots) {
   const fs::path dir = trained("longctx_cli_passkey_eval");
   const std::string ckpt = (dir / "run" / "checkpoint.safetensors").string(), data = (dir / "data").string();
   CliRun r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --seq-len 128 --bucket 32 " +
-                     "--passkey-lengths 100,160 --passkey-depths 0,1 --passkey-trials 2 --json " +
+                     "--passkey-lengths 110,160 --passkey-depths 0,1 --passkey-trials 2 --json " +
                      (dir / "eval.json").string());
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("(cell 4/4: length"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(cell 4/4: passkey length"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("ETA"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("peak RSS"), std::string::npos) << r.output;
   const nlohmann::json ev = nlohmann::json::parse(read(dir / "eval.json"));
@@ -121,7 +123,7 @@ TEST(CliPasskey, EvalBeyondTrainingLengthWritesJsonAndPlots) {
   EXPECT_EQ(pk["passkey"]["lengths"], nlohmann::json({128}));  // --passkey alone runs at --seq-len
 
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot not installed";
-  r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --seq-len 64 --bucket 16 --passkey-lengths 100 "
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --seq-len 64 --bucket 16 --passkey-lengths 110 "
               "--passkey-depths 0,0.5,1 --passkey-trials 1 --plot " + (dir / "eval.png").string());
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(read(dir / "eval.png").substr(1, 3), "PNG");
@@ -133,6 +135,66 @@ TEST(CliPasskey, EvalBeyondTrainingLengthWritesJsonAndPlots) {
   EXPECT_NE(std::system(("bash " + script.string() + " --positions " + (dir / "x.png").string() + " " +
                          (dir / "pk_only.json").string() + " 2>/dev/null").c_str()), 0)
       << "a JSON without position-wise loss is refused";
+}
+
+// `train` with a task mix logs held-out answer losses; `eval --ruler-*` writes the RULER grid (its
+// JSON keys, lengths as multiples of the training length) and its plot panels.
+TEST(CliRuler, TrainWithATaskMixThenTheRulerGridAsJsonAndPlot) {
+  const fs::path dir = longctx::testing::tiny_run_dir("longctx_cli_ruler");
+  std::ofstream(dir / "tasks.json") << R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64,
+    "max_seq_len": 256, "attention": {"kind": "full"}},
+    "train": {"seq_len": 256, "batch_tokens": 512, "steps": 2, "warmup": 1, "eval_every": 2, "ckpt_every": 2,
+    "eval_tokens": 256, "tasks": {"fraction": 0.5, "kinds": ["passkey", "copy"], "min_length": 128, "eval_docs": 1}}})";
+  CliRun r = run_cli("train --config " + (dir / "tasks.json").string() + " --data " + (dir / "data").string() +
+                     " --out " + (dir / "run").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(" answer "), std::string::npos) << r.output;
+  std::istringstream log(read(dir / "run" / "log.jsonl"));
+  std::string line, last;
+  while (std::getline(log, line)) last = line;
+  const nlohmann::json rec = nlohmann::json::parse(last);
+  EXPECT_GT(rec["val_answer_loss"]["passkey"].get<double>(), 0.0) << last;
+  EXPECT_GT(rec["val_answer_loss"]["copy"].get<double>(), 0.0) << last;
+
+  const std::string ckpt = (dir / "run" / "checkpoint.safetensors").string(), data = (dir / "data").string();
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --no-loss --ruler-lengths 1x,300 --ruler-tasks "
+              "passkey,copy --ruler-depths 0.1,0.9 --ruler-trials 1 --json " + (dir / "ruler.json").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("(cell 8/8: copy length 300"), std::string::npos) << r.output;
+  const nlohmann::json ev = nlohmann::json::parse(read(dir / "ruler.json"));
+  EXPECT_TRUE(ev["passkey"].is_null());
+  const nlohmann::json& g = ev["ruler"];
+  EXPECT_EQ(g["tasks"], nlohmann::json({"passkey", "copy"}));
+  EXPECT_EQ(g["lengths"], nlohmann::json({256, 300}));
+  EXPECT_EQ(g["length_names"], nlohmann::json({"1x", "300"}));
+  EXPECT_EQ(g["train_length"], 256);
+  EXPECT_EQ(g["depths"], nlohmann::json({0.1, 0.9}));
+  ASSERT_EQ(g["cells"].size(), 8u);
+  for (const char* key : {"task", "length", "depth", "trials", "correct", "accuracy", "partial", "seconds", "sample"})
+    EXPECT_TRUE(g["cells"][7].contains(key)) << key;
+  EXPECT_EQ(g["cells"][7]["task"], "copy");
+  EXPECT_EQ(g["cells"][7]["sample"].get<std::string>().size(), 11u) << "a copy answer is 11 bytes";
+  ASSERT_EQ(g["summary"].size(), 4u);
+  EXPECT_EQ(g["summary"][3], nlohmann::json({{"task", "copy"}, {"length", 300}, {"trials", 2},
+                                              {"correct", g["summary"][3]["correct"]},
+                                              {"accuracy", g["summary"][3]["accuracy"]},
+                                              {"partial", g["summary"][3]["partial"]}}));
+  for (const char* key : {"accuracy", "partial", "seconds", "trials", "seed"}) EXPECT_TRUE(g.contains(key)) << key;
+
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --no-loss --ruler-lengths 2y");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("'2y' is neither a length in tokens nor a multiple of the training length"), std::string::npos)
+      << r.output;
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --no-loss --ruler-tasks passkey,needle");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--ruler-tasks must be 'passkey', "), std::string::npos) << r.output;
+
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot not installed";
+  r = run_cli("eval --checkpoint " + ckpt + " --data " + data + " --seq-len 256 --bucket 64 --max-tokens 512 "
+              "--passkey-lengths 256 --passkey-depths 0.5 --passkey-trials 1 --ruler --ruler-tasks passkey,vartrack "
+              "--ruler-depths 0.5 --ruler-trials 1 --plot " + (dir / "ruler.png").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(read(dir / "ruler.png").substr(1, 3), "PNG");
 }
 
 }  // namespace

@@ -465,6 +465,100 @@ TEST(Training, InfiniBetaHasItsOwnLearningRateAndStartsLocal) {
   testing::expect_error([] { TrainConfig::from_json({{"infini_beta_lr", -1}}); }, "infini_beta_lr must be >= 0");
 }
 
+// A loss with per-target weights is sum(w * loss) / sum(w): weights all 2 change nothing, a weight
+// of 0 is the same as no target (loss and gradients to the bit), and any weights give the weighted
+// mean of the per-token losses.
+TEST(Training, WeightedLossIsTheWeightedMeanAndZeroWeightMeansNoTarget) {
+  const auto tok = make_tokenizer("bytes");
+  const std::vector<std::vector<int32_t>> docs{tok->encode(std::string(kText) + kText)};
+  const Batch b = sample_batch(docs, 64, 128, 3, 0);
+  Transformer m(small_model(256), 7);
+  const auto loss_and_grads = [&](const Batch& x) {
+    m.zero_grad();
+    const double loss = m.forward(x, true);
+    m.backward();
+    std::vector<std::vector<float>> g;
+    for (const Param& p : m.params()) g.emplace_back(p.grad.f32(), p.grad.f32() + p.grad.numel());
+    return std::make_pair(loss, g);
+  };
+  const auto plain = loss_and_grads(b);
+  Batch twice = b;
+  twice.weights.assign(size_t(b.size()), 2.0f);
+  EXPECT_EQ(loss_and_grads(twice), plain);
+  Batch zero = b, none = b;
+  zero.weights.assign(size_t(b.size()), 1.0f);
+  for (size_t t = 0; t < size_t(b.size()); t += 3) zero.weights[t] = 0.0f, none.targets[t] = -1;
+  EXPECT_EQ(loss_and_grads(zero), loss_and_grads(none));
+  Batch weighted = b;
+  const std::vector<double> per_token = m.token_losses(b);
+  double sum = 0, wsum = 0;
+  for (size_t t = 0; t < size_t(b.size()); ++t) {
+    weighted.weights.push_back(float(1 + t % 5));
+    sum += double(weighted.weights[t]) * per_token[t];
+    wsum += double(weighted.weights[t]);
+  }
+  EXPECT_NEAR(m.forward(weighted, false), sum / wsum, 1e-9);
+  weighted.weights.pop_back();
+  testing::expect_error([&] { m.forward(weighted, false); }, "batch: 127 weights for 128 tokens");
+}
+
+// Task documents mixed into training (text/task_mix.hpp): a resumed run sees the batches an
+// uninterrupted one would (the curriculum's step included), held-out answer losses per task, and
+// settings that cannot work are refused.
+TrainConfig task_train() {
+  return TrainConfig::from_json(
+      {{"seq_len", 200}, {"batch_tokens", 400}, {"steps", 10}, {"warmup", 2}, {"lr", 1e-2}, {"eval_tokens", 200},
+       {"tasks", {{"fraction", 0.5}, {"kinds", {"passkey", "kvrecall"}}, {"min_length", 160}, {"curriculum_steps", 3},
+                  {"answer_weight", 2.0}, {"eval_docs", 2}}}});
+}
+
+TEST(Training, TaskMixResumesBitExactAndLogsAnswerLosses) {
+  const fs::path dir = make_corpus("task_mix", 20);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer straight(small_model(256), task_train(), corpus, 5);
+  std::vector<double> losses;
+  for (int i = 0; i < 4; ++i) losses.push_back(straight.step().loss);
+  Trainer first(small_model(256), task_train(), corpus, 5);
+  first.step();
+  first.step();
+  const std::string path = (dir / "r.safetensors").string();
+  first.save(path);
+  Trainer second(small_model(256), task_train(), corpus, 999);
+  second.resume(path);
+  EXPECT_EQ(second.step().loss, losses[2]);
+  EXPECT_EQ(second.step().loss, losses[3]);
+  for (size_t i = 0; i < straight.model().params().size(); ++i)
+    ASSERT_EQ(std::memcmp(second.model().params()[i].value.raw(), straight.model().params()[i].value.raw(),
+                          straight.model().params()[i].value.nbytes()), 0) << straight.model().params()[i].name;
+  const std::vector<Trainer::AnswerLoss> answers = straight.evaluate_answers();
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0].kind, TaskKind::passkey);
+  EXPECT_EQ(answers[1].kind, TaskKind::kvrecall);
+  for (const auto& a : answers) EXPECT_TRUE(std::isfinite(a.loss) && a.loss > 0) << a.loss;
+  EXPECT_TRUE(Trainer(small_model(256), small_train(), corpus, 5).evaluate_answers().empty()) << "no mix, no answers";
+  EXPECT_EQ(TrainConfig::from_json(task_train().to_json()).to_json(), task_train().to_json());
+  EXPECT_FALSE(small_train().to_json().contains("tasks")) << "a run without a mix records none";
+  // another mix is another data stream: resume refuses it
+  TrainConfig other = task_train();
+  other.tasks.fraction = 0.25;
+  Trainer third(small_model(256), other, corpus, 5);
+  testing::expect_error([&] { third.resume(path); }, "used other data settings (checkpoint vs config): tasks.fraction");
+}
+
+TEST(Training, TaskMixSettingsThatCannotWorkAreRefused) {
+  const fs::path dir = make_corpus("task_mix_bad", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  testing::expect_error([] { TrainConfig::from_json({{"seq_len", 200}, {"score_last", 7}, {"tasks", {{"fraction", 0.5}}}}); },
+                        "tasks (fraction 0.5) and score_last (7) exclude each other");
+  testing::expect_error([] { TrainConfig::from_json({{"seq_len", 200}, {"tasks", 0.5}}); }, "tasks must be an object");
+  const TrainConfig tc = TrainConfig::from_json(
+      {{"seq_len", 200}, {"batch_tokens", 400}, {"tasks", {{"fraction", 0.5}, {"kinds", {"vartrack"}}, {"min_length", 120}}}});
+  testing::expect_error([&] { Trainer(small_model(256), tc, corpus, 1); },
+                        "tasks.min_length 120 is too short for the vartrack task");
+}
+
 // A step of several micro-batches abandoned between them changes nothing: the step after it is the
 // step an uninterrupted trainer takes.
 TEST(Training, AbandonedStepChangesNothing) {

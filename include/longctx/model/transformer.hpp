@@ -29,6 +29,7 @@ struct Param {
 struct Batch {
   std::vector<int32_t> tokens, targets;
   std::vector<int64_t> cu_seqlens, positions;
+  std::vector<float> weights;  // per target, >= 0 (empty: each weighs 1); the loss is sum(w * loss) / sum(w)
   int64_t size() const { return int64_t(tokens.size()); }
 };
 

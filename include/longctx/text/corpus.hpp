@@ -5,6 +5,7 @@
 #include <longctx/model/transformer.hpp>
 #include <longctx/text/tokenizer.hpp>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,22 @@ std::vector<std::string> load_split_texts(const std::string& split_dir);
 
 // Reads dir/train/*.txt and dir/val/*.txt (sorted by name); throws naming what is missing.
 Corpus load_corpus(const std::string& dir, const Tokenizer& tok);
+
+// Appends the window doc[start, start + len + 1) to `b` as one sequence (len inputs, len targets).
+void append_sequence(Batch& b, const std::vector<int32_t>& doc, int64_t start, int64_t len);
+
+// Random windows of the documents, each position that has a successor equally likely to start one
+// (documents drawn in proportion to their length). Keeps a reference to `docs`.
+class WindowSampler {
+ public:
+  explicit WindowSampler(const std::vector<std::vector<int32_t>>& docs);
+  // Appends a window of up to max_len inputs (fewer at the document's end) to `b`.
+  void append(Batch& b, std::mt19937_64& rng, int64_t max_len) const;
+
+ private:
+  const std::vector<std::vector<int32_t>>& docs_;
+  std::vector<int64_t> cum_;  // positions with a successor in documents 0..i
+};
 
 // Training batch `index` under `seed`: random windows of up to seq_len + 1 tokens (documents drawn
 // in proportion to their length), packed varlen until batch_tokens inputs. The same (seed, index)

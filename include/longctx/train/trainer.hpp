@@ -4,6 +4,7 @@
 #include <longctx/attention/sparse/sparsity_schedule.hpp>
 #include <longctx/model/transformer.hpp>
 #include <longctx/text/corpus.hpp>
+#include <longctx/text/task_mix.hpp>
 #include <longctx/train/optimizer.hpp>
 #include <nlohmann/json.hpp>
 
@@ -35,6 +36,7 @@ struct TrainConfig {
   ScheduleShape sparsity_shape = ScheduleShape::cosine;
   int64_t score_last = 0;  // > 0: train and validate on whole documents' tails, scoring only their
                            // last score_last tokens (an answer-only fine-tune; corpus.hpp tail_batch)
+  TaskMix tasks;  // synthetic retrieval documents mixed into the batches ("tasks" section; off by default)
 
   static TrainConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
@@ -82,7 +84,10 @@ double training_bytes(const ModelConfig& model, const TrainConfig& train);
 
 class Trainer {
  public:
-  Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed);
+  // `tokenizer` (the corpus's) builds the task documents of a "tasks" mix; without it the mix
+  // makes one from train.tokenizer.
+  Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corpus, uint64_t init_seed,
+          std::shared_ptr<const Tokenizer> tokenizer = nullptr);
 
   // Loads weights, optimizer state and step from a checkpoint written by save(); the model and
   // training configs must match the checkpoint's (throws naming the first difference).
@@ -98,6 +103,13 @@ class Trainer {
   // runs (weights, optimizer state and step count unchanged), so a long step can be interrupted.
   StepStats step(const std::function<bool(int64_t done)>& between_micro_batches = {});
   double evaluate();   // mean validation loss over the fixed eval batches
+  // With a "tasks" mix: each task's mean loss on the answer tokens of its held-out documents
+  // (task_eval_batches over the validation text); empty without a mix or with eval_docs 0.
+  struct AnswerLoss {
+    TaskKind kind;
+    double loss;
+  };
+  std::vector<AnswerLoss> evaluate_answers();
   int64_t steps_done() const { return step_; }
   Transformer& model() { return model_; }
   const TrainConfig& config() const { return cfg_; }
@@ -109,6 +121,9 @@ class Trainer {
   Corpus corpus_;
   mutable std::string tokenizer_model_;  // the tokenizer model's bytes, saved in every checkpoint (read once)
   std::vector<Batch> eval_;
+  std::shared_ptr<const Tokenizer> tok_;    // with a task mix: its tokenizer,
+  std::unique_ptr<const TaskFiller> task_filler_;  // the training text as filler,
+  std::vector<TaskEvalSet> task_eval_;     // and the held-out answer batches
   int64_t step_ = 0;
   double tokens_seen_ = 0;
 };

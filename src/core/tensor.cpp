@@ -52,6 +52,20 @@ Tensor Tensor::alias_rows(int64_t n) const {
   return t;
 }
 
+Tensor Tensor::borrow(void* data, std::vector<int64_t> shape, DType dtype) {
+  Tensor t;
+  t.numel_ = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    LONGCTX_CHECK(shape[i] >= 0, "tensor dimension ", i, " must be >= 0, got ", shape[i]);
+    t.numel_ *= shape[i];
+  }
+  LONGCTX_CHECK(data != nullptr || t.numel_ == 0, "Tensor::borrow: null data for shape ", longctx::shape_str(shape));
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.data_ = std::unique_ptr<void, Free>(data, Free{false});
+  return t;
+}
+
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   Tensor t(shape_, dtype);

@@ -18,14 +18,14 @@ class _Flash(torch.autograd.Function):
         q_, k_, v_ = arg(q, "q"), arg(k, "k"), arg(v, "v")
         fwd = _core.flash_forward(q_, k_, v_, cu_q, cu_k, max_q, max_k, causal, softmax_scale, window)
         out, lse = tensor(fwd.out), tensor(fwd.lse)
-        ctx.save_for_backward(q_, k_, v_)
+        ctx.save_for_backward(q_, k_, v_, out)  # out: autograd then refuses a backward after it was changed in place
         ctx.fwd, ctx.cu = fwd, (cu_q, cu_k)
         ctx.mark_non_differentiable(lse)
         return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v = ctx.saved_tensors
+        q, k, v, _ = ctx.saved_tensors
         dq, dk, dv = _core.flash_backward(q, k, v, ctx.fwd, grad_arg(dout), *ctx.cu)
         return like(dq, q), like(dk, k), like(dv, v), None, None, None, None, None, None, None
 
@@ -71,15 +71,15 @@ class _Moba(torch.autograd.Function):
     def forward(ctx, q, k, v, cu, max_seqlen, options, softmax_scale):
         q_, k_, v_ = arg(q, "q"), arg(k, "k"), arg(v, "v")
         fwd = _core.moba_forward(q_, k_, v_, cu, max_seqlen, options, softmax_scale)
-        ctx.save_for_backward(q_, k_, v_)
+        out, selected = tensor(fwd.out), tensor(fwd.selected)
+        ctx.save_for_backward(q_, k_, v_, out)
         ctx.fwd, ctx.cu = fwd, cu
-        selected = tensor(fwd.selected)
         ctx.mark_non_differentiable(selected)
-        return tensor(fwd.out).to(q.dtype), selected
+        return out.to(q.dtype), selected
 
     @staticmethod
     def backward(ctx, dout, _dsel):
-        q, k, v = ctx.saved_tensors
+        q, k, v, _ = ctx.saved_tensors
         dq, dk, dv = _core.moba_backward(q, k, v, ctx.fwd, grad_arg(dout), ctx.cu)
         return like(dq, q), like(dk, k), like(dv, v), None, None, None, None
 
@@ -114,15 +114,15 @@ class _Sparse(torch.autograd.Function):
         q_, k_, v_ = arg(q, "q"), arg(k, "k"), arg(v, "v")
         fwd = _core.sparse_forward(kind, q_, k_, v_, cu, max_seqlen, options, softmax_scale)
         results.append(fwd)  # for the selection's statistics
-        ctx.save_for_backward(q_, k_, v_)
+        out, row_offset, visited = tensor(fwd.out), tensor(fwd.row_offset), tensor(fwd.visited)
+        ctx.save_for_backward(q_, k_, v_, out)
         ctx.fwd, ctx.cu = fwd, cu
-        row_offset, visited = tensor(fwd.row_offset), tensor(fwd.visited)
         ctx.mark_non_differentiable(row_offset, visited)
-        return tensor(fwd.out).to(q.dtype), row_offset, visited
+        return out.to(q.dtype), row_offset, visited
 
     @staticmethod
     def backward(ctx, dout, _drow, _dvis):
-        q, k, v = ctx.saved_tensors
+        q, k, v, _ = ctx.saved_tensors
         dq, dk, dv = _core.sparse_backward(q, k, v, ctx.fwd, grad_arg(dout), ctx.cu)
         return like(dq, q), like(dk, k), like(dv, v), None, None, None, None, None, None
 
@@ -171,15 +171,15 @@ class _Nsa(torch.autograd.Function):
         cv_ = None if cv[0] is None else tuple(arg(t, "compress_v") for t in cv)
         fwd = _core.nsa_forward(q_, k_, v_, x_, arg(gate_w, "gate_w"), arg(gate_b, "gate_b"), ck_, cv_, cu,
                                 max_seqlen, options, softmax_scale)
-        ctx.save_for_backward(q_, k_, v_, x_, gate_w, gate_b, *compressors)
+        out, selected, gates = tensor(fwd.out), tensor(fwd.selected), tensor(fwd.gates)
+        ctx.save_for_backward(q_, k_, v_, x_, out, gate_w, gate_b, *compressors)
         ctx.fwd, ctx.cu = fwd, cu
-        selected, gates = tensor(fwd.selected), tensor(fwd.gates)
         ctx.mark_non_differentiable(selected, gates)
-        return tensor(fwd.out).to(q.dtype), selected, gates
+        return out.to(q.dtype), selected, gates
 
     @staticmethod
     def backward(ctx, dout, _dsel, _dgates):
-        q, k, v, x, gate_w, gate_b, *compressors = ctx.saved_tensors
+        q, k, v, x, _, gate_w, gate_b, *compressors = ctx.saved_tensors
         g = _core.nsa_backward(q, k, v, x, ctx.fwd, grad_arg(dout), ctx.cu)
         names = [f"compress_{c}.{n}" for c in "kv" for n in NSA_COMPRESSOR]
         dcomp = [like(g[n], t) if t is not None and n in g else None for n, t in zip(names, compressors)]
@@ -215,13 +215,14 @@ class _Infini(torch.autograd.Function):
         q_, k_, v_ = arg(q, "q"), arg(k, "k"), arg(v, "v")
         ql, kl = arg(q_local, "q_local"), arg(k_local, "k_local")
         fwd = _core.infini_forward(q_, k_, v_, ql, kl, arg(beta, "beta"), cu, max_seqlen, options, softmax_scale)
-        ctx.save_for_backward(q_, k_, v_, beta, ql, kl)
+        out = tensor(fwd.out)
+        ctx.save_for_backward(q_, k_, v_, out, beta, ql, kl)
         ctx.fwd, ctx.cu = fwd, cu
-        return tensor(fwd.out).to(q.dtype)
+        return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, beta, ql, kl = ctx.saved_tensors
+        q, k, v, _, beta, ql, kl = ctx.saved_tensors
         g = _core.infini_backward(q, k, v, ql, kl, ctx.fwd, grad_arg(dout), ctx.cu)
         local = [like(g[n], t) if t is not None else None for n, t in (("q_local", ql), ("k_local", kl))]
         return (None, None, None, None, like(g["q"], q), like(g["k"], k), like(g["v"], v), like(g["beta"], beta),

@@ -31,13 +31,14 @@ class _MoE(torch.autograd.Function):
         w = {n: arg(t, n) for n, t in zip(MOE_WEIGHTS, weights) if t is not None}
         fwd = _core.moe_forward(x_, w, options, training, noise_seed)
         results.append(fwd)
-        ctx.save_for_backward(x_, *weights)
+        out = tensor(fwd.out)
+        ctx.save_for_backward(x_, out, *weights)
         ctx.fwd = fwd
-        return tensor(fwd.out), torch.tensor(fwd.aux_loss, dtype=torch.float32)
+        return out, torch.tensor(fwd.aux_loss, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, dout, daux):
-        x, *weights = ctx.saved_tensors
+        x, _, *weights = ctx.saved_tensors
         w = {n: arg(t, n) for n, t in zip(MOE_WEIGHTS, weights) if t is not None}
         g = _core.moe_backward(x, w, ctx.fwd, grad_arg(dout), float(daux))
         dw = [like(g[n], t) if t is not None and n in g else None for n, t in zip(MOE_WEIGHTS, weights)]

@@ -39,6 +39,15 @@ def test_results_are_views_of_the_cpp_buffers():
     assert out.data_ptr() == torch.from_dlpack(out.grad_fn.fwd.out).data_ptr()
 
 
+def test_changing_an_output_in_place_before_backward_is_refused():
+    """The C++ backward reads the forward's output from the buffer the returned tensor views."""
+    q, k, v = (t.requires_grad_() for t in ref.random_qkv(8, 8, 2, 2, 8, seed=24))
+    out = longctx.flash_attn_varlen_func(q, k, v, None, None, None, None, causal=True)
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_numpy_arrays_in_and_out():
     q, k, v = ref.random_qkv(9, 9, 4, 2, 8, seed=21)
     cu = np.array([0, 4, 9], dtype=np.int64)

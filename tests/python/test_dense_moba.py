@@ -86,7 +86,7 @@ def test_moba_covering_the_sequence_is_dense_causal():
     close(moba, dense, 1e-5, what="moba with top_k * block >= length vs dense")
 
 
-@pytest.mark.parametrize("fn", ["flash", "moba"])
+@pytest.mark.parametrize("fn", ["flash", "moba", "topk"])
 def test_bf16_inputs(fn):
     """bf16 q/k/v: output and gradients in bf16, close to the reference on the rounded values
     (the tile products take bf16 inputs, summing in fp32)."""
@@ -96,10 +96,14 @@ def test_bf16_inputs(fn):
     if fn == "flash":
         mask = ref.dense_mask(lens, lens, 4)
         kernel = lambda q, k, v: longctx.flash_attn_varlen_func(q, k, v, cu, cu, 19, 19, causal=True)  # noqa: E731
-    else:
+    elif fn == "moba":
         chosen = ref.past_block_topk(ref.mean_key_score, q.double(), k.double(), cu, 4, 2)
         mask = ref.block_mask(q, cu, 4, chosen)
         kernel = lambda q, k, v: longctx.moba_attn_varlen(q, k, v, cu, 19, 4, 2)  # noqa: E731
+    else:
+        chosen = ref.past_block_topk(ref.quest_bound, q.double(), k.double(), cu, 4, 3)
+        mask = ref.block_mask(q, cu, 4, chosen)
+        kernel = lambda q, k, v: longctx.topk_attn_varlen(q, k, v, cu, 19, block_size=4, top_k=3)  # noqa: E731
     out = compare(kernel, lambda q, k, v: ref.attention(q, k, v, mask)[0], [q, k, v], atol=3e-2, rtol=3e-2)
     assert out.dtype == torch.bfloat16
 

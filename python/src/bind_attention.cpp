@@ -51,6 +51,20 @@ Qkv qkv_of(const std::string& who, py::handle q, py::handle k, py::handle v, py:
 
 Borrowed dout_of(const std::string& who, py::handle dout) { return borrow(dout, who, "grad_out", false); }
 
+// Registers name(q, k, v, fwd, grad_out, cu_seqlens) -> (dq, dk, dv) for a kernel whose backward
+// takes (q, k, v, its forward result R, dout, varlen).
+template <class R, class Backward>
+void def_backward(py::module_& m, const char* name, const std::string& who, Backward backward) {
+  m.def(
+      name,
+      [who, backward](py::handle q, py::handle k, py::handle v, const R& fwd, py::handle dout, py::handle cu) {
+        Qkv in = qkv_of(who, q, k, v, cu, py::none());
+        Borrowed bd = dout_of(who, dout);
+        return grads_tuple(nogil([&] { return backward(in.q.tensor, in.k.tensor, in.v.tensor, fwd, bd.tensor, in.varlen); }));
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("fwd"), py::arg("grad_out"), py::arg("cu_seqlens"));
+}
+
 // What the NSA backward needs besides the inputs: the result and the weights it ran with.
 struct NsaState {
   NsaResult result;
@@ -137,16 +151,7 @@ void bind_attention(py::module_& m) {
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens"), py::arg("max_seqlen"), py::arg("options"),
       py::arg("softmax_scale"));
-  m.def(
-      "moba_backward",
-      [](py::handle q, py::handle k, py::handle v, const MobaResult& fwd, py::handle dout, py::handle cu) {
-        const std::string who = "moba_attn_varlen backward";
-        Qkv in = qkv_of(who, q, k, v, cu, py::none());
-        Borrowed bd = dout_of(who, dout);
-        return grads_tuple(
-            nogil([&] { return moba_attention_backward(in.q.tensor, in.k.tensor, in.v.tensor, fwd, bd.tensor, in.varlen); }));
-      },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("fwd"), py::arg("grad_out"), py::arg("cu_seqlens"));
+  def_backward<MobaResult>(m, "moba_backward", "moba_attn_varlen backward", moba_attention_backward);
 
   py::class_<SparseResult, std::shared_ptr<SparseResult>>(m, "SparseForward")
       .def_property_readonly("out", [](std::shared_ptr<SparseResult> r) { return view(r, r->out); })
@@ -181,16 +186,7 @@ void bind_attention(py::module_& m) {
       },
       py::arg("kind"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens"), py::arg("max_seqlen"),
       py::arg("options"), py::arg("softmax_scale"));
-  m.def(
-      "sparse_backward",
-      [](py::handle q, py::handle k, py::handle v, const SparseResult& fwd, py::handle dout, py::handle cu) {
-        const std::string who = "sparse attention backward";
-        Qkv in = qkv_of(who, q, k, v, cu, py::none());
-        Borrowed bd = dout_of(who, dout);
-        return grads_tuple(
-            nogil([&] { return sparse_attention_backward(in.q.tensor, in.k.tensor, in.v.tensor, fwd, bd.tensor, in.varlen); }));
-      },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("fwd"), py::arg("grad_out"), py::arg("cu_seqlens"));
+  def_backward<SparseResult>(m, "sparse_backward", "sparse attention backward", sparse_attention_backward);
 
   py::class_<NsaState, std::shared_ptr<NsaState>>(m, "NsaForward")
       .def_property_readonly("out", [](std::shared_ptr<NsaState> s) { return view(s, s->result.out); })

@@ -64,14 +64,18 @@ class TinyLM(nn.Module):
 
 
 def global_batch(step, args):
-    """The step's sequences, the same on every rank: a random first half, then repeated (a copy
-    task: the second half is predictable only by attending to the first). Mixed lengths."""
+    """The step's sequences, the same on every rank, of mixed lengths: a first half drawn from a
+    fixed Markov chain (each token has 2 likely successors: learnable from the current token),
+    then the first half repeated (a copy task: predictable only by attending to the first half)."""
+    chain = torch.randint(0, args.vocab, (args.vocab, 2), generator=torch.Generator().manual_seed(args.seed))
     g = torch.Generator().manual_seed(args.seed * 100003 + step)
     lengths = [args.seq_len - 7 * (i % 3) for i in range(args.batch)]
     seqs = []
     for n in lengths:
-        half = torch.randint(0, args.vocab, ((n + 1) // 2,), generator=g)
-        seqs.append(torch.cat([half, half])[:n])
+        half = [int(torch.randint(0, args.vocab, (1,), generator=g))]
+        for _ in range((n + 1) // 2 - 1):
+            half.append(int(chain[half[-1], torch.randint(0, 2, (1,), generator=g)]))
+        seqs.append(torch.tensor(half + half)[:n])
     return seqs
 
 
@@ -91,7 +95,7 @@ def train(rank, world, args, init_method=None):
     attention = {"kind": args.attention, **({"block_size": args.block, "top_k": args.top_k} if args.attention == "moba" else {})}
     model = TinyLM(args.vocab, args.d_model, args.layers, args.heads, args.kv_heads, attention)
     ddp = DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     for step in range(args.steps):
         seqs = global_batch(step, args)
         tokens, targets, cu, longest = pack(seqs[rank::world])  # this rank's share
@@ -138,7 +142,7 @@ def main():
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--log-every", type=int, default=5)

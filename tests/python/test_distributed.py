@@ -9,7 +9,7 @@ import torch
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "python" / "examples"
 SCRIPT = EXAMPLES / "ddp_train.py"
-ARGS = ["--steps", "4", "--batch", "5", "--seq-len", "40", "--block", "8", "--lr", "0.2"]
+ARGS = ["--steps", "4", "--batch", "5", "--seq-len", "40", "--block", "8"]
 
 
 def run(extra, tmp_path):
@@ -31,6 +31,6 @@ def test_two_ranks_match_one_process(tmp_path):
     torch.manual_seed(0)
     init = ddp_train.TinyLM(32, 64, 2, 4, 2, {"kind": "moba", "block_size": 8, "top_k": 2}).state_dict()
     moved = max((b[k] - init[k]).abs().max().item() for k in b)
-    assert moved > 1e-2  # training changed the weights...
+    assert moved > 5e-3  # training changed the weights (4 AdamW steps of lr 3e-3)...
     for k in b:  # ...and both runs the same way, up to fp32 summation order
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")

@@ -16,7 +16,9 @@ Reps alternate between the two sides so that a busy machine slows both alike; me
 import argparse
 import json
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -131,25 +133,32 @@ def bench_overhead(a):
     options = {"block_size": a.chunk, "top_k": a.top_k}
 
     def python_call():
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = longctx.moba_attn_varlen(q, k, v, cu, longest, a.chunk, a.top_k)
         out.backward(dout)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def cpp_call():  # wall time from inside C++; CPU time of the process around the call
+        c0 = time.process_time()
+        wall = longctx._core.time_attention("moba", options, qd, kd, vd, cu, dout, 1)[0]
+        return wall, time.process_time() - c0
 
     qd, kd, vd = q.detach(), k.detach(), v.detach()
-    times = {"python": [], "cpp": []}
+    times = {"python": [], "cpp": [], "python_cpu": [], "cpp_cpu": []}
     for r in range(a.warmup + a.reps):
-        py = python_call()
-        cpp = longctx._core.time_attention("moba", options, qd, kd, vd, cu, dout, 1)[0]
-        if r >= a.warmup:
-            times["python"].append(py)
-            times["cpp"].append(cpp)
+        for side, call in (("python", python_call), ("cpp", cpp_call)):
+            wall, cpu = call()
+            if r >= a.warmup:
+                times[side].append(wall)
+                times[side + "_cpu"].append(cpu)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"target": "moba_attn_varlen fwd+bwd from Python vs the C++ kernels timed in C++ (< 5%)", "tokens": a.tokens,
             "sequences": a.seqs, "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": a.d_model // a.heads,
             "chunk": a.chunk, "top_k": a.top_k, "threads": torch.get_num_threads(), "seconds": times,
             "median_python_s": med["python"], "median_cpp_s": med["cpp"],
-            "overhead": med["python"] / med["cpp"] - 1}
+            "overhead": med["python"] / med["cpp"] - 1,
+            # CPU seconds of the whole process (all threads): steadier than wall time on a shared machine
+            "overhead_cpu_time": med["python_cpu"] / med["cpp_cpu"] - 1}
 
 
 def main():
@@ -163,18 +172,17 @@ def main():
     p.add_argument("--chunk", type=int, default=512, help="moba_chunk_size")
     p.add_argument("--top-k", type=int, default=3, help="moba_topk")
     p.add_argument("--reps", type=int, default=None, help="measured reps per side (default 3 train, 20 overhead)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="default: all cores")
     p.add_argument("--json", help="also write the result here")
     a = p.parse_args()
-    import os
     torch.set_num_threads(a.threads or os.cpu_count())  # torch's and longctx's (one libgomp)
     if a.tokens is None:
         a.tokens = 16384 if a.target == "train" else 4096
     if a.reps is None:
         a.reps = 3 if a.target == "train" else 20
     r = bench_train(a) if a.target == "train" else bench_overhead(a)
-    r["command"] = "bench/python_bench.py " + " ".join(os.sys.argv[1:])
+    r["command"] = "bench/python_bench.py " + " ".join(sys.argv[1:])
     print(json.dumps({k: v for k, v in r.items() if k != "seconds"}, indent=1))
     if a.json:
         with open(a.json, "w") as f:

@@ -14,12 +14,21 @@ void detail::BufferFree::operator()(void* p) const {
   if (owning) std::free(p);
 }
 
-Tensor::Tensor(std::vector<int64_t> shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
-  numel_ = 1;
-  for (size_t i = 0; i < shape_.size(); ++i) {
-    LONGCTX_CHECK(shape_[i] >= 0, "tensor dimension ", i, " must be >= 0, got ", shape_[i]);
-    numel_ *= shape_[i];
+namespace {
+
+int64_t checked_numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    LONGCTX_CHECK(shape[i] >= 0, "tensor dimension ", i, " must be >= 0, got ", shape[i]);
+    n *= shape[i];
   }
+  return n;
+}
+
+}  // namespace
+
+Tensor::Tensor(std::vector<int64_t> shape, DType dtype)
+    : shape_(std::move(shape)), numel_(checked_numel(shape_)), dtype_(dtype) {
   size_t bytes = (nbytes() + 63) / 64 * 64;
   if (bytes == 0) bytes = 64;
   void* p = std::aligned_alloc(64, bytes);
@@ -49,6 +58,16 @@ Tensor Tensor::alias_rows(int64_t n) const {
   Tensor t = alias();
   t.shape_[0] = n;
   t.numel_ = shape_[0] == 0 ? 0 : numel_ / shape_[0] * n;
+  return t;
+}
+
+Tensor Tensor::borrow(void* data, std::vector<int64_t> shape, DType dtype) {
+  Tensor t;
+  t.numel_ = checked_numel(shape);
+  LONGCTX_CHECK(data != nullptr || t.numel_ == 0, "Tensor::borrow: null data for shape ", longctx::shape_str(shape));
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.data_ = std::unique_ptr<void, Free>(data, Free{false});
   return t;
 }
 

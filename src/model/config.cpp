@@ -13,13 +13,13 @@ namespace {
 // Transformer and Trainer refuse a config that does not fit, memory::require_fits).
 constexpr int64_t kMaxWidth = int64_t(1) << 24, kMaxLayers = int64_t(1) << 16, kMaxTokens = int64_t(1) << 31;
 
-// A layer's "attention" object over `base` (the default spec, or the layer's so far): naming
-// another kind starts from that kind's defaults; only "kind" and that kind's fields are allowed.
-AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base) {
-  LONGCTX_CHECK(j.is_object(), "model config: attention must be a JSON object, got ", j.dump());
+}  // namespace
+
+AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base, const std::string& what) {
+  LONGCTX_CHECK(j.is_object(), what, ": attention must be a JSON object, got ", j.dump());
   AttentionSpec a = std::move(base);
   if (j.contains("kind")) {
-    const AttentionKind kind = attention_kind_from_name(read_value<std::string>(j, "kind", "", "model config: attention"));
+    const AttentionKind kind = attention_kind_from_name(read_value<std::string>(j, "kind", "", what + ": attention"));
     if (kind != a.kind()) a = AttentionSpec::defaults(kind);
   }
   a.visit([&](auto& o) {
@@ -28,8 +28,8 @@ AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base) {
     for (const std::string& n : known) hint += (hint.empty() ? "" : ", ") + n;
     hint = concat(" (", a.name(), " fields: ", hint.empty() ? "none" : hint, ")");
     known.push_back("kind");
-    check_known_fields(j, known, "model config: attention", hint);
-    read_fields(j, o, concat("model config: ", a.name(), " attention"));
+    check_known_fields(j, known, what + ": attention", hint);
+    read_fields(j, o, concat(what, ": ", a.name(), " attention"));
   });
   return a;
 }
@@ -40,17 +40,21 @@ nlohmann::json attention_to_json(const AttentionSpec& a) {
   return j;
 }
 
-FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f) {
-  LONGCTX_CHECK(j.is_object(), "model config: ffn must be a JSON object, got ", j.dump());
+FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec f, const std::string& what) {
+  LONGCTX_CHECK(j.is_object(), what, ": ffn must be a JSON object, got ", j.dump());
   std::vector<std::string> known = field_names(f);
   known.push_back("kind");
-  check_known_fields(j, known, "model config: ffn");
-  f.kind = read_value(j, "kind", f.kind, "model config: ffn");
-  read_fields(j, f, "model config: ffn");
+  check_known_fields(j, known, what + ": ffn");
+  f.kind = read_value(j, "kind", f.kind, what + ": ffn");
+  read_fields(j, f, what + ": ffn");
   return f;
 }
 
-}  // namespace
+nlohmann::json ffn_to_json(const FfnSpec& f) {
+  nlohmann::json j{{"kind", f.kind}};
+  if (f.kind == "moe") write_fields(f, j);
+  return j;
+}
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   LONGCTX_CHECK(j.is_object(), "model config must be a JSON object");
@@ -77,8 +81,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     c.matmul_precision = mp == "bf16" ? DType::bf16 : DType::f32;
     LONGCTX_CHECK(c.n_layers >= 1 && c.n_layers <= kMaxLayers, "model config: n_layers must be in [1, ", kMaxLayers,
                   "], got ", c.n_layers);
-    const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()), AttentionSpec{});
-    const FfnSpec ffn = ffn_from_json(j.value("ffn", nlohmann::json::object()), {});
+    const AttentionSpec attn = attention_from_json(j.value("attention", nlohmann::json::object()));
+    const FfnSpec ffn = ffn_from_json(j.value("ffn", nlohmann::json::object()));
     c.attention.assign(size_t(c.n_layers), attn);
     c.ffn.assign(size_t(c.n_layers), ffn);
     if (j.contains("layers")) {
@@ -103,11 +107,12 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
-moe::Config moe_config(const ModelConfig& c, int64_t layer) {
-  const FfnSpec& f = c.ffn[size_t(layer)];
+moe::Config moe_config(const ModelConfig& c, int64_t layer) { return moe_config(c.ffn[size_t(layer)], c.d_model, c.d_ff); }
+
+moe::Config moe_config(const FfnSpec& f, int64_t d_model, int64_t d_ff) {
   moe::Config m;
-  m.d_model = c.d_model;
-  m.d_ff = f.d_ff > 0 ? f.d_ff : c.d_ff;
+  m.d_model = d_model;
+  m.d_ff = f.d_ff > 0 ? f.d_ff : d_ff;
   m.num_experts = f.num_experts;
   m.top_k = f.top_k;
   m.num_shared = f.num_shared;
@@ -127,11 +132,7 @@ uint64_t moe_noise_seed(uint64_t seed, int64_t layer) { return seed * 0x9E3779B9
 nlohmann::json ModelConfig::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
   for (int64_t i = 0; i < n_layers; ++i) {
-    const nlohmann::json aj = attention_to_json(attention[size_t(i)]);
-    const FfnSpec& f = ffn[size_t(i)];
-    nlohmann::json fj{{"kind", f.kind}};
-    if (f.kind == "moe") write_fields(f, fj);
-    layers.push_back({{"attention", aj}, {"ffn", fj}});
+    layers.push_back({{"attention", attention_to_json(attention[size_t(i)])}, {"ffn", ffn_to_json(ffn[size_t(i)])}});
   }
   return {{"vocab_size", vocab_size},
           {"d_model", d_model},

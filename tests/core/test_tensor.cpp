@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 namespace longctx {
 namespace {
@@ -42,6 +43,21 @@ TEST(Tensor, AliasRowsViewsThePrefixWithoutCopy) {
   EXPECT_EQ(a.dtype(), DType::bf16);
   EXPECT_EQ(t.alias_rows(0).numel(), 0);
   EXPECT_THROW(t.alias_rows(6), std::invalid_argument);
+}
+
+TEST(Tensor, BorrowViewsForeignMemoryAndLeavesItAlone) {
+  std::vector<uint16_t> memory(12, f32_to_bf16(2.5f));
+  {
+    Tensor b = Tensor::borrow(memory.data(), {3, 4}, DType::bf16);
+    EXPECT_EQ(b.raw(), memory.data());
+    EXPECT_EQ(b.numel(), 12);
+    EXPECT_EQ(b.at(7), 2.5f);
+    b.fill(1.0f);
+  }  // destroyed without freeing the vector's buffer (ASan would report a bad free)
+  EXPECT_EQ(bf16_to_f32(memory[11]), 1.0f);
+  EXPECT_EQ(Tensor::borrow(nullptr, {0, 4}, DType::f32).numel(), 0);
+  EXPECT_THROW(Tensor::borrow(nullptr, {2, 4}, DType::f32), std::invalid_argument);
+  EXPECT_THROW(Tensor::borrow(memory.data(), {-1, 4}, DType::f32), std::invalid_argument);
 }
 
 }  // namespace

@@ -55,6 +55,10 @@ class Tensor {
   Tensor alias() const;
   // A non-owning alias of the first n rows (dim 0), e.g. the filled prefix of a KV cache.
   Tensor alias_rows(int64_t n) const;
+  // A non-owning tensor over memory held elsewhere (a NumPy array or torch tensor handed in by the
+  // Python binding, zero-copy): `data` holds numel(shape) contiguous row-major values of `dtype`,
+  // aligned to the element size, and must outlive the tensor.
+  static Tensor borrow(void* data, std::vector<int64_t> shape, DType dtype);
   Tensor to(DType dtype) const;  // converted copy
 
   DType dtype() const { return dtype_; }

@@ -75,6 +75,19 @@ struct ModelConfig {
 
 // The MoE layer config of a layer whose ffn kind is "moe".
 moe::Config moe_config(const ModelConfig& c, int64_t layer);
+// The same from an FFN spec alone: experts d_model -> (f.d_ff, or d_ff when that is 0) -> d_model.
+moe::Config moe_config(const FfnSpec& f, int64_t d_model, int64_t d_ff);
+
+// One layer's "attention" object (JSON {"kind": ..., <that kind's fields>}) over `base` (the default
+// spec, or the layer's so far): naming another kind starts from that kind's defaults; only "kind"
+// and that kind's fields are allowed. Errors start with `what` ("model config: attention: unknown
+// field 'x' (moba fields: ...)"). The Python binding reads its option dicts with these too.
+AttentionSpec attention_from_json(const nlohmann::json& j, AttentionSpec base = {},
+                                  const std::string& what = "model config");
+nlohmann::json attention_to_json(const AttentionSpec& a);  // every field, with "kind"
+// One layer's "ffn" object ({"kind": "dense"} or {"kind": "moe", <FfnSpec fields>}) over `base`.
+FfnSpec ffn_from_json(const nlohmann::json& j, FfnSpec base = {}, const std::string& what = "model config");
+nlohmann::json ffn_to_json(const FfnSpec& f);
 
 // The noisy router's noise seed of `layer` in a forward seeded `seed` (the Trainer seeds each
 // micro-batch): one formula for the Transformer and the double reference model.

@@ -7,8 +7,8 @@ types or dtypes) carrying its message. Threads: the kernels use the calling thre
 thread count, which torch.set_num_threads and longctx.set_threads both set."""
 from . import _core
 from ._core import attention_options, get_threads, moe_options, options_help, set_threads
-from .attention import (NsaSelection, SparseSelection, flash_attn_varlen_func, infini_attn_varlen, moba_attn_varlen,
-                        nsa_attn_varlen, threshold_attn_varlen, topk_attn_varlen)
+from .attention import (NsaSelection, SparseSelection, flash_attn_varlen_func, infini_attn_varlen, key_conv,
+                        moba_attn_varlen, nsa_attn_varlen, threshold_attn_varlen, topk_attn_varlen)
 from .modules import LlamaAttention, MoEFeedForward, RotaryEmbedding
 from .moe import MoEInfo, moe_ffn, moe_update_expert_bias
 

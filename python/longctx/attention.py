@@ -97,6 +97,28 @@ def moba_attn_varlen(q, k, v, cu_seqlens, max_seqlen, moba_chunk_size, moba_topk
     return (out, selected) if return_selection else out
 
 
+class _KeyConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, cu):
+        x_, w_, b_ = arg(x, "x"), arg(weight, "weight"), arg(bias, "bias")
+        ctx.save_for_backward(x_, w_)
+        ctx.bias, ctx.cu = bias is not None, cu
+        return tensor(_core.key_conv_forward(x_, w_, b_, cu))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx, dw, db = _core.key_conv_backward(x, w, ctx.bias, grad_arg(dy), ctx.cu)
+        return tensor(dx), tensor(dw), (tensor(db) if ctx.bias else None), None
+
+
+def key_conv(x, weight, bias=None, cu_seqlens=None):
+    """MoBA's learned key convolution (docs/DESIGN.md "MoBA key convolution"): a causal depthwise
+    convolution over each sequence's keys x [total, Hkv, d], weight [K, Hkv * d] (tap K - 1 weighs
+    the token itself), bias None or [Hkv * d]; keys before a sequence's start count as 0. float32."""
+    return _KeyConv.apply(x, weight, bias, cu_seqlens)
+
+
 class SparseSelection(NamedTuple):
     """The keys a top-k or threshold call visited, per (head, query) row h * total_q + t: CSR
     offsets into visited (extra past blocks at block level, the own block being implicit; all

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from . import _core
-from .attention import (NSA_COMPRESSOR, flash_attn_varlen_func, infini_attn_varlen, moba_attn_varlen,
+from .attention import (NSA_COMPRESSOR, flash_attn_varlen_func, infini_attn_varlen, key_conv, moba_attn_varlen,
                         nsa_attn_varlen, threshold_attn_varlen, topk_attn_varlen)
 from .moe import MOE_WEIGHTS, moe_ffn, moe_update_expert_bias
 
@@ -57,7 +57,8 @@ class LlamaAttention(nn.Module):
     kernel of the chosen kind, output projection. attention is a kind name or the C++ config's
     attention object, e.g. {"kind": "moba", "block_size": 512, "top_k": 3}: full, moba, topk,
     threshold, nsa (its compressors and gate are parameters here, initialised as in the C++
-    model; the gate reads the module's input), infini (beta [n_heads] a parameter; the memory
+    model; the gate reads the module's input), moba with key_conv K > 0 (its taps, identity at
+    init, and optional bias are parameters; keys are convolved before RoPE), infini (beta [n_heads] a parameter; the memory
     reads q/k before RoPE, the local attention after, as the paper). Options are checked at
     construction (ValueError naming the field). Always causal."""
 
@@ -82,6 +83,12 @@ class LlamaAttention(nn.Module):
                                          for n, a in w.items()})
         if self.kind == "infini":
             self.beta = nn.Parameter(torch.full((n_heads,), float(self.attention["beta_init"])))
+        if self.kind == "moba" and self.attention["key_conv"] > 0:  # identity at init, as the C++ model
+            taps = torch.zeros(self.attention["key_conv"], n_kv_heads * self.head_dim)
+            taps[-1] = 1.0
+            self.key_conv_weight = nn.Parameter(taps)
+            self.key_conv_bias = (nn.Parameter(torch.zeros(n_kv_heads * self.head_dim))
+                                  if self.attention["key_conv_bias"] else None)
 
     @property
     def options(self):
@@ -95,6 +102,8 @@ class LlamaAttention(nn.Module):
         k = self.k_proj(h).view(t, self.n_kv_heads, self.head_dim)
         v = self.v_proj(h).view(t, self.n_kv_heads, self.head_dim)
         pos = positions(cu, t)
+        if hasattr(self, "key_conv_weight"):  # MoBA's key convolution, before RoPE (docs/DESIGN.md)
+            k = key_conv(k.float(), self.key_conv_weight, self.key_conv_bias, cu).to(k.dtype)
         qr, kr = self.rope(q, pos), self.rope(k, pos)
         o = self.options
         if self.kind == "full":

@@ -4,6 +4,7 @@
 // wraps these in torch.autograd.Functions.
 #include <longctx/attention/dense/flash.hpp>
 #include <longctx/attention/infini/infini.hpp>
+#include <longctx/attention/moba/key_conv.hpp>
 #include <longctx/attention/moba/moba.hpp>
 #include <longctx/attention/nsa/nsa.hpp>
 #include <longctx/attention/sparse/threshold.hpp>
@@ -305,6 +306,29 @@ void bind_attention(py::module_& m) {
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("q_local"), py::arg("k_local"), py::arg("fwd"),
       py::arg("grad_out"), py::arg("cu_seqlens"));
+
+  m.def(
+      "key_conv_forward",
+      [](py::handle x, py::handle w, py::handle b, py::handle cu) {
+        const std::string who = "key_conv";
+        Borrowed bx = borrow(x, who, "x", false), bw = borrow(w, who, "weight", false);
+        Borrowed bb = borrow_optional(b, who, "bias", false);
+        const std::vector<int64_t> c = int_list(cu, who, "cu_seqlens");
+        return own(nogil([&] { return key_conv_forward(bx.tensor, bw.tensor, bb.tensor, c); }));
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("cu_seqlens"),
+      "MoBA's causal depthwise key convolution (float32; bias None: none).");
+  m.def(
+      "key_conv_backward",
+      [](py::handle x, py::handle w, bool bias, py::handle dy, py::handle cu) {
+        const std::string who = "key_conv backward";
+        Borrowed bx = borrow(x, who, "x", false), bw = borrow(w, who, "weight", false), bd = dout_of(who, dy);
+        const std::vector<int64_t> c = int_list(cu, who, "cu_seqlens");
+        KeyConvGrads g = nogil([&] { return key_conv_backward(bx.tensor, bw.tensor, bias, bd.tensor, c); });
+        return py::make_tuple(own(std::move(g.dx)), own(std::move(g.dw)),
+                              bias ? py::object(py::cast(own(std::move(g.db)))) : py::object(py::none()));
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("grad_out"), py::arg("cu_seqlens"));
 }
 
 }  // namespace longctx::python

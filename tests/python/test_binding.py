@@ -72,7 +72,8 @@ def test_non_contiguous_inputs():
 
 def test_options_are_read_like_the_cpp_config():
     assert longctx.attention_options("moba", {"top_k": 5}) == {"kind": "moba", "block_size": 512, "top_k": 5,
-                                                               "group_select": False}
+                                                               "group_select": False, "key_conv": 0,
+                                                               "key_conv_bias": False}
     names = [n for n, _, _ in longctx.options_help("nsa")]
     assert names == ["block_len", "stride", "select_len", "top_n", "local_blocks", "window", "compress", "hidden"]
     assert longctx.moe_options({"router": "noisy"})["router"] == "noisy"

@@ -120,3 +120,29 @@ def test_gqa_gradient_sums_over_the_group():
     longctx.moba_attn_varlen(qb, kb.expand(12, 4, 8), vb.expand(12, 4, 8), cu, 12, 4, 2).sum().backward()
     close(ka.grad, kb.grad, 1e-5, what="dk")
     close(qa.grad, qb.grad, 1e-5, what="dq")
+
+
+def reference_key_conv(x, w, b, lens):
+    """Causal depthwise convolution per sequence in plain PyTorch (torch's conv1d, left zero padding)."""
+    kernel, outs, start = w.shape[0], [], 0
+    for n in lens:
+        seq = x[start:start + n].reshape(n, -1).T.unsqueeze(0)  # [1, C, n]
+        y = torch.nn.functional.conv1d(torch.nn.functional.pad(seq, (kernel - 1, 0)), w.T.unsqueeze(1),
+                                       b, groups=seq.shape[1])
+        outs.append(y[0].T.reshape(n, *x.shape[1:]))
+        start += n
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("lens,kernel,bias", [([1, 7, 2], 3, True), ([5], 5, False), ([2, 9], 4, True)])
+def test_key_conv_matches_reference(lens, kernel, bias):
+    """Forward and gradients (keys, taps, bias) against torch's conv1d in float64; a kernel longer
+    than a sequence and one-token sequences never read another sequence's keys."""
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(sum(lens), 2, 3, generator=g)
+    w = torch.randn(kernel, 6, generator=g)
+    b = torch.randn(6, generator=g) if bias else None
+    cu = ref.cu_of(lens)
+    inputs = [x, w] + ([b] if bias else [])
+    compare(lambda x, w, *b: longctx.key_conv(x, w, b[0] if b else None, cu),
+            lambda x, w, *b: reference_key_conv(x, w, b[0] if b else None, lens), inputs, atol=1e-5)

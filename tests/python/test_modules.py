@@ -13,6 +13,7 @@ from helpers import close
 KINDS = [
     "full",
     {"kind": "moba", "block_size": 4, "top_k": 2},
+    {"kind": "moba", "block_size": 4, "top_k": 2, "key_conv": 3, "key_conv_bias": True},
     {"kind": "topk", "block_size": 4, "top_k": 2},
     {"kind": "threshold", "block_size": 4, "tau": 0.9},
     {"kind": "nsa", "block_len": 4, "stride": 2, "select_len": 4, "top_n": 2, "local_blocks": 1, "window": 4,

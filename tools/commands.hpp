@@ -23,6 +23,8 @@ inline CLI::Validator at_least(long long least, const std::string& hint = "") {
 void add_bench_attention(CLI::App& bench);
 // `longctx bench decode`
 void add_bench_decode(CLI::App& bench);
+// `longctx bench batch-decode`
+void add_bench_batch_decode(CLI::App& bench);
 // `longctx bench train`
 void add_bench_train(CLI::App& bench);
 // `longctx bench infini`

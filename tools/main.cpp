@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   longctx::cli::add_bench_attention(*bench);
   longctx::cli::add_bench_decode(*bench);
+  longctx::cli::add_bench_batch_decode(*bench);
   longctx::cli::add_bench_train(*bench);
   longctx::cli::add_bench_infini(*bench);
   longctx::cli::add_bench_moe(*bench);

@@ -41,5 +41,7 @@ void add_passkey_corpus(CLI::App& app);
 void add_generate(CLI::App& app);
 // `longctx export`
 void add_export(CLI::App& app);
+// `longctx import-hf`
+void add_import_hf(CLI::App& app);
 
 }  // namespace longctx::cli

@@ -2,6 +2,7 @@
 // accumulation, periodic validation, JSONL log, atomic safetensors checkpoints and exact resume.
 #pragma once
 #include <longctx/attention/sparse/sparsity_schedule.hpp>
+#include <longctx/model/checkpoint.hpp>
 #include <longctx/model/transformer.hpp>
 #include <longctx/text/corpus.hpp>
 #include <longctx/train/optimizer.hpp>
@@ -108,6 +109,7 @@ class Trainer {
   AdamW opt_;
   Corpus corpus_;
   mutable std::string tokenizer_model_;  // the tokenizer model's bytes, saved in every checkpoint (read once)
+  SpecialTokens special_tokens_;          // an imported model's BOS / EOS, carried on by its fine-tunes
   std::vector<Batch> eval_;
   int64_t step_ = 0;
   double tokens_seen_ = 0;

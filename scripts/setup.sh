@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake ninja-build pkg-config
       libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libfmt-dev libsentencepiece-dev sentencepiece time python3
+      libcpp-httplib-dev  # `longctx serve`
       gnuplot-nox jq  # gnuplot and jq: `longctx eval --plot` (scripts/plot_eval.sh)
       python3-torch  # the PyTorch twin the Hugging Face import test checks against (tests/model/hf_llama_twin.py)
       clang libclang-rt-14-dev libomp-dev)  # libFuzzer and OpenMP for clang: scripts/fuzz.sh

@@ -43,5 +43,7 @@ void add_generate(CLI::App& app);
 void add_export(CLI::App& app);
 // `longctx import-hf`
 void add_import_hf(CLI::App& app);
+// `longctx serve`
+void add_serve(CLI::App& app);
 
 }  // namespace longctx::cli

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   longctx::cli::add_generate(app);
   longctx::cli::add_export(app);
   longctx::cli::add_import_hf(app);
+  longctx::cli::add_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

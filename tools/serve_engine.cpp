@@ -192,13 +192,22 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& active) {
   int64_t row = 0;
   for (size_t i = 0; i < members.size(); ++i) {
     row += int64_t(runs[i].size());
-    if (!members[i]->prefilling()) sample(*members[i], logits.f32() + (row - 1) * logits.dim(1));
+    Sequence& s = *members[i];
+    if (s.prefilling()) continue;
+    try {
+      sample(s, logits.f32() + (row - 1) * logits.dim(1));
+    } catch (const std::exception& e) {
+      s.job->finish("error", s.generated, message_of(e));
+      s.done = true;
+    }
   }
 }
 
 void Engine::sample(Sequence& s, const float* logits) {
   const Request& r = s.job->request;
-  const int32_t token = sample_token(logits, model_.config().vocab_size, r.sampler, s.rng);
+  // only ids the tokenizer has (an imported model's head may have padding rows past them)
+  const int64_t V = std::min(model_.config().vocab_size, tokenizer_.vocab_size());
+  const int32_t token = sample_token(logits, V, r.sampler, s.rng);
   ++s.generated;
   const bool eos = std::find(options_.eos.begin(), options_.eos.end(), token) != options_.eos.end();
   const bool last = eos || s.generated == r.max_tokens;

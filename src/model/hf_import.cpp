@@ -124,9 +124,11 @@ SpecialTokens special_tokens(const json& hf, const fs::path& dir, const std::str
   bool add_bos = true;  // LlamaTokenizer's default
   if (const fs::path tc = dir / "tokenizer_config.json"; fs::exists(tc))
     add_bos = field<bool>(read_json_file(tc), "add_bos_token", true, "hf import: " + tc.string());
-  if (add_bos) s.bos = field<int32_t>(hf, "bos_token_id", 1, what);  // LlamaConfig's defaults: 1 and 2
-  const json eos = hf.contains("eos_token_id") && !hf.at("eos_token_id").is_null() ? hf.at("eos_token_id") : json(2);
-  for (const json& e : eos.is_array() ? eos : json::array({eos}))
+  // LlamaConfig's defaults are 1 and 2 when absent; null means none
+  const json bos = hf.contains("bos_token_id") ? hf.at("bos_token_id") : json(1);
+  if (add_bos && !bos.is_null()) s.bos = read_value<int32_t>(json{{"bos_token_id", bos}}, "bos_token_id", 0, what);
+  const json eos = hf.contains("eos_token_id") ? hf.at("eos_token_id") : json(2);
+  for (const json& e : eos.is_array() ? eos : eos.is_null() ? json::array() : json::array({eos}))
     s.eos.push_back(read_value<int32_t>(json{{"eos_token_id", e}}, "eos_token_id", 0, what));
   return s;
 }

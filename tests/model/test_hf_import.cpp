@@ -257,6 +257,23 @@ TEST_F(HfImportTest, BadFoldersAreRefusedNamingTheProblem) {
   expect_error([&] { import_hf(shards.string()); }, "names the shard model-00002-of-00003.safetensors, which is not in");
 }
 
+// BOS and EOS as config.json and tokenizer_config.json say (LlamaConfig's 1 and 2 by default).
+TEST_F(HfImportTest, SpecialTokensFollowTheConfigs) {
+  const std::string list = edited_copy("gqa_f32", "eos_list", [](json& c) { c["eos_token_id"] = {2, 5}; });
+  EXPECT_EQ(import_hf(list).info.special_tokens.eos, (std::vector<int32_t>{2, 5}));
+  const std::string none = edited_copy("gqa_f32", "no_special", [](json& c) {
+    c["bos_token_id"] = nullptr;
+    c["eos_token_id"] = nullptr;
+  });
+  const SpecialTokens n = import_hf(none).info.special_tokens;
+  EXPECT_EQ(n.bos, -1);
+  EXPECT_TRUE(n.eos.empty());
+  const std::string no_bos = edited_copy("gqa_f32", "no_bos", [](json& c) { c.erase("bos_token_id"); });
+  EXPECT_EQ(import_hf(no_bos).info.special_tokens.bos, 1);
+  write_json(fs::path(no_bos) / "tokenizer_config.json", {{"add_bos_token", false}});
+  EXPECT_EQ(import_hf(no_bos).info.special_tokens.bos, -1);
+}
+
 // The command line end to end: import, then generate greedily from text (the BOS the checkpoint
 // records is prepended, the embedded tokenizer encodes and decodes) as the twin continues.
 TEST_F(HfImportTest, ImportThenGenerateContinuesAsTheTwin) {
@@ -271,7 +288,8 @@ TEST_F(HfImportTest, ImportThenGenerateContinuesAsTheTwin) {
   EXPECT_EQ(info.special_tokens.eos, std::vector<int32_t>{2});
   const auto tok = make_tokenizer("spm:" + (root_ / "spm.model").string());
   std::vector<int32_t> all = prompt_;
-  for (const json& t : read_json(dir("gqa_f32") / "twin.json")["greedy"]) all.push_back(t.get<int32_t>());
+  const json twin = read_json(dir("gqa_f32") / "twin.json");
+  for (const json& t : twin["greedy"]) all.push_back(t.get<int32_t>());
   const std::string want = tok->decode(all).substr(tok->decode(prompt_).size());
   const testing::CliRun gen = testing::run_cli("generate --checkpoint " + ckpt.string() + " --prompt '" + kPrompt +
                                                "' --tokens 8 --temperature 0");

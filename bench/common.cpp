@@ -147,6 +147,13 @@ void check_output_path(const std::string& path, const std::string& flag) {
   LONGCTX_CHECK(!std::filesystem::is_directory(p), flag, " ", path, " is a folder, not a file");
 }
 
+ModelConfig read_model_config(const std::string& path, const std::string& flag) {
+  std::ifstream f(path);
+  LONGCTX_CHECK(f.good(), flag, ": cannot read config '", path, "'");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  return ModelConfig::from_json(j.contains("model") ? j["model"] : j);
+}
+
 std::string format_duration(double seconds) {
   const int s = int(seconds);
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);

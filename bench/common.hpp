@@ -2,6 +2,7 @@
 // measured in the same run, best-of timing, one case per child process (so each case's peak RSS
 // is its own), and the table / JSON output.
 #pragma once
+#include <longctx/model/config.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -40,6 +41,9 @@ void write_json_file(const std::string& path, const nlohmann::json& doc);
 // Throws, naming `flag`, unless a file at `path` could be created: its folder exists and is a
 // folder. Commands call it before their work, so a typo in an output path loses nothing.
 void check_output_path(const std::string& path, const std::string& flag);
+
+// The model config of a JSON file: a train config's "model" section, or a model config itself.
+ModelConfig read_model_config(const std::string& path, const std::string& flag);
 
 // "1m05s" or "2h03m", for ETAs.
 std::string format_duration(double seconds);

@@ -5,7 +5,6 @@
 #include <longctx/core/error.hpp>
 #include <longctx/train/optimizer.hpp>
 
-#include <fstream>
 #include <random>
 
 #include "commands.hpp"
@@ -21,10 +20,7 @@ struct Options {
 };
 
 void run(const Options& o) {
-  std::ifstream f(o.config);
-  LONGCTX_CHECK(f.good(), "bench train: cannot read config '", o.config, "'");
-  const nlohmann::json j = nlohmann::json::parse(f);
-  const ModelConfig mc = ModelConfig::from_json(j.contains("model") ? j["model"] : j);
+  const ModelConfig mc = bench::read_model_config(o.config, "bench train: --config");
   bench::check_output_path(o.json, "bench train: --json");
   const int64_t seq_len = o.seq_len > 0 ? o.seq_len : mc.max_seq_len;
   LONGCTX_CHECK(seq_len <= mc.max_seq_len, "bench train: --seq-len ", seq_len, " is longer than the config's max_seq_len (",

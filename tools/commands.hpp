@@ -23,6 +23,8 @@ inline CLI::Validator at_least(long long least, const std::string& hint = "") {
 void add_bench_attention(CLI::App& bench);
 // `longctx bench decode`
 void add_bench_decode(CLI::App& bench);
+// `longctx bench batch-decode`
+void add_bench_batch_decode(CLI::App& bench);
 // `longctx bench train`
 void add_bench_train(CLI::App& bench);
 // `longctx bench infini`
@@ -41,5 +43,9 @@ void add_passkey_corpus(CLI::App& app);
 void add_generate(CLI::App& app);
 // `longctx export`
 void add_export(CLI::App& app);
+// `longctx import-hf`
+void add_import_hf(CLI::App& app);
+// `longctx serve`
+void add_serve(CLI::App& app);
 
 }  // namespace longctx::cli

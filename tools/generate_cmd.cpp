@@ -5,6 +5,7 @@
 #include <longctx/core/error.hpp>
 #include <longctx/core/memory.hpp>
 #include <longctx/model/sampler.hpp>
+#include <longctx/text/detokenizer.hpp>
 #include <longctx/text/tokenizer.hpp>
 #include <longctx/train/trainer.hpp>
 
@@ -37,52 +38,6 @@ std::string read_prompt(const Options& o) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
-// Prints each new token's text as it comes: the text a token adds is decode(context + token) past
-// decode(context) over the last few tokens, O(1) per token (a tokenizer may merge or strip a
-// leading space, so a token is not decoded alone). Bytes of an unfinished UTF-8 character wait.
-class Detokenizer {
- public:
-  // `printed`: the tokens already shown (the prompt), whose last few are the first context.
-  Detokenizer(const Tokenizer& tok, const std::vector<int32_t>& printed)
-      : tok_(tok), ids_(printed.end() - int64_t(std::min(printed.size(), kContext)), printed.end()),
-        emitted_(ids_.size()) {}
-  void push(int32_t id) {
-    ids_.push_back(id);
-    emit(false);
-  }
-  void flush() { emit(true); }  // what is still held back (the end of the output)
-
- private:
-  void emit(bool all) {
-    const std::vector<int32_t> ctx(ids_.begin(), ids_.begin() + int64_t(emitted_));
-    const std::string before = tok_.decode(ctx), after = tok_.decode(ids_);
-    const bool stuck = all || ids_.size() - emitted_ > kContext;  // never hold text back for long
-    if (after.compare(0, before.size(), before) != 0 && !stuck) return;  // not a clean extension yet: wait
-    const std::string add = after.substr(std::min(before.size(), after.size()));
-    if (!add.empty() && incomplete_utf8_tail(add) && !stuck) return;
-    std::fputs(add.c_str(), stdout);
-    std::fflush(stdout);
-    emitted_ = ids_.size();
-    if (ids_.size() > kContext) {  // keep a few tokens of context
-      ids_.erase(ids_.begin(), ids_.end() - int64_t(kContext));
-      emitted_ = ids_.size();
-    }
-  }
-
-  static constexpr size_t kContext = 8;
-  static bool incomplete_utf8_tail(const std::string& s) {
-    size_t i = s.size(), n = 0;  // continuation bytes at the end
-    while (i > 0 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80 && n < 3) --i, ++n;
-    if (i == 0) return n > 0;
-    const unsigned lead = static_cast<unsigned char>(s[i - 1]);
-    const size_t need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : lead >= 0xC0 ? 1 : 0;
-    return need > n;
-  }
-  const Tokenizer& tok_;
-  std::vector<int32_t> ids_;
-  size_t emitted_ = 0;  // ids_[0, emitted_) are printed
-};
-
 void run(const Options& o) {
   o.sampler.validate();  // before anything is printed
   LONGCTX_CHECK(o.kv_dtype != "int8", "generate: --kv-dtype int8 is not implemented yet (f32 or bf16)");
@@ -91,6 +46,7 @@ void run(const Options& o) {
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
   std::vector<int32_t> ids = tok->encode(prompt);
+  if (info.special_tokens.bos >= 0) ids.insert(ids.begin(), info.special_tokens.bos);  // imported models
   LONGCTX_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
   const int64_t total = int64_t(ids.size()) + o.tokens, trained = info.model.max_seq_len;
   ModelConfig extended = info.model;
@@ -112,13 +68,14 @@ void run(const Options& o) {
   Tensor logits = model.prefill(state, ids, o.prefill_chunk,
                                 [&](int64_t done, int64_t n) { if (n > o.prefill_chunk) progress.report(double(done), double(n)); });
   const auto t1 = std::chrono::steady_clock::now();
-  Detokenizer out(*tok, ids);
+  StreamDecoder out(*tok, ids);  // each new token's text as it comes
   for (int64_t i = 0; i < o.tokens; ++i) {
     ids.push_back(sample_token(logits.f32(), V, o.sampler, rng));
-    out.push(ids.back());
+    std::fputs(out.push(ids.back()).c_str(), stdout);
+    std::fflush(stdout);
     if (i + 1 < o.tokens) logits = model.extend(state, {ids.back()});  // one decode step over the decode state
   }
-  out.flush();
+  std::fputs(out.flush().c_str(), stdout);
   const auto t2 = std::chrono::steady_clock::now();
   const double prefill = std::chrono::duration<double>(t1 - t0).count(), decode = std::chrono::duration<double>(t2 - t1).count();
   const size_t prompt_tokens = ids.size() - size_t(o.tokens);

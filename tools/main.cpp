@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   longctx::cli::add_bench_attention(*bench);
   longctx::cli::add_bench_decode(*bench);
+  longctx::cli::add_bench_batch_decode(*bench);
   longctx::cli::add_bench_train(*bench);
   longctx::cli::add_bench_infini(*bench);
   longctx::cli::add_bench_moe(*bench);
@@ -39,6 +40,8 @@ int main(int argc, char** argv) {
   longctx::cli::add_passkey_corpus(app);
   longctx::cli::add_generate(app);
   longctx::cli::add_export(app);
+  longctx::cli::add_import_hf(app);
+  longctx::cli::add_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

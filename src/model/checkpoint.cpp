@@ -99,41 +99,71 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
   return a == b ? "" : here + ": " + a.dump() + " vs " + b.dump();
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& path) {
-  const auto metadata = read_safetensors_metadata(path);
-  const auto it = metadata.find("longctx.tokenizer_model");
-  std::string model;
-  if (it != metadata.end()) {
-    try {
-      model = base64_decode(it->second, "longctx.tokenizer_model");
-    } catch (const std::invalid_argument& e) {
-      throw std::runtime_error("longctx: corrupt checkpoint " + path + ": " + message_of(e));
+CheckpointInfo checkpoint_info(const std::map<std::string, std::string>& metadata, const std::string& path) {
+  CheckpointInfo info{checkpoint_config(metadata, path), tokenizer_of(metadata), "", {}};
+  try {
+    if (const auto it = metadata.find("longctx.tokenizer_model"); it != metadata.end())
+      info.tokenizer_model = base64_decode(it->second, "longctx.tokenizer_model");
+    if (const auto it = metadata.find("longctx.special_tokens"); it != metadata.end()) {
+      const nlohmann::json j = nlohmann::json::parse(it->second, nullptr, false);
+      const int64_t V = info.model.vocab_size;
+      auto id = [&](const nlohmann::json& x) {
+        LONGCTX_CHECK(x.is_number_integer() && x.get<int64_t>() >= 0 && x.get<int64_t>() < V,
+                      "longctx.special_tokens: ", x.dump(), " is not a token id in [0, ", V, ")");
+        return x.get<int32_t>();
+      };
+      LONGCTX_CHECK(j.is_object() && j.contains("eos") && j.at("eos").is_array(),
+                    "longctx.special_tokens must be {\"bos\": id, \"eos\": [ids]}, got ", it->second.substr(0, 80));
+      if (j.contains("bos")) info.special_tokens.bos = id(j.at("bos"));
+      for (const nlohmann::json& e : j.at("eos")) info.special_tokens.eos.push_back(id(e));
     }
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error("longctx: corrupt checkpoint " + path + ": " + message_of(e));
   }
-  return {checkpoint_config(metadata, path), tokenizer_of(metadata), std::move(model)};
+  return info;
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  return checkpoint_info(read_safetensors_metadata(path), path);
+}
+
+std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info) {
+  std::map<std::string, std::string> metadata{{"format", "longctx"},
+                                               {"longctx.model_config", info.model.to_json().dump()},
+                                               {"longctx.tokenizer", info.tokenizer}};
+  if (!info.tokenizer_model.empty()) metadata["longctx.tokenizer_model"] = base64_encode(info.tokenizer_model);
+  const SpecialTokens& s = info.special_tokens;
+  if (s.bos >= 0 || !s.eos.empty()) {
+    nlohmann::json j{{"eos", s.eos}};
+    if (s.bos >= 0) j["bos"] = s.bos;
+    metadata["longctx.special_tokens"] = j.dump();
+  }
+  return metadata;
+}
+
+void save_weights(const std::string& path, const Transformer& model, const CheckpointInfo& info) {
+  std::vector<std::pair<std::string, const Tensor*>> tensors;
+  for (const Param& p : model.params()) tensors.push_back({p.name, &p.value});
+  CheckpointInfo own = info;
+  own.model = model.config();
+  save_safetensors(path, tensors, checkpoint_metadata(own));
 }
 
 uint64_t export_weights(const std::string& path, const std::string& out) {
   LONGCTX_CHECK(std::filesystem::weakly_canonical(path) != std::filesystem::weakly_canonical(out),
                 "export: --out must not be the checkpoint itself (", out, ")");
   const SafetensorsFile f = load_safetensors(path, [](const std::string& name) { return name.rfind("optimizer.", 0) != 0; });
-  const ModelConfig cfg = checkpoint_config(f.metadata, path);
-  std::map<std::string, std::string> metadata{{"format", "longctx"},
-                                               {"longctx.model_config", cfg.to_json().dump()},
-                                               {"longctx.tokenizer", tokenizer_of(f.metadata)}};
-  const std::string spec = metadata["longctx.tokenizer"];
-  if (const auto it = f.metadata.find("longctx.tokenizer_model"); it != f.metadata.end()) {
-    metadata["longctx.tokenizer_model"] = it->second;
-  } else if (spec.rfind("spm:", 0) == 0) {  // an older checkpoint names the model file: embed it now
-    std::ifstream in(spec.substr(4), std::ios::binary);
-    LONGCTX_CHECK(in.good(), "export: ", path, " was trained with tokenizer '", spec, "', whose model file is not "
+  CheckpointInfo info = checkpoint_info(f.metadata, path);
+  if (info.tokenizer_model.empty() && info.tokenizer.rfind("spm:", 0) == 0) {
+    // an older checkpoint names the model file: embed it now
+    std::ifstream in(info.tokenizer.substr(4), std::ios::binary);
+    LONGCTX_CHECK(in.good(), "export: ", path, " was trained with tokenizer '", info.tokenizer, "', whose model file is not "
                   "there from here: run export from the folder the run was trained in");
-    metadata["longctx.tokenizer_model"] =
-        base64_encode(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+    info.tokenizer_model.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   std::vector<std::pair<std::string, const Tensor*>> tensors;
   for (const auto& [name, t] : f.tensors) tensors.push_back({name, &t});
-  save_safetensors(out, tensors, metadata);
+  save_safetensors(out, tensors, checkpoint_metadata(info));
   return std::filesystem::file_size(out);
 }
 

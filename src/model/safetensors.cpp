@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -98,8 +99,11 @@ SafetensorsEntry read_entry(const std::string& name, const json& e, uint64_t dat
     out.dtype = DType::f32;
   } else if (dt == "BF16") {
     out.dtype = DType::bf16;
+  } else if (dt == "F16") {
+    out.dtype = DType::f32;  // converted when read
+    out.f16 = true;
   } else {
-    corrupt(path, tensor + " has dtype " + clip(dt.dump()) + "; longctx reads \"F32\" and \"BF16\"");
+    corrupt(path, tensor + " has dtype " + clip(dt.dump()) + "; longctx reads \"F32\", \"BF16\" and \"F16\"");
   }
   const std::string dtype = dt.get<std::string>();
   const int64_t numel = shape_elements(e.at("shape"), tensor, out.shape, path);
@@ -113,9 +117,10 @@ SafetensorsEntry read_entry(const std::string& name, const json& e, uint64_t dat
     corrupt(path, concat(tensor, " data offsets do not match the file: they end at byte ", out.end,
                          " of a data section of ", data_size, " bytes (truncated file?)"));
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(uint64_t(numel), dtype_size(out.dtype), &bytes) || bytes != out.end - out.begin)
+  const size_t value_bytes = out.f16 ? 2 : dtype_size(out.dtype);
+  if (__builtin_mul_overflow(uint64_t(numel), value_bytes, &bytes) || bytes != out.end - out.begin)
     corrupt(path, concat(tensor, " data offsets do not match its shape: ", shape_str(out.shape), " of ",
-                         dtype, " needs ", numel, " x ", dtype_size(out.dtype), " bytes, data_offsets [",
+                         dtype, " needs ", numel, " x ", value_bytes, " bytes, data_offsets [",
                          out.begin, ", ", out.end, "] hold ", out.end - out.begin));
   return out;
 }
@@ -139,6 +144,19 @@ void check_tiling(std::vector<SafetensorsEntry>& entries, uint64_t data_size, co
   }
   if (covered != data_size)
     corrupt(path, concat("bytes [", covered, ", ", data_size, ") of the data belong to no tensor (trailing data)"));
+}
+
+// IEEE 754 binary16 (1 sign, 5 exponent, 10 fraction bits) as fp32, exactly: every half is a float.
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, frac = h & 0x3ffu;
+  if (exp == 0) {  // zero or subnormal: frac * 2^-24
+    const float x = std::ldexp(float(frac), -24);
+    return sign ? -x : x;
+  }
+  float x;  // normal: rebias the exponent (15 -> 127); Inf and NaN keep an all-ones exponent
+  const uint32_t u = sign | ((exp == 0x1fu ? 0xffu : exp + 112u) << 23) | (frac << 13);
+  std::memcpy(&x, &u, 4);
+  return x;
 }
 
 // NaN and Inf: an exponent of all ones, in fp32 and in bf16 (its top half) alike.
@@ -227,8 +245,11 @@ SafetensorsFile load_safetensors(const std::string& path, const std::function<bo
     if (want && !want(e.name)) continue;
     Tensor t(e.shape, e.dtype);
     f.seekg(std::streamoff(8 + n + e.begin));
-    if (!f.read(static_cast<char*>(t.raw()), std::streamsize(t.nbytes())))
+    std::vector<uint16_t> half(e.f16 ? size_t(t.numel()) : 0);
+    char* into = e.f16 ? reinterpret_cast<char*>(half.data()) : static_cast<char*>(t.raw());
+    if (!f.read(into, std::streamsize(e.end - e.begin)))
       corrupt(path, "the data of tensor " + quoted(e.name) + " could not be read (the file shrank?)");
+    for (size_t i = 0; i < half.size(); ++i) t.f32()[i] = f16_to_f32(half[i]);
     int64_t first = 0;
     if (const int64_t bad = count_non_finite(t, first))
       corrupt(path, concat("tensor ", quoted(e.name), " holds ", bad, " non-finite values (NaN or Inf), the first at index ",

@@ -2,7 +2,9 @@
 #include <longctx/core/memory.hpp>
 #include <longctx/model/transformer.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/parallel.hpp"
 #include <random>
@@ -311,9 +313,43 @@ void add_into(Tensor& y, const Tensor& x) {
   for (int64_t c = 0; c < n; c += chunk) simd::add_inplace(yp + c, xp + c, std::min(chunk, n - c));
 }
 
+// Rows [begin, end) of a [T, ...] tensor, copied.
+Tensor copy_rows(const Tensor& t, int64_t begin, int64_t end) {
+  std::vector<int64_t> shape = t.shape();
+  shape[0] = end - begin;
+  Tensor out(shape, t.dtype());
+  const size_t row = t.nbytes() / size_t(t.dim(0));
+  std::memcpy(out.raw(), static_cast<const char*>(t.raw()) + size_t(begin) * row, size_t(end - begin) * row);
+  return out;
+}
+
+// Layer l's attention at inference: the rows [cu[s], cu[s+1]) of sequence s are appended to, and
+// attend over, its own state states[s]. One sequence runs in place; several are cut apart and
+// their outputs put back in order.
+void decode_attention(const AttentionSpec& spec, const nn::Rope& rope, const std::vector<int64_t>& pos,
+                      const std::vector<int64_t>& cu, const std::vector<DecodeState*>& states, int64_t l, Tensor q,
+                      Tensor k, Tensor v, const Tensor& h1, attention_layer::Acts& acts) {
+  if (states.size() == 1) {
+    attention_layer::decode(spec, rope, pos, states[0]->layers[size_t(l)], std::move(q), std::move(k), std::move(v), h1,
+                            acts);
+    return;
+  }
+  acts.kind = spec.kind();
+  acts.out = Tensor({q.dim(0), q.dim(1), q.dim(2)});
+  const int64_t row = q.dim(1) * q.dim(2);
+  for (size_t s = 0; s < states.size(); ++s) {
+    const int64_t b = cu[s], e = cu[s + 1];
+    attention_layer::Acts one;
+    attention_layer::decode(spec, rope, std::vector<int64_t>(pos.begin() + b, pos.begin() + e),
+                            states[s]->layers[size_t(l)], copy_rows(q, b, e), copy_rows(k, b, e), copy_rows(v, b, e),
+                            copy_rows(h1, b, e), one);
+    std::copy_n(one.out.f32(), (e - b) * row, acts.out.f32() + b * row);
+  }
+}
+
 }  // namespace
 
-void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, DecodeState* state) {
+void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, const std::vector<DecodeState*>& states) {
   check_batch(cfg_, batch);
   aux_loss_ = 0;
   Acts& A = *acts_;
@@ -340,9 +376,9 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32(), pr);
     nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32(), pr);
     const AttentionSpec spec = running_spec(l);
-    if (state)  // inference: attend over the layer's decode state, which takes these tokens in
-      attention_layer::decode(spec, A.rope, pos, state->layers[size_t(l)], std::move(q), std::move(k), std::move(v),
-                              L.h1, L.attn);
+    if (!states.empty())  // inference: attend over each sequence's decode state, which takes its tokens in
+      decode_attention(spec, A.rope, pos, batch.cu_seqlens, states, l, std::move(q), std::move(k), std::move(v), L.h1,
+                       L.attn);
     else
       attention_layer::forward(spec, cfg_, P.attention, A.rope, pos, varlen, std::move(q), std::move(k), std::move(v),
                                L.h1, L.attn);
@@ -439,18 +475,31 @@ DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) c
 }
 
 Tensor Transformer::extend(DecodeState& state, const std::vector<int32_t>& tokens) {
-  LONGCTX_CHECK(int64_t(state.layers.size()) == cfg_.n_layers, "extend: the decode state has ", state.layers.size(),
-                " layers for ", cfg_.n_layers, " (make it with new_decode_state)");
-  const int64_t n = int64_t(tokens.size());
-  LONGCTX_CHECK(state.tokens + n <= state.capacity, "extend: ", n, " more tokens would exceed the decode state's capacity (",
-                state.tokens, " of ", state.capacity, " used)");
+  return extend_batch({&state}, {tokens});
+}
+
+Tensor Transformer::extend_batch(const std::vector<DecodeState*>& states, const std::vector<std::vector<int32_t>>& tokens) {
+  LONGCTX_CHECK(!states.empty() && states.size() == tokens.size(), "extend: ", states.size(), " decode states for ",
+                tokens.size(), " token runs (one run per state, at least one)");
   Batch b;
-  b.tokens = tokens;
-  b.cu_seqlens = {0, n};
-  for (int64_t i = 0; i < n; ++i) b.positions.push_back(state.tokens + i);
+  b.cu_seqlens = {0};
+  for (size_t s = 0; s < states.size(); ++s) {
+    const DecodeState* st = states[s];
+    LONGCTX_CHECK(st && int64_t(st->layers.size()) == cfg_.n_layers, "extend: decode state ", s, " has ",
+                  st ? st->layers.size() : 0, " layers for ", cfg_.n_layers, " (make it with new_decode_state)");
+    const size_t first = size_t(std::find(states.begin(), states.end(), st) - states.begin());
+    LONGCTX_CHECK(first == s, "extend: decode states ", first, " and ", s, " are the same state");
+    const int64_t n = int64_t(tokens[s].size());
+    LONGCTX_CHECK(n > 0, "extend: no tokens for decode state ", s);
+    LONGCTX_CHECK(st->tokens + n <= st->capacity, "extend: ", n, " more tokens would exceed the capacity of decode state ",
+                  s, " (", st->tokens, " of ", st->capacity, " used)");
+    b.tokens.insert(b.tokens.end(), tokens[s].begin(), tokens[s].end());
+    for (int64_t i = 0; i < n; ++i) b.positions.push_back(st->tokens + i);
+    b.cu_seqlens.push_back(b.size());
+  }
   Tensor out;
-  run(b, false, out, &state);
-  state.tokens += n;
+  run(b, false, out, states);
+  for (size_t s = 0; s < states.size(); ++s) states[s]->tokens += int64_t(tokens[s].size());
   return out;
 }
 

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 
-#include "core/base64.hpp"
 #include "core/json_fields.hpp"
 
 namespace longctx {
@@ -270,13 +269,11 @@ void Trainer::save(const std::string& path) const {
     tensors.push_back({"optimizer.v." + params[i].name, &opt_.v()[i]});
   }
   const nlohmann::json state{{"step", step_}, {"adam_steps", opt_.steps()}, {"tokens_seen", tokens_seen_}};
-  std::map<std::string, std::string> metadata{{"format", "longctx"},
-                                               {"longctx.model_config", model_.config().to_json().dump()},
-                                               {"longctx.train_config", cfg_.to_json().dump()},
-                                               {"longctx.tokenizer", cfg_.tokenizer},
-                                               {"longctx.state", state.dump()}};
   if (tokenizer_model_.empty() && cfg_.tokenizer != "bytes") tokenizer_model_ = make_tokenizer(cfg_.tokenizer)->serialized();
-  if (!tokenizer_model_.empty()) metadata["longctx.tokenizer_model"] = base64_encode(tokenizer_model_);
+  std::map<std::string, std::string> metadata =
+      checkpoint_metadata({model_.config(), cfg_.tokenizer, tokenizer_model_, special_tokens_});
+  metadata["longctx.train_config"] = cfg_.to_json().dump();
+  metadata["longctx.state"] = state.dump();
   save_safetensors(path, tensors, metadata);
 }
 
@@ -289,8 +286,10 @@ void Trainer::init_from(const std::string& path) {
   const std::string diff = first_difference(saved, ours);
   LONGCTX_CHECK(diff.empty(), "init-from: checkpoint ", path, " has another model config (checkpoint vs config): ",
                 diff);
-  if (const CheckpointInfo info = read_checkpoint_info(path); info.tokenizer == cfg_.tokenizer)
+  if (const CheckpointInfo info = checkpoint_info(f.metadata, path); info.tokenizer == cfg_.tokenizer) {
     tokenizer_model_ = info.tokenizer_model;  // the fine-tune carries the same tokenizer on
+    special_tokens_ = info.special_tokens;
+  }
   load_weights(model_, f, path);
 }
 
@@ -320,6 +319,7 @@ void Trainer::resume(const std::string& path) {
   LONGCTX_CHECK(data_diff.empty(), "resume: checkpoint ", path, " used other data settings (checkpoint vs config): ",
                 data_diff);
   load_weights(model_, f, path);
+  special_tokens_ = checkpoint_info(f.metadata, path).special_tokens;
   auto& params = model_.params();
   for (size_t i = 0; i < params.size(); ++i)
     for (const char* moment : {"m", "v"}) {

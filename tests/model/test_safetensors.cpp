@@ -141,7 +141,7 @@ TEST(Safetensors, MetadataMustBeAnObjectOfStrings) {
 
 TEST(Safetensors, MalformedEntriesAndUnknownDtypesAreRefused) {
   expect_refused("dtype.safetensors", R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", zeros(8),
-                 "tensor 'a' has dtype \"F64\"; longctx reads \"F32\" and \"BF16\"");
+                 "tensor 'a' has dtype \"F64\"; longctx reads \"F32\", \"BF16\" and \"F16\"");
   expect_refused("dtype_num.safetensors", R"({"a":{"dtype":7,"shape":[1],"data_offsets":[0,4]}})", zeros(4),
                  "tensor 'a' has dtype 7");
   expect_refused("missing.safetensors", R"({"a":{"dtype":"F32","data_offsets":[0,4]}})", zeros(4),
@@ -204,6 +204,25 @@ TEST(Safetensors, NonFiniteWeightsAreAnErrorNamingTheTensorAndCount) {
                  std::string("\0\0\x80\x7f", 4), "tensor 'h' holds 1 non-finite values");
   // a tensor that is not read is not judged
   EXPECT_TRUE(load_safetensors(path, [](const std::string&) { return false; }).tensors.empty());
+}
+
+// F16 (Hugging Face checkpoints) is read as fp32, exactly: normal, subnormal, signed zero, the
+// largest half; its Inf is a non-finite weight like any other; the byte count is 2 a value.
+TEST(Safetensors, F16IsReadAsExactF32) {
+  const uint16_t halves[] = {0x3c00, 0xc100, 0x0001, 0x8000, 0x7bff, 0x3555};
+  const std::string data(reinterpret_cast<const char*>(halves), sizeof halves);
+  const std::string path = write_raw("f16.safetensors", R"({"h":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}})", data);
+  const SafetensorsFile f = load_safetensors(path);
+  const Tensor& h = f.at("h");
+  ASSERT_EQ(h.dtype(), DType::f32);
+  EXPECT_EQ(h.shape(), (std::vector<int64_t>{2, 3}));
+  const float want[] = {1.0f, -2.5f, std::ldexp(1.0f, -24), -0.0f, 65504.0f, 0.333251953125f};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(h.f32()[i], want[i]) << i;
+  EXPECT_TRUE(std::signbit(h.f32()[3]));
+  expect_refused("f16inf.safetensors", R"({"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})",
+                 std::string("\0\0\0\x7c", 4), "tensor 'h' holds 1 non-finite values");
+  expect_refused("f16size.safetensors", R"({"h":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}})", zeros(8),
+                 "[2] of F16 needs 2 x 2 bytes");
 }
 
 TEST(Safetensors, MetadataReaderChecksTheWholeHeader) {

@@ -14,6 +14,14 @@
 
 namespace longctx {
 
+// Token ids the tokenizer alone does not say how to use ("longctx.special_tokens", JSON
+// {"bos": id, "eos": [ids]}); set by `longctx import-hf` from the model's Hugging Face config,
+// absent (no BOS, no EOS) for models longctx trained, whose corpora have neither.
+struct SpecialTokens {
+  int32_t bos = -1;           // prepended to every prompt when >= 0
+  std::vector<int32_t> eos;   // generation stops at any of them
+};
+
 // The model config and tokenizer spec a checkpoint was trained with, from its header alone.
 struct CheckpointInfo {
   ModelConfig model;
@@ -22,8 +30,19 @@ struct CheckpointInfo {
   // metadata), so it works from any folder; empty for bytes and for older checkpoints (then the
   // spec's path is read). make_tokenizer(tokenizer, tokenizer_model) builds it.
   std::string tokenizer_model;
+  SpecialTokens special_tokens;
 };
 CheckpointInfo read_checkpoint_info(const std::string& checkpoint);
+// The same from a header's metadata (`path` names the file in errors).
+CheckpointInfo checkpoint_info(const std::map<std::string, std::string>& metadata, const std::string& path);
+
+// The metadata of a checkpoint's inference part: format, model config, tokenizer spec and model
+// (base64), special tokens. Training checkpoints add their train config and state to it.
+std::map<std::string, std::string> checkpoint_metadata(const CheckpointInfo& info);
+
+// Writes the model's weights with checkpoint_metadata(info) (info.model is the model's config):
+// a checkpoint eval, generate, serve and `train --init-from` take.
+void save_weights(const std::string& path, const Transformer& model, const CheckpointInfo& info);
 
 // The model config stored in a checkpoint's metadata; throws when the file is not a longctx one,
 // and std::runtime_error "longctx: corrupt checkpoint <path>: model config metadata: <reason>"

@@ -13,7 +13,8 @@
 //   in any object (JSON parsers disagree on which copy wins, so none does);
 // - "__metadata__" that is not an object of strings;
 // - an entry that is not {dtype, shape, data_offsets} (missing or unknown fields), a dtype other
-//   than F32 and BF16, a shape that is not a list of at most kMaxSafetensorsDims integers >= 0 or
+//   than F32, BF16 and F16 (F16 is converted to fp32 when read: longctx computes in fp32 or
+//   bf16, and every half is exactly a float), a shape that is not a list of at most kMaxSafetensorsDims integers >= 0 or
 //   whose element count overflows 64 bits, data_offsets that are not [begin, end] with
 //   begin <= end, or whose byte count disagrees with the shape;
 // - entries that, sorted by offset, do not tile the data section exactly from byte 0 to its end
@@ -47,7 +48,8 @@ struct SafetensorsFile {
 // One tensor of a checked header: its data are bytes [begin, end) of the data section.
 struct SafetensorsEntry {
   std::string name;
-  DType dtype = DType::f32;
+  DType dtype = DType::f32;  // as read
+  bool f16 = false;          // stored as F16 (2 bytes a value), read as f32
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;
 };

@@ -112,6 +112,13 @@ class Transformer {
   // the cache's block statistics, nsa layers by nsa_forward (n > 1) or nsa_decode_step (n = 1)
   // over the cache and its compressed blocks, infini layers through their memory stream.
   Tensor extend(DecodeState& state, const std::vector<int32_t>& tokens);
+  // extend() of several sequences in one call: appends tokens[i] to *states[i] (distinct states,
+  // each a non-empty run of tokens: a decode step, or a prefill chunk) and returns the logits
+  // [sum of the runs' lengths, V], sequence i's rows after sequence i-1's. The linear layers, the
+  // FFNs and the LM head run as one product over all the new tokens; each layer attends per
+  // sequence over that sequence's own state. Each row equals extend() of its sequence alone up to
+  // fp32 rounding (a product over more rows may sum in another order).
+  Tensor extend_batch(const std::vector<DecodeState*>& states, const std::vector<std::vector<int32_t>>& tokens);
   // extend() over `tokens` in calls of at most `chunk` tokens, so the logits held stay within
   // chunk x vocab; returns the last token's logits [1, V]. progress(done, total) after each call.
   Tensor prefill(DecodeState& state, const std::vector<int32_t>& tokens, int64_t chunk,
@@ -144,7 +151,9 @@ class Transformer {
  private:
   struct Acts;
   AttentionSpec running_spec(int64_t layer) const;  // the layer's spec, or full when forced
-  void run(const Batch& batch, bool train, Tensor& logits_out, DecodeState* state = nullptr);
+  // Inference over decode states: `states` holds one per sequence of the batch (its tokens are
+  // the sequence's next ones); empty for a plain forward.
+  void run(const Batch& batch, bool train, Tensor& logits_out, const std::vector<DecodeState*>& states = {});
   ModelConfig cfg_;
   std::vector<Param> params_;
   std::unique_ptr<Acts> acts_;

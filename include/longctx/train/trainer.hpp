@@ -2,6 +2,7 @@
 // accumulation, periodic validation, JSONL log, atomic safetensors checkpoints and exact resume.
 #pragma once
 #include <longctx/attention/sparse/sparsity_schedule.hpp>
+#include <longctx/model/checkpoint.hpp>
 #include <longctx/model/transformer.hpp>
 #include <longctx/text/corpus.hpp>
 #include <longctx/text/task_mix.hpp>
@@ -120,6 +121,7 @@ class Trainer {
   AdamW opt_;
   Corpus corpus_;
   mutable std::string tokenizer_model_;  // the tokenizer model's bytes, saved in every checkpoint (read once)
+  SpecialTokens special_tokens_;          // an imported model's BOS / EOS, carried on by its fine-tunes
   std::vector<Batch> eval_;
   std::shared_ptr<const Tokenizer> tok_;    // with a task mix: its tokenizer,
   std::unique_ptr<const TaskFiller> task_filler_;  // the training text as filler,

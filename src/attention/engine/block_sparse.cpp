@@ -108,7 +108,7 @@ std::vector<int32_t> select_top_blocks(const Problem& p, const BlockGrid& grid, 
         for (int64_t r = 0; r < t.len; ++r) {
           int32_t* out = &selected[(size_t(t.head) * p.tq + s.q0 + t.start + r) * slots];
           if (own > slots)
-            top_indices(&ws.score[size_t(r * own)], own, slots, out);
+            top_indices(&ws.score[size_t(r * own)], own, slots, out, &ws.rank);
           else
             std::iota(out, out + own, 0);
           for (int e = 1; e < heads; ++e)
@@ -209,7 +209,12 @@ void attend_selected_blocks(const Problem& p, const BlockGrid& grid, const Tenso
                         scratch[size_t(thread)]);
       }
       const SoftmaxState partials{pm.data(), pl.data(), pacc.data(), p.d};
+      constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
       for (int64_t pos = pos0; pos < pos1; ++pos) {
+        if (pos + kAhead < pos1) {
+          const int64_t next = sel.rows[size_t(pos + kAhead)];
+          if (next / p.hq >= lo && next / p.hq < hi) prefetch_row(st.acc + next * p.d, p.d);
+        }
         const int64_t row = sel.rows[size_t(pos)], token = row / p.hq;
         if (token >= lo && token < hi) merge_state(st.of_row(p, row), 0, partials, pos - pos0, p.d);
       }

@@ -57,6 +57,7 @@ BlockFeatures block_features(const Problem& p, const BlockGrid& grid, const Tens
 // score[r * own + j], unscaled. One GEMM per head.
 struct GateScratch {
   std::vector<float> q, mapped, score;
+  std::vector<uint32_t> rank;  // top_indices' scratch
 };
 void gate_scores(const Problem& p, const BlockGrid& grid, const Tensor& q, const BlockFeatures& feat, const Tile& t,
                  int heads, int64_t own, GateScratch& ws);

@@ -1,13 +1,30 @@
 // Mass-threshold (progressive) sparse attention, arXiv 2503.00392; the stop rules are explained
 // in include/longctx/attention/sparse/threshold.hpp.
+//
+// Prefill and training run on the block-sparse engine (attention/engine/block_sparse.hpp) in
+// rounds (docs/DESIGN.md "Top-k and mass-threshold sparse attention"): after the own blocks, every
+// query that has not stopped takes its next 1, 2, 4, ... candidate blocks in descending score; the
+// engine attends them block-major into one partial softmax state per (query, block); then each
+// query merges its partials in descending order, checking the stop rule before each one as the
+// serial rule does, and drops the rest. Same visited set as one block at a time (up to float
+// rounding), at most about twice the blocks computed. Decode runs the serial rule per row
+// (threshold_row, on the row engine).
 #include <longctx/attention/sparse/threshold.hpp>
 #include <longctx/core/error.hpp>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
+#include <span>
 
+#include "attention/engine/block_sparse.hpp"
+#include "attention/engine/top_indices.hpp"
+#include "attention/sparse/block_level.hpp"
 #include "attention/sparse/row_engine.hpp"
+#include "core/parallel.hpp"
 #include "core/simd.hpp"
 
 namespace longctx {
@@ -19,6 +36,54 @@ void ThresholdOptions::validate(const std::string& prefix) const {
 
 namespace attn {
 
+namespace {
+
+// One query's stop rule over its candidate blocks (scores in scaled-logit units), visited in
+// descending score: bound: the unvisited mass is at most B * sum_unvisited exp(U_j - m);
+// heuristic: (unvisited blocks) * B * exp(s_last - m), s_last the lowest score visited so far.
+struct StopRuleState {
+  StopRule rule = StopRule::bound;
+  double drop = 0, B = 0;  // 1 - tau, block size
+  double top = 0;       // the highest score
+  double rest = 0;      // bound: sum over unvisited blocks of exp(U_j - top)
+  double last = 0;      // heuristic: the lowest score visited so far
+  int64_t unvisited = 0;
+  StopRuleState() = default;
+  // Before any visit: scores of all candidates (any order) and their maximum.
+  StopRuleState(StopRule r, float tau, int64_t block, const float* score, int64_t n, float max_score)
+      : rule(r), drop(1.0 - double(tau)), B(double(block)), top(max_score), last(max_score), unvisited(n) {
+    if (rule == StopRule::bound)
+      for (int64_t j = 0; j < n; ++j) rest += std::exp(double(score[j]) - top);
+  }
+  // Whether the state (m, l) of the visited keys already holds enough of the mass.
+  bool done(float m, float l) const {
+    if (unvisited == 0) return true;
+    const double u = rule == StopRule::bound ? B * std::max(rest, 0.0) * std::exp(top - double(m))
+                                             : B * double(unvisited) * std::exp(last - double(m));
+    return u < drop * (double(l) + u);  // unvisited / (l + unvisited) < 1 - tau
+  }
+  void visit(float score) {
+    rest -= std::exp(double(score) - top);
+    last = score;
+    --unvisited;
+  }
+};
+
+// Scores of blocks 0 .. own - 1 for query q (head h) as the serial rule ranks them.
+void row_block_scores(const SparseSource& src, const float* q, int g, int64_t own, StopRule rule, RowScratch& ws) {
+  ws.score.resize(size_t(own));
+  for (int64_t j = 0; j < own; ++j) {
+    if (rule == StopRule::bound) {
+      ws.score[size_t(j)] = src.p.scale * quest_bound(q, src.stats.key_min(j, g), src.stats.key_max(j, g), src.p.d);
+    } else {
+      block_mean(src.stats, j, g, src.p.d, ws.mean.data());
+      ws.score[size_t(j)] = src.p.scale * simd::dot(q, ws.mean.data(), src.p.d);
+    }
+  }
+}
+
+}  // namespace
+
 void block_mean(const BlockStats& stats, int64_t j, int g, int d, float* mean) {
   std::copy_n(stats.sum(j, g), d, mean);
   simd::scale_inplace(mean, d, 1.0f / float(stats.block_size()));
@@ -26,22 +91,13 @@ void block_mean(const BlockStats& stats, int64_t j, int g, int d, float* mean) {
 
 int64_t threshold_row(const SparseSource& src, const float* q, int h, int64_t pos, float tau, StopRule rule,
                       SoftmaxState st, std::vector<int32_t>& visited, RowScratch& ws) {
-  const int g = src.p.kv_head(h), d = src.p.d;
+  const int g = src.p.kv_head(h);
   const int64_t B = src.B();
-  const Rows qr{q, d};
+  const Rows qr{q, src.p.d};
   int64_t keys = attend_own_block(src, qr, g, pos, st, ws);
   const int64_t own = pos / B;
   if (own == 0) return keys;
-  // Block scores in scaled-logit units: Quest upper bounds, or the mean-key score (heuristic).
-  ws.score.resize(size_t(own));
-  for (int64_t j = 0; j < own; ++j) {
-    if (rule == StopRule::bound) {
-      ws.score[size_t(j)] = src.p.scale * quest_bound(q, src.stats.key_min(j, g), src.stats.key_max(j, g), d);
-    } else {
-      block_mean(src.stats, j, g, d, ws.mean.data());
-      ws.score[size_t(j)] = src.p.scale * simd::dot(q, ws.mean.data(), d);
-    }
-  }
+  row_block_scores(src, q, g, own, rule, ws);
   // Max-heap by score, ties toward the later block: O(own) to build, O(log own) per visit.
   const auto less = [&](int32_t a, int32_t b) {
     return ws.score[size_t(a)] != ws.score[size_t(b)] ? ws.score[size_t(a)] < ws.score[size_t(b)] : a < b;
@@ -49,22 +105,12 @@ int64_t threshold_row(const SparseSource& src, const float* q, int h, int64_t po
   ws.order.resize(size_t(own));
   std::iota(ws.order.begin(), ws.order.end(), 0);
   std::make_heap(ws.order.begin(), ws.order.end(), less);
-  const double top = ws.score[size_t(ws.order.front())];
-  double rest = 0;  // sum over unvisited blocks of exp(U_j - top) (bound rule)
-  if (rule == StopRule::bound)
-    for (int64_t j = 0; j < own; ++j) rest += std::exp(double(ws.score[size_t(j)]) - top);
-  double last = top;  // smallest score visited so far (heuristic rule)
-  const double drop = 1.0 - double(tau);
-  while (!ws.order.empty()) {
-    const double m = st.m[0], l = st.l[0];
-    const double unvisited = rule == StopRule::bound ? double(B) * std::max(rest, 0.0) * std::exp(top - m)
-                                                     : double(B) * double(ws.order.size()) * std::exp(last - m);
-    if (unvisited < drop * (l + unvisited)) break;  // unvisited / (l + unvisited) < 1 - tau
+  StopRuleState stop(rule, tau, B, ws.score.data(), own, ws.score[size_t(ws.order.front())]);
+  while (!stop.done(st.m[0], st.l[0])) {
     std::pop_heap(ws.order.begin(), ws.order.end(), less);
     const int32_t j = ws.order.back();
     ws.order.pop_back();
-    rest -= std::exp(double(ws.score[size_t(j)]) - top);
-    last = ws.score[size_t(j)];
+    stop.visit(ws.score[size_t(j)]);
     attend_block(src, qr, g, j, st, ws);
     visited.push_back(j);
     keys += B;
@@ -76,6 +122,113 @@ int64_t threshold_row(const SparseSource& src, const float* q, int h, int64_t po
 
 using namespace attn;
 
+namespace {
+
+// Gate scores (rows x own blocks) held per chunk of own-block tiles, and partial states per wave.
+constexpr int64_t kChunkScores = int64_t(1) << 20;
+constexpr int64_t kWaveBytes = int64_t(32) << 20;
+
+// One query of a chunk in the rounds: its candidates (order keys, best first) and stop rule.
+struct Pending {
+  int64_t flat = 0;         // token * Hq + head
+  int32_t seq = 0;
+  const uint64_t* cand = nullptr;
+  int64_t own = 0, next = 0;  // candidates, the next one to take
+  StopRuleState stop;
+  bool done = true;
+};
+
+class Rounds {
+ public:
+  Rounds(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+         RunningStates& st, std::vector<std::vector<int32_t>>& visited)
+      : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited),
+        wave_rows_(std::max<int64_t>(1, kWaveBytes / (int64_t(p.d + 2) * int64_t(sizeof(float))))) {
+    for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kQueryTile, kKeyTile, p.d, false);
+  }
+
+  // Rounds of 1, 2, 4, ... candidates per query until every query of `pending` is done; each round
+  // in waves of whole queries holding at most wave_rows_ (query, block) pairs.
+  void run(std::vector<Pending>& pending) {
+    std::vector<Pending*> active;
+    for (int64_t take = 1;; take *= 2) {
+      active.clear();
+      for (Pending& pe : pending)
+        if (!pe.done) active.push_back(&pe);
+      if (active.empty()) return;
+      for (size_t a = 0; a < active.size();) {
+        size_t b = a;
+        std::vector<int64_t> entry0{0};  // per query of the wave: its first entry
+        while (b < active.size() && (b == a || entry0.back() + count(*active[b], take) <= wave_rows_))
+          entry0.push_back(entry0.back() + count(*active[b++], take));
+        wave({active.data() + a, b - a}, take, entry0);
+        a = b;
+      }
+    }
+  }
+
+ private:
+  static int64_t count(const Pending& pe, int64_t take) { return std::min(take, pe.own - pe.next); }
+
+  void wave(std::span<Pending* const> queries, int64_t take, const std::vector<int64_t>& entry0) {
+    std::vector<int64_t> at;
+    const Selectors sel = build_selectors(
+        grid_.full_blocks * p_.hkv,
+        [&](auto&& emit) {
+          for (const Pending* pe : queries) {
+            const int64_t base = grid_.first[size_t(pe->seq)] * p_.hkv + p_.kv_head(int(pe->flat % p_.hq));
+            for (int64_t c = 0; c < count(*pe, take); ++c) emit(base + rank_key_index(pe->cand[pe->next + c]) * p_.hkv, pe->flat);
+          }
+        },
+        &at);
+    const std::vector<GatherTile> tiles = gather_tiles(p_, grid_, sel);
+    const size_t rows = sel.rows.size();
+    pm_.resize(rows), pl_.resize(rows), pacc_.resize(rows * size_t(p_.d));
+    const SoftmaxState partials{pm_.data(), pl_.data(), pacc_.data(), p_.d};
+#pragma omp parallel if (tiles.size() > 1)
+    {
+      TileScratch& ws = scratch_[size_t(omp_get_thread_num())];
+#pragma omp for schedule(dynamic, 1)
+      for (size_t i = 0; i < tiles.size(); ++i) {
+        const int64_t r = tiles[i].pos;
+        attend_gathered(p_, grid_, q_, k_, v_, sel, tiles[i], {&pm_[size_t(r)], &pl_[size_t(r)], &pacc_[size_t(r) * p_.d], p_.d},
+                        ws);
+      }
+      // Each query merges its partials in descending score, checking the stop rule before each.
+#pragma omp for schedule(static)
+      for (size_t i = 0; i < queries.size(); ++i) {
+        Pending& pe = *queries[i];
+        const SoftmaxState run = st_.of_row(p_, pe.flat);
+        std::vector<int32_t>& vis = visited_[size_t(pe.flat % p_.hq) * size_t(p_.tq) + size_t(pe.flat / p_.hq)];
+        const int64_t n = count(pe, take);
+        for (int64_t c = 0; c < n && !pe.done; ++c) {
+          if (pe.stop.done(run.m[0], run.l[0])) {
+            pe.done = true;
+            break;
+          }
+          const uint64_t key = pe.cand[pe.next + c];
+          pe.stop.visit(rank_key_score(key));
+          merge_state(run, 0, partials, at[size_t(entry0[i] + c)], p_.d);
+          vis.push_back(rank_key_index(key));
+        }
+        pe.next += n;
+        if (pe.next == pe.own) pe.done = true;
+      }
+    }
+  }
+
+  const Problem& p_;
+  const BlockGrid& grid_;
+  const Tensor &q_, &k_, &v_;
+  RunningStates& st_;
+  std::vector<std::vector<int32_t>>& visited_;
+  const int64_t wave_rows_;
+  std::vector<float> pm_, pl_, pacc_;
+  std::vector<TileScratch> scratch_;
+};
+
+}  // namespace
+
 SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Varlen& varlen,
                                          const ThresholdOptions& opts) {
   const char* who = "threshold_attention_forward";
@@ -83,15 +236,60 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
   AttentionOptions ao;
   ao.softmax_scale = opts.softmax_scale;
   const Problem p = make_problem(who, q, k, v, varlen, ao);
-  const std::vector<BlockStats> stats = build_block_stats(p, k, opts.block_size);
-  const float tau = opts.tau;
-  const StopRule rule = opts.stop_rule;
-  SparseResult r = sparse_forward(
-      p, q, k, v, stats,
-      [tau, rule](const SparseSource& src, const float* qr, int h, int64_t pos, SoftmaxState st,
-                  std::vector<int32_t>& vis, RowScratch& ws) { return threshold_row(src, qr, h, pos, tau, rule, st, vis, ws); },
-      false, opts.block_size);
-  r.stop_rule = enum_name(rule);
+  const BlockGrid grid(p, opts.block_size);
+  const int64_t B = grid.B;
+  const std::vector<Tile> tiles = own_block_tiles(p, B);
+  const BlockFeatures feat =
+      block_features(p, grid, k, opts.stop_rule == StopRule::bound ? BlockGate::quest : BlockGate::mean);
+  SparseResult r = block_level_result(p, B);
+  r.stop_rule = enum_name(opts.stop_rule);
+  RunningStates st(p, r.out);
+  attend_own_blocks(p, B, q, k, v, tiles, st);
+
+  std::vector<std::vector<int32_t>> visited(size_t(p.hq) * size_t(p.tq));
+  Rounds rounds(p, grid, q, k, v, st, visited);
+  auto own_of = [&](const Tile& t) { return (t.start + p.seqs[size_t(t.seq)].offset()) / B; };
+  for (size_t c0 = 0; c0 < tiles.size();) {
+    // A chunk: consecutive own-block tiles whose scores fit kChunkScores (at least one tile).
+    size_t c1 = c0;
+    int64_t scores = 0, rows = 0;
+    std::vector<int64_t> tile_cand, tile_row;  // per tile of the chunk: its first candidate and query
+    while (c1 < tiles.size() && (c1 == c0 || scores + tiles[c1].len * own_of(tiles[c1]) <= kChunkScores)) {
+      tile_cand.push_back(scores), tile_row.push_back(rows);
+      scores += tiles[c1].len * own_of(tiles[c1]), rows += tiles[c1].len;
+      ++c1;
+    }
+    // Every query's candidates: scaled gate scores, sorted best first as order keys.
+    std::vector<uint64_t> cand(static_cast<size_t>(scores));
+    std::vector<Pending> pending(static_cast<size_t>(rows));
+    parallel::run(
+        int64_t(c1 - c0), parallel::Schedule::dynamic, [&](int) { return GateScratch{}; },
+        [&](int64_t i, GateScratch& ws) {
+          const Tile& t = tiles[c0 + size_t(i)];
+          const Seq& s = p.seqs[size_t(t.seq)];
+          const int64_t own = own_of(t);
+          if (own > 0) gate_scores(p, grid, q, feat, t, 1, own, ws);
+          for (int64_t e = 0; e < t.len && own > 0; ++e) {
+            float* score = &ws.score[size_t(e * own)];
+            simd::scale_inplace(score, own, p.scale);
+            uint64_t* keys = &cand[size_t(tile_cand[size_t(i)] + e * own)];
+            for (int64_t j = 0; j < own; ++j) keys[j] = rank_key(score[j], int32_t(j));
+            std::sort(keys, keys + own);
+            pending[size_t(tile_row[size_t(i)] + e)] = {
+                (s.q0 + t.start + e) * p.hq + t.head, t.seq, keys, own, 0,
+                StopRuleState(opts.stop_rule, opts.tau, B, score, own, simd::max_of(score, own)), false};
+          }
+        });
+    rounds.run(pending);
+    c0 = c1;
+  }
+  finalize_states(p, st, r.lse);
+  r.row_offset.assign(visited.size() + 1, 0);
+  for (size_t i = 0; i < visited.size(); ++i) {
+    r.row_offset[i + 1] = r.row_offset[i] + int64_t(visited[i].size());
+    r.visited.insert(r.visited.end(), visited[i].begin(), visited[i].end());
+  }
+  count_block_keys(p, r);
   return r;
 }
 

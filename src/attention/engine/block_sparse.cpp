@@ -121,30 +121,31 @@ std::vector<int32_t> select_top_blocks(const Problem& p, const BlockGrid& grid, 
 // ---- selection ----
 
 Selectors invert_selection(const Problem& p, const BlockGrid& grid, const QuerySelection& sel) {
-  // token-major, heads inner: a list's rows come out ascending (flat rows of one token adjacent)
-  return build_selectors(grid.full_blocks * p.hkv, [&](auto&& emit) {
-    for (size_t si = 0; si < p.seqs.size(); ++si) {
-      const Seq& s = p.seqs[si];
-      for (int64_t r = s.q0; r < s.q0 + s.lq; ++r)
-        for (int h = 0; h < p.hq; ++h) {
-          const int64_t stat = int64_t(h) * p.tq + r, base = grid.first[si] * p.hkv + p.kv_head(h);
-          for (int64_t e = sel.begin(stat); e < sel.end(stat); ++e)
-            if (sel.blocks[e] >= 0) emit(base + sel.blocks[e] * p.hkv, r * p.hq + h);
-        }
+  // units are tokens, heads inner: a list's rows come out ascending
+  std::vector<int32_t> seq_of(size_t(p.tq));
+  for (size_t si = 0; si < p.seqs.size(); ++si)
+    std::fill_n(seq_of.begin() + p.seqs[si].q0, p.seqs[si].lq, int32_t(si));
+  Selectors s;
+  build_selectors(s, grid.full_blocks * p.hkv, p.tq, [&](int64_t r, auto&& emit) {
+    const int64_t first = grid.first[size_t(seq_of[size_t(r)])] * p.hkv;
+    for (int h = 0; h < p.hq; ++h) {
+      const int64_t stat = int64_t(h) * p.tq + r, base = first + p.kv_head(h);
+      for (int64_t e = sel.begin(stat); e < sel.end(stat); ++e)
+        if (sel.blocks[e] >= 0) emit(base + sel.blocks[e] * p.hkv, r * p.hq + h);
     }
   });
+  return s;
 }
 
-std::vector<GatherTile> gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel) {
-  std::vector<GatherTile> tiles;
+void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles) {
+  tiles.clear();
   for (size_t si = 0; si < p.seqs.size(); ++si)
     for (int64_t j = 0; j < grid.full(p.seqs[si]); ++j)
       for (int g = 0; g < p.hkv; ++g) {
         const int64_t list = (grid.first[si] + j) * p.hkv + g, begin = sel.offset[size_t(list)], n = sel.size(list);
-        for (int64_t b = 0; b < n; b += kQueryTile)
-          tiles.push_back({int32_t(si), g, j, begin + b, std::min(kQueryTile, n - b)});
+        for (int64_t b = 0; b < n; b += kGatherTile)
+          tiles.push_back({int32_t(si), g, j, begin + b, std::min(kGatherTile, n - b)});
       }
-  return tiles;
 }
 
 // ---- forward ----
@@ -173,7 +174,7 @@ void attend_own_blocks(const Problem& p, int64_t B, const Tensor& q, const Tenso
 
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws) {
-  part.reset(t.len, p.d);
+  part.reset_fresh(t.len);
   gather_rows(q, &sel.rows[size_t(t.pos)], t.len, ws.q.data());
   attend_key_range(p, p.seqs[size_t(t.seq)], k, v, t.g, Rows{ws.q.data(), p.d}, t.len, 0, t.j * grid.B,
                    (t.j + 1) * grid.B, part, ws, true);
@@ -181,7 +182,8 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
 
 void attend_selected_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k,
                             const Tensor& v, const Selectors& sel, RunningStates& st) {
-  const std::vector<GatherTile> tiles = gather_tiles(p, grid, sel);
+  std::vector<GatherTile> tiles;
+  gather_tiles(p, grid, sel, tiles);
   if (tiles.empty()) return;
   // Waves: consecutive tiles (so a contiguous range of positions) of at most kWaveRows rows.
   std::vector<size_t> cut{0};
@@ -192,31 +194,44 @@ void attend_selected_blocks(const Problem& p, const BlockGrid& grid, const Tenso
     most = std::max(most, rows);
   }
   cut.push_back(tiles.size());
-  std::vector<float> pm(size_t(most), 0.0f), pl(size_t(most), 0.0f), pacc(size_t(most * p.d), 0.0f);
+  const size_t waves = cut.size() - 1;
+  // Two buffers of partial states: wave w's tiles fill one while wave w - 1's partials merge from
+  // the other, so each wave costs one barrier.
+  std::vector<float> pm[2], pl[2], pacc[2];
+  for (int b = 0; b < std::min<int>(2, int(waves)); ++b)
+    pm[b].resize(size_t(most)), pl[b].resize(size_t(most)), pacc[b].resize(size_t(most * p.d));
+  auto first_pos = [&](size_t w) { return tiles[cut[w]].pos; };
   std::vector<TileScratch> scratch;
-  for (int t = 0; t < parallel::max_threads(); ++t) scratch.emplace_back(kQueryTile, kKeyTile, p.d, false);
+  for (int t = 0; t < parallel::max_threads(); ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
 #pragma omp parallel if (tiles.size() > 1)
   {
     const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-    // this thread merges the queries of tokens [lo, hi): every query's partials in position order
-    const int64_t lo = p.tq * thread / threads, hi = p.tq * (thread + 1) / threads;
-    for (size_t w = 0; w + 1 < cut.size(); ++w) {
-      const int64_t pos0 = tiles[cut[w]].pos, pos1 = tiles[cut[w + 1] - 1].pos + tiles[cut[w + 1] - 1].len;
-#pragma omp for schedule(dynamic, 1)
-      for (size_t i = cut[w]; i < cut[w + 1]; ++i) {
-        const int64_t r = tiles[i].pos - pos0;
-        attend_gathered(p, grid, q, k, v, sel, tiles[i], {&pm[size_t(r)], &pl[size_t(r)], &pacc[size_t(r * p.d)], p.d},
-                        scratch[size_t(thread)]);
-      }
-      const SoftmaxState partials{pm.data(), pl.data(), pacc.data(), p.d};
-      constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
-      for (int64_t pos = pos0; pos < pos1; ++pos) {
-        if (pos + kAhead < pos1) {
-          const int64_t next = sel.rows[size_t(pos + kAhead)];
-          if (next / p.hq >= lo && next / p.hq < hi) prefetch_row(st.acc + next * p.d, p.d);
+    // This thread merges the queries of tokens t with (t / 16) mod threads == thread, each query's
+    // partials in position order, i.e. ascending block order.
+    auto mine = [&](int64_t row) { return (row / p.hq / 16) % threads == thread; };
+    for (size_t w = 0; w <= waves; ++w) {
+      if (w > 0) {
+        const size_t b = (w - 1) % 2;
+        const int64_t pos0 = first_pos(w - 1), pos1 = pos0 + int64_t(pm[b].size());
+        const int64_t end = std::min(pos1, tiles[cut[w] - 1].pos + tiles[cut[w] - 1].len);
+        const SoftmaxState partials{pm[b].data(), pl[b].data(), pacc[b].data(), p.d};
+        constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
+        for (int64_t pos = pos0; pos < end; ++pos) {
+          if (pos + kAhead < end && mine(sel.rows[size_t(pos + kAhead)]))
+            prefetch_row(st.acc + sel.rows[size_t(pos + kAhead)] * p.d, p.d);
+          const int64_t row = sel.rows[size_t(pos)];
+          if (mine(row)) merge_state(st.of_row(p, row), 0, partials, pos - pos0, p.d);
         }
-        const int64_t row = sel.rows[size_t(pos)], token = row / p.hq;
-        if (token >= lo && token < hi) merge_state(st.of_row(p, row), 0, partials, pos - pos0, p.d);
+      }
+      if (w < waves) {
+        const size_t b = w % 2;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (size_t i = cut[w]; i < cut[w + 1]; ++i) {
+          const int64_t r = tiles[i].pos - first_pos(w);
+          attend_gathered(p, grid, q, k, v, sel, tiles[i],
+                          {&pm[b][size_t(r)], &pl[b][size_t(r)], &pacc[b][size_t(r * p.d)], p.d},
+                          scratch[size_t(thread)]);
+        }
       }
 #pragma omp barrier
     }
@@ -263,8 +278,8 @@ AttentionGrads block_sparse_backward(const Problem& p, const BlockGrid& grid, co
   parallel::run(
       int64_t(items.size()), parallel::Schedule::cyclic,
       [&](int t) {
-        return std::tuple(TileScratch(kQueryTile, kKeyTile, p.d, true), dq_acc.for_thread(t),
-                          std::vector<float>(kQueryTile * p.d));
+        return std::tuple(TileScratch(kGatherTile, kKeyTile, p.d, true), dq_acc.for_thread(t),
+                          std::vector<float>(kGatherTile * p.d));
       },
       [&](int64_t i, auto& state) {
         auto& [ws, dq, dq_rows] = state;
@@ -284,8 +299,8 @@ AttentionGrads block_sparse_backward(const Problem& p, const BlockGrid& grid, co
         const int64_t* rows = &sel.rows[size_t(sel.offset[size_t(list)])];
         const Rows kr = tile_rows(p, in.k, s.k0 + it.start, it.len, it.g, ws.k.data());
         const Rows vr = tile_rows(p, in.v, s.k0 + it.start, it.len, it.g, ws.v.data());
-        for (int64_t b = 0; b < count; b += kQueryTile) {
-          const int64_t n = std::min(kQueryTile, count - b);
+        for (int64_t b = 0; b < count; b += kGatherTile) {
+          const int64_t n = std::min(kGatherTile, count - b);
           gather_rows(in.q, rows + b, n, ws.q.data());
           gather_rows(in.dout, rows + b, n, ws.dout.data());
           for (int64_t e = 0; e < n; ++e) {

@@ -17,8 +17,11 @@
 #include <cstdint>
 #include <vector>
 
+#include <omp.h>
+
 #include "attention/engine/tile_kernels.hpp"
 #include "attention/engine/varlen.hpp"
+#include "core/parallel.hpp"
 
 namespace longctx::attn {
 
@@ -90,23 +93,48 @@ struct Selectors {
   int64_t size(int64_t list) const { return offset[size_t(list) + 1] - offset[size_t(list)]; }
 };
 Selectors invert_selection(const Problem& p, const BlockGrid& grid, const QuerySelection& sel);
-// The same from any entries: for_each(emit) calls emit(list, flat_row) once per entry, the same
-// entries in the same order each time (it is called twice). at[e], if given, receives the position
-// of the e-th entry emitted.
-template <class ForEach>
-Selectors build_selectors(int64_t lists, ForEach&& for_each, std::vector<int64_t>* at = nullptr) {
-  Selectors s{std::vector<int64_t>(size_t(lists) + 1, 0), {}};
-  for_each([&](int64_t list, int64_t) { ++s.offset[size_t(list) + 1]; });
-  for (size_t i = 1; i < s.offset.size(); ++i) s.offset[i] += s.offset[i - 1];
-  s.rows.resize(size_t(s.offset.back()));
-  std::vector<int64_t> fill(s.offset.begin(), s.offset.end() - 1);
-  if (at) at->clear();
-  for_each([&](int64_t list, int64_t row) {
-    const int64_t pos = fill[size_t(list)]++;
-    s.rows[size_t(pos)] = row;
-    if (at) at->push_back(pos);
-  });
-  return s;
+// The same from any entries, grouped in `units` (queries, tokens): for_unit(u, emit) calls
+// emit(list, flat_row) for each entry of unit u, the same entries in the same order each time (it
+// is called twice). A list's rows come in unit order, whatever the thread count. With `at`,
+// at[first_entry[u] + i] receives the position of unit u's i-th entry. Counting sort, the units
+// split between the threads.
+// `s` is overwritten (its buffers reused).
+template <class ForUnit>
+void build_selectors(Selectors& s, int64_t lists, int64_t units, ForUnit&& for_unit,
+                     const int64_t* first_entry = nullptr, int64_t* at = nullptr) {
+  s.offset.assign(size_t(lists) + 1, 0);
+  const int threads = units >= 4096 ? parallel::max_threads() : 1;
+  std::vector<int64_t> next(size_t(threads) * size_t(lists), 0);  // per thread and list: count, then position
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    int64_t* mine = &next[size_t(t) * size_t(lists)];
+    for (int64_t u = u0; u < u1; ++u) for_unit(u, [&](int64_t list, int64_t) { ++mine[list]; });
+#pragma omp barrier
+#pragma omp single
+    {
+      int64_t pos = 0;
+      for (int64_t list = 0; list < lists; ++list) {
+        s.offset[size_t(list)] = pos;
+        for (int th = 0; th < nt; ++th) {
+          int64_t& n = next[size_t(th) * size_t(lists) + size_t(list)];
+          const int64_t count = n;
+          n = pos, pos += count;
+        }
+      }
+      s.offset[size_t(lists)] = pos;
+      s.rows.resize(size_t(pos));
+    }
+    for (int64_t u = u0; u < u1; ++u) {
+      int64_t i = 0;
+      for_unit(u, [&](int64_t list, int64_t row) {
+        const int64_t pos = mine[list]++;
+        s.rows[size_t(pos)] = row;
+        if (at) at[first_entry[u] + i++] = pos;
+      });
+    }
+  }
 }
 
 // A tile of gathered rows: rows[pos .. pos + len) of list id * Hkv + g, attending block j (id's
@@ -115,8 +143,11 @@ struct GatherTile {
   int32_t seq, g;
   int64_t j, pos, len;
 };
-// The tiles of every list, in list order (so positions increase), at most kQueryTile rows each.
-std::vector<GatherTile> gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel);
+// Rows of a gathered tile: one block's K/V is packed per tile, so taller tiles pack less often.
+constexpr int64_t kGatherTile = 512;
+// The tiles of every list, in list order (so positions increase), at most kGatherTile rows each,
+// into `tiles` (overwritten).
+void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles);
 
 // ---- forward ----
 
@@ -151,8 +182,8 @@ void attend_selected_blocks(const Problem& p, const BlockGrid& grid, const Tenso
 // out = acc / l (in place) and lse = m + log l for every query.
 void finalize_states(const Problem& p, RunningStates& st, Tensor& lse);
 
-// Gathered rows per wave (at d = 128, 8.5 MB of partial states).
-constexpr int64_t kWaveRows = 16384;
+// Gathered rows per wave (at d = 128, two buffers of 4.3 MB of partial states).
+constexpr int64_t kWaveRows = 8192;
 
 // ---- backward ----
 

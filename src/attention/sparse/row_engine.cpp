@@ -25,20 +25,6 @@ void for_key_chunks(int64_t begin, int64_t end, Fn&& fn) {
 
 }  // namespace
 
-std::vector<BlockStats> build_block_stats(const Problem& p, const Tensor& k, int64_t block_size) {
-  std::vector<BlockStats> stats;
-  std::vector<float> scratch(size_t(kKeyTile) * p.d);
-  for (const Seq& s : p.seqs) {
-    BlockStats& st = stats.emplace_back(block_size, p.hkv, p.d);
-    for (int g = 0; g < p.hkv; ++g)
-      for_key_chunks(0, s.lk, [&](int64_t kp, int64_t n) {
-        const Rows kr = load_rows(k, s.k0 + kp, n, g, scratch.data());
-        for (int64_t i = 0; i < n; ++i) st.add_key(kp + i, g, kr.row(i));
-      });
-  }
-  return stats;
-}
-
 int64_t attend_own_block(const SparseSource& src, Rows q, int g, int64_t pos, SoftmaxState st, RowScratch& ws) {
   const int64_t begin = pos / src.B() * src.B();
   decode_attend_range(src.k, src.v, g, src.s.k0 + begin, src.s.k0 + pos + 1, q, 1, src.p.d, src.p.scale, st, ws.tile);

@@ -58,9 +58,6 @@ SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, 
 SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
                             const BlockStats& stats, const RowFn& row_fn, bool token_level, int64_t block_size);
 
-// Block statistics of every sequence of a prefill problem.
-std::vector<BlockStats> build_block_stats(const Problem& p, const Tensor& k, int64_t block_size);
-
 // Helpers the row functions share.
 // Attends the own block causally: keys [pos / B * B, pos].
 int64_t attend_own_block(const SparseSource& src, Rows q, int g, int64_t pos, SoftmaxState st, RowScratch& ws);

@@ -48,18 +48,21 @@ struct StopRuleState {
   double rest = 0;      // bound: sum over unvisited blocks of exp(U_j - top)
   double last = 0;      // heuristic: the lowest score visited so far
   int64_t unvisited = 0;
+  double exp_m = 0, exp_ref = 0, scale = 0;  // exp(ref - m) cached for (m, ref): m rarely changes
   StopRuleState() = default;
   // Before any visit: scores of all candidates (any order) and their maximum.
   StopRuleState(StopRule r, float tau, int64_t block, const float* score, int64_t n, float max_score)
-      : rule(r), drop(1.0 - double(tau)), B(double(block)), top(max_score), last(max_score), unvisited(n) {
+      : rule(r), drop(1.0 - double(tau)), B(double(block)), top(max_score), last(max_score), unvisited(n),
+        exp_m(std::nan("")) {
     if (rule == StopRule::bound)
       for (int64_t j = 0; j < n; ++j) rest += std::exp(double(score[j]) - top);
   }
   // Whether the state (m, l) of the visited keys already holds enough of the mass.
-  bool done(float m, float l) const {
+  bool done(float m, float l) {
     if (unvisited == 0) return true;
-    const double u = rule == StopRule::bound ? B * std::max(rest, 0.0) * std::exp(top - double(m))
-                                             : B * double(unvisited) * std::exp(last - double(m));
+    const double ref = rule == StopRule::bound ? top : last;
+    if (double(m) != exp_m || ref != exp_ref) exp_m = m, exp_ref = ref, scale = std::exp(ref - double(m));
+    const double u = B * (rule == StopRule::bound ? std::max(rest, 0.0) : double(unvisited)) * scale;
     return u < drop * (double(l) + u);  // unvisited / (l + unvisited) < 1 - tau
   }
   void visit(float score) {
@@ -126,7 +129,7 @@ namespace {
 
 // Gate scores (rows x own blocks) held per chunk of own-block tiles, and partial states per wave.
 constexpr int64_t kChunkScores = int64_t(1) << 20;
-constexpr int64_t kWaveBytes = int64_t(32) << 20;
+constexpr int64_t kWaveBytes = int64_t(8) << 20;
 
 // One query of a chunk in the rounds: its candidates (order keys, best first) and stop rule.
 struct Pending {
@@ -144,7 +147,7 @@ class Rounds {
          RunningStates& st, std::vector<std::vector<int32_t>>& visited)
       : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited),
         wave_rows_(std::max<int64_t>(1, kWaveBytes / (int64_t(p.d + 2) * int64_t(sizeof(float))))) {
-    for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kQueryTile, kKeyTile, p.d, false);
+    for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kGatherTile, kKeyTile, p.d, false);
   }
 
   // Rounds of 1, 2, 4, ... candidates per query until every query of `pending` is done; each round
@@ -171,17 +174,18 @@ class Rounds {
   static int64_t count(const Pending& pe, int64_t take) { return std::min(take, pe.own - pe.next); }
 
   void wave(std::span<Pending* const> queries, int64_t take, const std::vector<int64_t>& entry0) {
-    std::vector<int64_t> at;
-    const Selectors sel = build_selectors(
-        grid_.full_blocks * p_.hkv,
-        [&](auto&& emit) {
-          for (const Pending* pe : queries) {
-            const int64_t base = grid_.first[size_t(pe->seq)] * p_.hkv + p_.kv_head(int(pe->flat % p_.hq));
-            for (int64_t c = 0; c < count(*pe, take); ++c) emit(base + rank_key_index(pe->cand[pe->next + c]) * p_.hkv, pe->flat);
-          }
+    at_.resize(size_t(entry0.back()));
+    Selectors& sel = sel_;
+    build_selectors(
+        sel, grid_.full_blocks * p_.hkv, int64_t(queries.size()),
+        [&](int64_t u, auto&& emit) {
+          const Pending& pe = *queries[size_t(u)];
+          const int64_t base = grid_.first[size_t(pe.seq)] * p_.hkv + p_.kv_head(int(pe.flat % p_.hq));
+          for (int64_t c = 0; c < count(pe, take); ++c) emit(base + rank_key_index(pe.cand[pe.next + c]) * p_.hkv, pe.flat);
         },
-        &at);
-    const std::vector<GatherTile> tiles = gather_tiles(p_, grid_, sel);
+        entry0.data(), at_.data());
+    std::vector<GatherTile>& tiles = tiles_;
+    gather_tiles(p_, grid_, sel, tiles);
     const size_t rows = sel.rows.size();
     pm_.resize(rows), pl_.resize(rows), pacc_.resize(rows * size_t(p_.d));
     const SoftmaxState partials{pm_.data(), pl_.data(), pacc_.data(), p_.d};
@@ -194,21 +198,38 @@ class Rounds {
         attend_gathered(p_, grid_, q_, k_, v_, sel, tiles[i], {&pm_[size_t(r)], &pl_[size_t(r)], &pacc_[size_t(r) * p_.d], p_.d},
                         ws);
       }
-      // Each query merges its partials in descending score, checking the stop rule before each.
-#pragma omp for schedule(static)
+      // Each query merges its partials in descending score, checking the stop rule before each
+      // (queries are independent: any schedule gives the same bits).
+#pragma omp for schedule(dynamic, 64)
       for (size_t i = 0; i < queries.size(); ++i) {
         Pending& pe = *queries[i];
         const SoftmaxState run = st_.of_row(p_, pe.flat);
         std::vector<int32_t>& vis = visited_[size_t(pe.flat % p_.hq) * size_t(p_.tq) + size_t(pe.flat / p_.hq)];
         const int64_t n = count(pe, take);
+        constexpr int64_t kAhead = 4;  // the partial rows are scattered over the wave: prefetch them
+        // entry c of query u (and, from the first entry, u's running state)
+        auto prefetch = [&](size_t u, int64_t c) {
+          if (u >= queries.size() || c >= count(*queries[u], take)) return;
+          const size_t r = size_t(at_[size_t(entry0[u] + c)]);
+          prefetch_row(&pacc_[r * size_t(p_.d)], p_.d);
+          __builtin_prefetch(&pm_[r]), __builtin_prefetch(&pl_[r]);
+          if (c > 0) return;
+          const SoftmaxState next = st_.of_row(p_, queries[u]->flat);
+          prefetch_row(next.acc, p_.d);
+          __builtin_prefetch(next.m), __builtin_prefetch(next.l);
+        };
+        if (i == 0)
+          for (int64_t c = 0; c < kAhead; ++c) prefetch(i, c);
+        for (int64_t c = 0; c < std::min(n, kAhead); ++c) prefetch(i + 1, c);
         for (int64_t c = 0; c < n && !pe.done; ++c) {
           if (pe.stop.done(run.m[0], run.l[0])) {
             pe.done = true;
             break;
           }
+          prefetch(i, c + kAhead);
           const uint64_t key = pe.cand[pe.next + c];
           pe.stop.visit(rank_key_score(key));
-          merge_state(run, 0, partials, at[size_t(entry0[i] + c)], p_.d);
+          merge_state(run, 0, partials, at_[size_t(entry0[i] + c)], p_.d);
           vis.push_back(rank_key_index(key));
         }
         pe.next += n;
@@ -224,6 +245,9 @@ class Rounds {
   std::vector<std::vector<int32_t>>& visited_;
   const int64_t wave_rows_;
   std::vector<float> pm_, pl_, pacc_;
+  std::vector<int64_t> at_;  // per entry of the wave: its partial row
+  Selectors sel_;             // the wave's entries block-major, and their tiles
+  std::vector<GatherTile> tiles_;
   std::vector<TileScratch> scratch_;
 };
 
@@ -249,6 +273,8 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
   std::vector<std::vector<int32_t>> visited(size_t(p.hq) * size_t(p.tq));
   Rounds rounds(p, grid, q, k, v, st, visited);
   auto own_of = [&](const Tile& t) { return (t.start + p.seqs[size_t(t.seq)].offset()) / B; };
+  std::vector<uint64_t> cand;
+  std::vector<Pending> pending;
   for (size_t c0 = 0; c0 < tiles.size();) {
     // A chunk: consecutive own-block tiles whose scores fit kChunkScores (at least one tile).
     size_t c1 = c0;
@@ -260,8 +286,8 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
       ++c1;
     }
     // Every query's candidates: scaled gate scores, sorted best first as order keys.
-    std::vector<uint64_t> cand(static_cast<size_t>(scores));
-    std::vector<Pending> pending(static_cast<size_t>(rows));
+    cand.resize(size_t(scores));
+    pending.assign(size_t(rows), Pending{});
     parallel::run(
         int64_t(c1 - c0), parallel::Schedule::dynamic, [&](int) { return GateScratch{}; },
         [&](int64_t i, GateScratch& ws) {

@@ -156,21 +156,20 @@ RunningStates::RunningStates(const Problem& p, Tensor& out)
       acc(out.f32()),
       ld(int64_t(p.hq) * p.d) {}
 
-void attend_own_blocks(const Problem& p, int64_t B, const Tensor& q, const Tensor& k, const Tensor& v,
-                       const std::vector<Tile>& tiles, RunningStates& st) {
-  parallel::run(
-      int64_t(tiles.size()), parallel::Schedule::dynamic,
-      [&](int) { return TileScratch(kQueryTile, kKeyTile, p.d, false); },
-      [&](int64_t i, TileScratch& ws) {
-        const Tile& t = tiles[size_t(i)];
-        const Seq& s = p.seqs[size_t(t.seq)];
-        const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
-        const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
-        const SoftmaxState state{&st.m[size_t(stat)], &st.l[size_t(stat)], st.acc + ((s.q0 + t.start) * p.hq + t.head) * p.d,
-                                 st.ld};
-        attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / B * B, pos0 + t.len, state, ws);
-      });
+namespace {
+
+// Own block of tile t (causal), into the running states.
+void attend_own_block(const Problem& p, int64_t B, const Tensor& q, const Tensor& k, const Tensor& v, const Tile& t,
+                      RunningStates& st, TileScratch& ws) {
+  const Seq& s = p.seqs[size_t(t.seq)];
+  const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
+  const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
+  const SoftmaxState state{&st.m[size_t(stat)], &st.l[size_t(stat)], st.acc + ((s.q0 + t.start) * p.hq + t.head) * p.d,
+                           st.ld};
+  attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / B * B, pos0 + t.len, state, ws);
 }
+
+}  // namespace
 
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws) {
@@ -180,57 +179,59 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
                    (t.j + 1) * grid.B, part, ws, true);
 }
 
-void attend_selected_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k,
-                            const Tensor& v, const Selectors& sel, RunningStates& st) {
+void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st) {
   std::vector<GatherTile> tiles;
-  gather_tiles(p, grid, sel, tiles);
-  if (tiles.empty()) return;
-  // Waves: consecutive tiles (so a contiguous range of positions) of at most kWaveRows rows.
+  if (sel) gather_tiles(p, grid, *sel, tiles);
+  // Waves: consecutive tiles (so a contiguous range of positions) of at most wave_rows rows.
   std::vector<size_t> cut{0};
   int64_t rows = 0, most = 0;
+  const int64_t limit = wave_rows(p.d);
   for (size_t i = 0; i < tiles.size(); ++i) {
-    if (rows + tiles[i].len > kWaveRows && i > cut.back()) cut.push_back(i), rows = 0;
+    if (rows + tiles[i].len > limit && i > cut.back()) cut.push_back(i), rows = 0;
     rows += tiles[i].len;
     most = std::max(most, rows);
   }
-  cut.push_back(tiles.size());
+  if (!tiles.empty()) cut.push_back(tiles.size());
   const size_t waves = cut.size() - 1;
   // Two buffers of partial states: wave w's tiles fill one while wave w - 1's partials merge from
-  // the other, so each wave costs one barrier.
+  // the other, so each wave costs one barrier. The own blocks run with wave 0.
   std::vector<float> pm[2], pl[2], pacc[2];
   for (int b = 0; b < std::min<int>(2, int(waves)); ++b)
     pm[b].resize(size_t(most)), pl[b].resize(size_t(most)), pacc[b].resize(size_t(most * p.d));
   auto first_pos = [&](size_t w) { return tiles[cut[w]].pos; };
   std::vector<TileScratch> scratch;
   for (int t = 0; t < parallel::max_threads(); ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
-#pragma omp parallel if (tiles.size() > 1)
+#pragma omp parallel if (own.size() + tiles.size() > 1)
   {
     const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    TileScratch& ws = scratch[size_t(thread)];
     // This thread merges the queries of tokens t with (t / 16) mod threads == thread, each query's
     // partials in position order, i.e. ascending block order.
     auto mine = [&](int64_t row) { return (row / p.hq / 16) % threads == thread; };
     for (size_t w = 0; w <= waves; ++w) {
       if (w > 0) {
         const size_t b = (w - 1) % 2;
-        const int64_t pos0 = first_pos(w - 1), pos1 = pos0 + int64_t(pm[b].size());
-        const int64_t end = std::min(pos1, tiles[cut[w] - 1].pos + tiles[cut[w] - 1].len);
+        const int64_t pos0 = first_pos(w - 1), end = tiles[cut[w] - 1].pos + tiles[cut[w] - 1].len;
         const SoftmaxState partials{pm[b].data(), pl[b].data(), pacc[b].data(), p.d};
         constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
         for (int64_t pos = pos0; pos < end; ++pos) {
-          if (pos + kAhead < end && mine(sel.rows[size_t(pos + kAhead)]))
-            prefetch_row(st.acc + sel.rows[size_t(pos + kAhead)] * p.d, p.d);
-          const int64_t row = sel.rows[size_t(pos)];
+          if (pos + kAhead < end && mine(sel->rows[size_t(pos + kAhead)]))
+            prefetch_row(st.acc + sel->rows[size_t(pos + kAhead)] * p.d, p.d);
+          const int64_t row = sel->rows[size_t(pos)];
           if (mine(row)) merge_state(st.of_row(p, row), 0, partials, pos - pos0, p.d);
         }
+      } else {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (size_t i = 0; i < own.size(); ++i) attend_own_block(p, grid.B, q, k, v, own[i], st, ws);
       }
       if (w < waves) {
         const size_t b = w % 2;
 #pragma omp for schedule(dynamic, 1) nowait
         for (size_t i = cut[w]; i < cut[w + 1]; ++i) {
           const int64_t r = tiles[i].pos - first_pos(w);
-          attend_gathered(p, grid, q, k, v, sel, tiles[i],
-                          {&pm[b][size_t(r)], &pl[b][size_t(r)], &pacc[b][size_t(r * p.d)], p.d},
-                          scratch[size_t(thread)]);
+          attend_gathered(p, grid, q, k, v, *sel, tiles[i],
+                          {&pm[b][size_t(r)], &pl[b][size_t(r)], &pacc[b][size_t(r * p.d)], p.d}, ws);
         }
       }
 #pragma omp barrier

@@ -6,7 +6,7 @@
 //     features (mean keys, or the Quest [max | min] bounds), then a one-pass top-n per row;
 //   forward: the own blocks as causal tiles into each query's running softmax state; the selected
 //     blocks block-major: the queries that chose block j (per KV head) are gathered into tiles that
-//     attend it into fresh partial states, in waves of at most kWaveRows gathered rows; after each
+//     attend it into fresh partial states, in waves of bounded size (wave_rows); after each
 //     wave the partials merge into the running states, per query in ascending block order (a
 //     fixed order whatever the scheduling: deterministic);
 //   backward: one item per (sequence, KV head, key tile) owns its dK/dV rows and takes the
@@ -14,10 +14,11 @@
 // Clients choose the blocks: MoBA (moba.cpp), block top-k (sparse/topk.cpp) and the mass threshold
 // (sparse/threshold.cpp, which runs the gathered tiles in rounds and merges in its own order).
 #pragma once
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <vector>
-
-#include <omp.h>
 
 #include "attention/engine/tile_kernels.hpp"
 #include "attention/engine/varlen.hpp"
@@ -165,25 +166,25 @@ struct RunningStates {
   }
 };
 
-// Folds every query's own block (causal) into its state: one parallel pass over `tiles`
-// (own_block_tiles).
-void attend_own_blocks(const Problem& p, int64_t B, const Tensor& q, const Tensor& k, const Tensor& v,
-                       const std::vector<Tile>& tiles, RunningStates& st);
-
 // Tile t's gathered queries attend block t.j from a fresh state into partial rows `part` (row i of
 // part is gathered row i). Runs on the calling thread.
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws);
 
-// Folds every selected block into the states, in waves (see the top of this file).
-void attend_selected_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k,
-                            const Tensor& v, const Selectors& sel, RunningStates& st);
+// Folds the own block (causal) of every query of `own` (own_block_tiles) and, if sel is given, the
+// selected blocks into the states, in waves (see the top of this file). One parallel region.
+void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st);
 
 // out = acc / l (in place) and lse = m + log l for every query.
 void finalize_states(const Problem& p, RunningStates& st, Tensor& lse);
 
-// Gathered rows per wave (at d = 128, two buffers of 4.3 MB of partial states).
-constexpr int64_t kWaveRows = 8192;
+// Gathered rows per wave: partial states of kWaveBytes (two such buffers in flight), at least one
+// tile. Larger waves mean fewer barriers; smaller ones, partials that stay in cache.
+constexpr int64_t kWaveBytes = int64_t(4) << 20;
+inline int64_t wave_rows(int d) {
+  return std::max<int64_t>(kGatherTile, kWaveBytes / (int64_t(d + 2) * int64_t(sizeof(float))));
+}
 
 // ---- backward ----
 

@@ -52,8 +52,8 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   r.selected = select_top_blocks(p, m.grid, q, block_features(p, m.grid, k, BlockGate::mean), tiles, m.slots,
                                  opts.group_select);
   RunningStates st(p, r.out);
-  attend_own_blocks(p, m.grid.B, q, k, v, tiles, st);
-  attend_selected_blocks(p, m.grid, q, k, v, invert_selection(p, m.grid, {r.selected.data(), nullptr, m.slots}), st);
+  const Selectors sel = invert_selection(p, m.grid, {r.selected.data(), nullptr, m.slots});
+  attend_blocks(p, m.grid, q, k, v, tiles, &sel, st);
   finalize_states(p, st, r.lse);
   return r;
 }

@@ -127,9 +127,9 @@ using namespace attn;
 
 namespace {
 
-// Gate scores (rows x own blocks) held per chunk of own-block tiles, and partial states per wave.
+// Gate scores (rows x own blocks) held per chunk of own-block tiles. A round's waves hold whole
+// queries, so they cannot overlap the merges of the one before: one buffer of twice the engine's.
 constexpr int64_t kChunkScores = int64_t(1) << 20;
-constexpr int64_t kWaveBytes = int64_t(8) << 20;
 
 // One query of a chunk in the rounds: its candidates (order keys, best first) and stop rule.
 struct Pending {
@@ -146,7 +146,7 @@ class Rounds {
   Rounds(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
          RunningStates& st, std::vector<std::vector<int32_t>>& visited)
       : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited),
-        wave_rows_(std::max<int64_t>(1, kWaveBytes / (int64_t(p.d + 2) * int64_t(sizeof(float))))) {
+        wave_rows_(2 * wave_rows(p.d)) {
     for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kGatherTile, kKeyTile, p.d, false);
   }
 
@@ -268,7 +268,7 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
   SparseResult r = block_level_result(p, B);
   r.stop_rule = enum_name(opts.stop_rule);
   RunningStates st(p, r.out);
-  attend_own_blocks(p, B, q, k, v, tiles, st);
+  attend_blocks(p, grid, q, k, v, tiles, nullptr, st);
 
   std::vector<std::vector<int32_t>> visited(size_t(p.hq) * size_t(p.tq));
   Rounds rounds(p, grid, q, k, v, st, visited);

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <longctx/core/threads.hpp>
 #include <longctx/core/error.hpp>
+#include <longctx/model/checkpoint.hpp>
 #include <longctx/train/optimizer.hpp>
 
 #include <fstream>
@@ -16,7 +17,7 @@ namespace longctx::cli {
 namespace {
 
 struct Options {
-  std::string config, json;
+  std::string config, json, init_from;
   int64_t seq_len = 0, sequences = 1, steps = 3;  // seq_len 0: the config's max_seq_len
 };
 
@@ -30,6 +31,7 @@ void run(const Options& o) {
   LONGCTX_CHECK(seq_len <= mc.max_seq_len, "bench train: --seq-len ", seq_len, " is longer than the config's max_seq_len (",
                 mc.max_seq_len, ")");
   Transformer model(mc, 1);
+  if (!o.init_from.empty()) load_weights(model, load_safetensors(o.init_from), o.init_from);
   AdamW opt(model.params(), {});
   std::mt19937_64 rng(1);
   Batch b;
@@ -73,6 +75,11 @@ void add_bench_train(CLI::App& bench) {
       ->check(CLI::PositiveNumber);
   c->add_option("--sequences", o->sequences, "Sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--steps", o->steps, "Timed steps (best is reported)")->check(CLI::PositiveNumber)->capture_default_str();
+  c->add_option("--init-from", o->init_from,
+                 "Start from this checkpoint's weights (its parameters must match the config's; the attention kind "
+                 "may differ: full, moba, topk and threshold have none), so that data-dependent sparsity is a "
+                 "trained model's")
+      ->check(CLI::ExistingFile);
   c->add_option("--json", o->json, "Also write the result to this JSON file");
   c->callback([o] { run(*o); });
 }

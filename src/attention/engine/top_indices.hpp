@@ -7,8 +7,10 @@
 
 namespace longctx::attn {
 
-// The float's bits as an unsigned integer with the same order (for finite values and infinities).
+// The float's bits as an unsigned integer with the same order (for finite values and infinities;
+// -0 counts as +0, as float comparison has it).
 inline uint32_t ordered_bits(float x) {
+  if (x == 0.0f) x = 0.0f;
   uint32_t b;
   std::memcpy(&b, &x, sizeof b);
   return b & 0x80000000u ? ~b : b | 0x80000000u;

@@ -55,8 +55,10 @@ struct StopRuleState {
       : rule(r), drop(1.0 - double(tau)), B(double(block)), top(max_score), last(max_score), unvisited(n),
         exp_m(std::nan("")) {
     if (rule == StopRule::bound)
-      for (int64_t j = 0; j < n; ++j) rest += std::exp(double(score[j]) - top);
+      for (int64_t j = 0; j < n; ++j) rest += weight(score[j]);
   }
+  // exp(U_j - top) of one block, in (0, 1]: the same float for the sum above and for visit().
+  float weight(float score) const { return simd::exp_approx(score - float(top)); }
   // Whether the state (m, l) of the visited keys already holds enough of the mass.
   bool done(float m, float l) {
     if (unvisited == 0) return true;
@@ -66,7 +68,7 @@ struct StopRuleState {
     return u < drop * (double(l) + u);  // unvisited / (l + unvisited) < 1 - tau
   }
   void visit(float score) {
-    rest -= std::exp(double(score) - top);
+    rest -= weight(score);
     last = score;
     --unvisited;
   }
@@ -131,11 +133,11 @@ namespace {
 // queries, so they cannot overlap the merges of the one before: one buffer of twice the engine's.
 constexpr int64_t kChunkScores = int64_t(1) << 20;
 
-// One query of a chunk in the rounds: its candidates (order keys, best first) and stop rule.
+// One query of a chunk in the rounds: its candidates (rank keys) and stop rule.
 struct Pending {
   int64_t flat = 0;         // token * Hq + head
   int32_t seq = 0;
-  const uint64_t* cand = nullptr;
+  uint64_t* cand = nullptr;     // ranked lazily: [0, next + taken) in order, the rest unordered
   int64_t own = 0, next = 0;  // candidates, the next one to take
   StopRuleState stop;
   bool done = true;
@@ -159,6 +161,15 @@ class Rounds {
       for (Pending& pe : pending)
         if (!pe.done) active.push_back(&pe);
       if (active.empty()) return;
+      // Rank each query's next candidates: the best `take` of the rest, in order (a selection, then
+      // a sort of the few; a query that stops early never sorts the rest).
+#pragma omp parallel for schedule(dynamic, 64) if (active.size() > 256)
+      for (size_t i = 0; i < active.size(); ++i) {
+        Pending& pe = *active[i];
+        uint64_t *first = pe.cand + pe.next, *last = pe.cand + pe.own, *mid = first + count(pe, take);
+        if (mid < last) std::nth_element(first, mid, last);
+        std::sort(first, mid);
+      }
       for (size_t a = 0; a < active.size();) {
         size_t b = a;
         std::vector<int64_t> entry0{0};  // per query of the wave: its first entry
@@ -285,7 +296,7 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
       scores += tiles[c1].len * own_of(tiles[c1]), rows += tiles[c1].len;
       ++c1;
     }
-    // Every query's candidates: scaled gate scores, sorted best first as order keys.
+    // Every query's candidates: scaled gate scores as rank keys (ranked round by round).
     cand.resize(size_t(scores));
     pending.assign(size_t(rows), Pending{});
     parallel::run(
@@ -300,7 +311,6 @@ SparseResult threshold_attention_forward(const Tensor& q, const Tensor& k, const
             simd::scale_inplace(score, own, p.scale);
             uint64_t* keys = &cand[size_t(tile_cand[size_t(i)] + e * own)];
             for (int64_t j = 0; j < own; ++j) keys[j] = rank_key(score[j], int32_t(j));
-            std::sort(keys, keys + own);
             pending[size_t(tile_row[size_t(i)] + e)] = {
                 (s.q0 + t.start + e) * p.hq + t.head, t.seq, keys, own, 0,
                 StopRuleState(opts.stop_rule, opts.tau, B, score, own, simd::max_of(score, own)), false};

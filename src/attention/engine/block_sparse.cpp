@@ -95,20 +95,33 @@ std::vector<int32_t> select_top_blocks(const Problem& p, const BlockGrid& grid, 
                                        bool group_select) {
   std::vector<int32_t> selected(size_t(p.hq) * p.tq * slots, -1);
   if (slots == 0) return selected;
+  // Gate tiles: consecutive own-block tiles of one (sequence, head) joined up to kGatherTile rows,
+  // scored against the blocks before the last row's (each row then ranks only its own past): fewer,
+  // taller products, each packing the block features once.
+  std::vector<Tile> gate;
+  for (const Tile& t : tiles) {
+    Tile* last = gate.empty() ? nullptr : &gate.back();
+    if (last && last->seq == t.seq && last->head == t.head && last->start + last->len == t.start &&
+        last->len + t.len <= kGatherTile)
+      last->len += t.len;
+    else
+      gate.push_back(t);
+  }
   parallel::run(
-      int64_t(tiles.size()), parallel::Schedule::dynamic, [&](int) { return GateScratch{}; },
+      int64_t(gate.size()), parallel::Schedule::dynamic, [&](int) { return GateScratch{}; },
       [&](int64_t i, GateScratch& ws) {
-        const Tile& t = tiles[size_t(i)];
+        const Tile& t = gate[size_t(i)];
         const Seq& s = p.seqs[size_t(t.seq)];
-        const int64_t own = (t.start + s.offset()) / grid.B;  // blocks 0..own-1 are eligible
         // with group_select the group's first head selects for all of its heads
-        if (own == 0 || (group_select && t.head % p.group != 0)) return;
+        if (group_select && t.head % p.group != 0) return;
         const int heads = group_select ? p.group : 1;
-        if (own > slots) gate_scores(p, grid, q, feat, t, heads, own, ws);
+        const int64_t most = (t.start + t.len - 1 + s.offset()) / grid.B;  // eligible blocks of the last row
+        if (most > slots) gate_scores(p, grid, q, feat, t, heads, most, ws);
         for (int64_t r = 0; r < t.len; ++r) {
+          const int64_t own = (t.start + r + s.offset()) / grid.B;  // blocks 0..own-1 are eligible
           int32_t* out = &selected[(size_t(t.head) * p.tq + s.q0 + t.start + r) * slots];
           if (own > slots)
-            top_indices(&ws.score[size_t(r * own)], own, slots, out, &ws.rank);
+            top_indices(&ws.score[size_t(r * most)], own, slots, out, &ws.rank);
           else
             std::iota(out, out + own, 0);
           for (int e = 1; e < heads; ++e)

@@ -58,7 +58,8 @@ BlockFeatures block_features(const Problem& p, const BlockGrid& grid, const Tens
 
 // Gate scores of tile t's rows against the full blocks 0 .. own - 1 of its sequence (KV head of
 // t.head), summed in head order over the `heads` query heads t.head, t.head + 1, ...:
-// score[r * own + j], unscaled. One GEMM per head.
+// score[r * own + j], unscaled. One GEMM per head. (A row whose own block comes earlier ignores the
+// blocks it may not select.)
 struct GateScratch {
   std::vector<float> q, mapped, score;
   std::vector<uint32_t> rank;  // top_indices' scratch

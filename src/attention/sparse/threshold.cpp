@@ -129,8 +129,7 @@ using namespace attn;
 
 namespace {
 
-// Gate scores (rows x own blocks) held per chunk of own-block tiles. A round's waves hold whole
-// queries, so they cannot overlap the merges of the one before: one buffer of twice the engine's.
+// Gate scores (rows x own blocks) held per chunk of own-block tiles.
 constexpr int64_t kChunkScores = int64_t(1) << 20;
 
 // One query of a chunk in the rounds: its candidates (rank keys) and stop rule.
@@ -148,6 +147,8 @@ class Rounds {
   Rounds(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
          RunningStates& st, std::vector<std::vector<int32_t>>& visited)
       : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited),
+        // a round's waves hold whole queries and merge before the next wave starts: one buffer of
+        // partial states, twice the engine's
         wave_rows_(2 * wave_rows(p.d)) {
     for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kGatherTile, kKeyTile, p.d, false);
   }
@@ -160,16 +161,20 @@ class Rounds {
       active.clear();
       for (Pending& pe : pending)
         if (!pe.done) active.push_back(&pe);
-      if (active.empty()) return;
-      // Rank each query's next candidates: the best `take` of the rest, in order (a selection, then
-      // a sort of the few; a query that stops early never sorts the rest).
+      // A query whose visited blocks already hold the mass stops before computing another block;
+      // the others rank their next candidates: the best `take` of the rest, in order (a selection,
+      // then a sort of the few: a query that stops early never sorts the rest).
 #pragma omp parallel for schedule(dynamic, 64) if (active.size() > 256)
       for (size_t i = 0; i < active.size(); ++i) {
         Pending& pe = *active[i];
+        const SoftmaxState run = st_.of_row(p_, pe.flat);
+        if ((pe.done = pe.stop.done(run.m[0], run.l[0]))) continue;
         uint64_t *first = pe.cand + pe.next, *last = pe.cand + pe.own, *mid = first + count(pe, take);
         if (mid < last) std::nth_element(first, mid, last);
         std::sort(first, mid);
       }
+      std::erase_if(active, [](const Pending* pe) { return pe->done; });
+      if (active.empty()) return;
       for (size_t a = 0; a < active.size();) {
         size_t b = a;
         std::vector<int64_t> entry0{0};  // per query of the wave: its first entry

@@ -1,6 +1,7 @@
 // `longctx bench train`: training-step throughput of a model config on random tokens (no corpus),
 // the figure compared against the PyTorch reference (bench/torch_train.py).
 #include <fmt/core.h>
+#include <fmt/format.h>
 #include <longctx/core/threads.hpp>
 #include <longctx/core/error.hpp>
 #include <longctx/model/checkpoint.hpp>
@@ -56,13 +57,22 @@ void run(const Options& o) {
   const double tps = double(b.size()) / t;
   fmt::print("longctx train step: {} params, {} x {} tokens, {} threads: {:.3f} s/step, {:.0f} tokens/s\n",
              model.num_params(), o.sequences, seq_len, parallel::max_threads(), t, tps);
+  // top-k and threshold layers: the keys each query attended, as a fraction of causal attention's
+  // (one more forward, untimed, whose state is read before any backward frees it)
+  model.forward(b, true);
+  const std::vector<double> keys = model.attended_keys();
+  std::vector<double> frac;
+  for (double k : keys)
+    if (k >= 0) frac.push_back(k / (double(seq_len + 1) / 2));
+  if (!frac.empty()) fmt::print("attended keys per query, fraction of causal attention's, by sparse layer: {:.3f}\n", fmt::join(frac, ", "));
   if (!o.json.empty())
     bench::write_json(o.json, bench::machine_info(parallel::max_threads(), peaks),
                       {{{"engine", "longctx"},
                         {"seconds_per_step", t},
                         {"tokens_per_s", tps},
                         {"params", model.num_params()},
-                        {"tokens", b.size()}}});
+                        {"tokens", b.size()},
+                        {"keys_frac_by_layer", frac}}});
 }
 
 }  // namespace

@@ -326,7 +326,10 @@ AttentionGrads block_sparse_backward(const Problem& p, const BlockGrid& grid, co
           tile_backward(Rows{ws.q.data(), p.d}, Rows{ws.dout.data(), p.d}, ws.lse.data(), ws.delta.data(), n, kr, vr,
                         it.len, p.d, p.scale, p.products, TileMask{}, dq_rows.data(), p.d, dk, dv, ld_kv, ws.s.data(),
                         ws.dp.data());
-          for (int64_t e = 0; e < n; ++e) simd::add_inplace(dq + rows[b + e] * p.d, &dq_rows[size_t(e * p.d)], p.d);
+          for (int64_t e = 0; e < n; ++e) {
+            if (e + 4 < n) prefetch_row(dq + rows[b + e + 4] * p.d, p.d);  // scattered rows
+            simd::add_inplace(dq + rows[b + e] * p.d, &dq_rows[size_t(e * p.d)], p.d);
+          }
         }
       });
   dq_acc.reduce();

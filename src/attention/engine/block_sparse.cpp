@@ -310,7 +310,7 @@ AttentionGrads block_sparse_backward(const Problem& p, const BlockGrid& grid, co
         if (it.j >= grid.full(s)) return;
         // Queries that selected block j: all keys visible.
         const int64_t list = (grid.first[size_t(it.seq)] + it.j) * p.hkv + it.g, count = sel.size(list);
-        const int64_t* rows = &sel.rows[size_t(sel.offset[size_t(list)])];
+        const int64_t* rows = sel.rows.data() + sel.offset[size_t(list)];
         const Rows kr = tile_rows(p, in.k, s.k0 + it.start, it.len, it.g, ws.k.data());
         const Rows vr = tile_rows(p, in.v, s.k0 + it.start, it.len, it.g, ws.v.data());
         for (int64_t b = 0; b < count; b += kGatherTile) {

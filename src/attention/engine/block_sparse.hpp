@@ -111,7 +111,7 @@ void build_selectors(Selectors& s, int64_t lists, int64_t units, ForUnit&& for_u
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
-    int64_t* mine = &next[size_t(t) * size_t(lists)];
+    int64_t* mine = next.data() + size_t(t) * size_t(lists);
     for (int64_t u = u0; u < u1; ++u) for_unit(u, [&](int64_t list, int64_t) { ++mine[list]; });
 #pragma omp barrier
 #pragma omp single

@@ -125,7 +125,7 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
           mask = moba_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, nullptr, o.group_select);
         } else if (kind == AttentionKind::topk) {
           const TopkOptions& o = spec.get<TopkOptions>();
-          mask = topk_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, o.token_level);
+          mask = topk_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, o.token_level, o.group_select);
         } else if (kind == AttentionKind::threshold) {
           const ThresholdOptions& o = spec.get<ThresholdOptions>();
           mask = threshold_mask<double>(shape, q, k, varlen, o.block_size, scale, o.tau,

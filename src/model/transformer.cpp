@@ -201,6 +201,15 @@ int64_t Transformer::num_params() const {
   return n;
 }
 
+std::vector<double> Transformer::attended_keys() const {
+  std::vector<double> out;
+  for (const LayerActs& L : acts_->layers) {
+    const bool reports = L.attn.kind == AttentionKind::topk || L.attn.kind == AttentionKind::threshold;
+    out.push_back(reports ? L.attn.sparse.mean_keys : -1.0);
+  }
+  return out;
+}
+
 std::vector<MoeLayerStats> Transformer::moe_stats() const {
   std::vector<MoeLayerStats> out;
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {

@@ -57,6 +57,7 @@ TEST(ReferenceGradcheck, TopkAndThresholdMasks) {
   gradcheck(s, reference::topk_mask<double>(s, q, k, Varlen{}, 3, 2, false), 0.6);
   gradcheck(s, reference::topk_mask<double>(s, q, k, Varlen{}, 1, 4, true), 0.6);
   gradcheck(s, reference::threshold_mask<double>(s, q, k, Varlen{}, 3, 0.6, 0.7, false), 0.6);
+  gradcheck(s, reference::topk_mask<double>(s, q, k, Varlen{}, 3, 2, false, true), 0.6);  // group_select
 }
 
 }  // namespace

@@ -57,7 +57,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, ThresholdVsReference,
                                            ThresholdCase{{77}, {77}, 4, 2, 8, 0.5f, StopRule::bound},
                                            ThresholdCase{{77}, {77}, 4, 2, 8, 0.9f, StopRule::heuristic},
                                            ThresholdCase{{30, 51}, {30, 51}, 2, 2, 6, 0.8f, StopRule::bound},
-                                           ThresholdCase{{5, 9}, {40, 45}, 2, 1, 8, 0.95f, StopRule::heuristic}));
+                                           ThresholdCase{{5, 9}, {40, 45}, 2, 1, 8, 0.95f, StopRule::heuristic},
+                                           // a one-token sequence, GQA 4/2, bottom-right chunks
+                                           ThresholdCase{{1, 40, 23}, {1, 40, 23}, 4, 2, 8, 0.8f, StopRule::bound},
+                                           ThresholdCase{{7, 1}, {50, 33}, 4, 2, 8, 0.9f, StopRule::bound}));
 
 TEST(Threshold, TauOneIsDense) {
   const Tensor q = random_tensor({61, 4, 16}, 1), k = random_tensor({61, 2, 16}, 2), v = random_tensor({61, 2, 16}, 3);

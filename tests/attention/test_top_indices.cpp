@@ -16,7 +16,8 @@ TEST(TopIndices, EqualsSortingByScoreThenLaterIndex) {
   for (int trial = 0; trial < 400; ++trial) {
     const int64_t count = 1 + int64_t(rng() % 300), n = int64_t(rng() % 20);
     std::vector<float> score(static_cast<size_t>(count));
-    for (float& s : score) s = float(int(rng() % 7)) * 0.5f;  // few distinct values: many ties
+    // few distinct values (many ties), -0 among them (equal to +0, as float comparison has it)
+    for (float& s : score) s = float(int(rng() % 7) - 3) * 0.5f * (rng() % 2 ? 1.0f : -1.0f);
     std::vector<int32_t> want(static_cast<size_t>(count));
     std::iota(want.begin(), want.end(), 0);
     std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) {

@@ -19,11 +19,13 @@ struct TopkCase {
   int64_t block, top_k;
   bool token_level;
   DType dtype;
+  bool group_select = false;
 };
 
 void PrintTo(const TopkCase& c, std::ostream* os) {
   *os << "q" << c.q_lens.size() << "_" << c.q_lens[0] << "_k" << c.k_lens[0] << "_h" << c.hq << "x" << c.hkv << "_d"
-      << c.d << "_B" << c.block << "_top" << c.top_k << (c.token_level ? "_tokens_" : "_blocks_") << dtype_name(c.dtype);
+      << c.d << "_B" << c.block << "_top" << c.top_k << (c.token_level ? "_tokens_" : "_blocks_") << dtype_name(c.dtype)
+      << (c.group_select ? "_group" : "");
 }
 
 Varlen varlen_of(const std::vector<int64_t>& ql, const std::vector<int64_t>& kl) {
@@ -41,13 +43,14 @@ TEST_P(TopkVsReference, SelectionForwardAndBackwardMatch) {
   const Tensor k = random_tensor({tk, c.hkv, c.d}, 22, 1.0f, c.dtype);
   const Tensor v = random_tensor({tk, c.hkv, c.d}, 23, 1.0f, c.dtype);
   const Tensor dout = random_tensor({tq, c.hq, c.d}, 24);
-  const TopkOptions opts{c.block, c.top_k, c.token_level, 0.0f};
+  const TopkOptions opts{c.block, c.top_k, c.token_level, 0.0f, c.group_select};
   const SparseResult r = topk_attention_forward(q, k, v, vl, opts);
   const AttentionGrads g = sparse_attention_backward(q, k, v, r, dout, vl);
 
   const reference::Shape s = testing::shape_of(q, k);
   const auto qd = to_vec<double>(q), kd = to_vec<double>(k);
-  const reference::Mask mask = reference::topk_mask<double>(s, qd, kd, vl, c.block, c.top_k, c.token_level);
+  const reference::Mask mask =
+      reference::topk_mask<double>(s, qd, kd, vl, c.block, c.top_k, c.token_level, c.group_select);
   ASSERT_EQ(testing::mask_of(r, s, vl), mask);
   const double scale = 1.0 / std::sqrt(double(c.d));
   testing::expect_matches_reference(q, k, v, dout, mask, scale, r, g);
@@ -62,16 +65,48 @@ INSTANTIATE_TEST_SUITE_P(
                       TopkCase{{13, 40, 5}, {13, 40, 5}, 3, 3, 12, 6, 4, false, DType::f32},
                       TopkCase{{9, 3}, {41, 30}, 4, 1, 16, 8, 3, false, DType::bf16},
                       TopkCase{{33}, {33}, 2, 1, 16, 8, 5, true, DType::f32},
-                      TopkCase{{7, 20}, {30, 20}, 4, 2, 8, 1, 1, true, DType::bf16}));
+                      TopkCase{{7, 20}, {30, 20}, 4, 2, 8, 1, 1, true, DType::bf16},
+                      // one selection per KV head (group_select): GQA 4/2, MQA 3/1 varlen with a
+                      // one-token sequence, bottom-right chunks in bf16
+                      TopkCase{{50}, {50}, 4, 2, 8, 7, 3, false, DType::f32, true},
+                      TopkCase{{1, 29, 44}, {1, 29, 44}, 3, 1, 12, 5, 4, false, DType::f32, true},
+                      TopkCase{{9, 3}, {41, 30}, 4, 1, 16, 8, 3, false, DType::bf16, true},
+                      TopkCase{{70}, {70}, 2, 2, 8, 8, 3, false, DType::f32, true}));  // group of one: per head
 
 TEST(Topk, CoveringEveryKeyIsDense) {
   const Tensor q = random_tensor({45, 4, 16}, 1), k = random_tensor({45, 2, 16}, 2), v = random_tensor({45, 2, 16}, 3);
+  const Tensor dout = random_tensor({45, 4, 16}, 4);
   const AttentionResult dense = flash_attention_forward(q, k, v);
-  for (bool tokens : {false, true}) {
-    const SparseResult r = topk_attention_forward(q, k, v, {}, {8, tokens ? 45 : 6, tokens, 0.0f});
-    EXPECT_LT(rel_error(r.out, to_vec<float>(dense.out)), 1e-5) << tokens;
-    EXPECT_LT(rel_error(r.lse, to_vec<float>(dense.lse)), 1e-5) << tokens;
+  const AttentionGrads gd = flash_attention_backward(q, k, v, dense, dout);
+  for (int mode = 0; mode < 3; ++mode) {  // blocks, blocks with group_select, tokens
+    const bool tokens = mode == 2;
+    const SparseResult r = topk_attention_forward(q, k, v, {}, {8, tokens ? 45 : 6, tokens, 0.0f, mode == 1});
+    EXPECT_LT(rel_error(r.out, to_vec<float>(dense.out)), 1e-5) << mode;
+    EXPECT_LT(rel_error(r.lse, to_vec<float>(dense.lse)), 1e-5) << mode;
+    const AttentionGrads g = sparse_attention_backward(q, k, v, r, dout);
+    EXPECT_LT(rel_error(g.dq, to_vec<float>(gd.dq)), 1e-5) << mode;
+    EXPECT_LT(rel_error(g.dk, to_vec<float>(gd.dk)), 1e-5) << mode;
+    EXPECT_LT(rel_error(g.dv, to_vec<float>(gd.dv)), 1e-5) << mode;
   }
+}
+
+// With group_select every query head of a KV head attends the same blocks, and they differ from
+// the per-head choice somewhere (the option does something).
+TEST(Topk, GroupSelectSharesTheBlocksOfAGroup) {
+  const Tensor q = random_tensor({96, 4, 8}, 5), k = random_tensor({96, 2, 8}, 6), v = random_tensor({96, 2, 8}, 7);
+  const SparseResult shared = topk_attention_forward(q, k, v, {}, {8, 3, false, 0.0f, true});
+  const SparseResult own = topk_attention_forward(q, k, v, {}, {8, 3, false, 0.0f, false});
+  auto blocks = [](const SparseResult& r, int h, int64_t t) {
+    const size_t i = size_t(h) * 96 + size_t(t);
+    return std::vector<int32_t>(r.visited.begin() + r.row_offset[i], r.visited.begin() + r.row_offset[i + 1]);
+  };
+  bool differs = false;
+  for (int64_t t = 0; t < 96; ++t)
+    for (int h = 0; h < 4; ++h) {
+      ASSERT_EQ(blocks(shared, h, t), blocks(shared, h / 2 * 2, t)) << "head " << h << " token " << t;
+      differs = differs || blocks(shared, h, t) != blocks(own, h, t);
+    }
+  EXPECT_TRUE(differs);
 }
 
 TEST(Topk, Deterministic) {

@@ -59,6 +59,7 @@ const KindCase kKindCases[] = {
     {"moe_noisy", {{"kind", "full"}}, kMoeNoisy},
     {"moe_bias_free_switch", {{"kind", "full"}}, kMoeBiasFree},
     {"topk", {{"kind", "topk"}, {"block_size", 3}, {"top_k", 2}}, kDense},
+    {"topk_group_select", {{"kind", "topk"}, {"block_size", 2}, {"top_k", 3}, {"group_select", true}}, kDense},
     {"threshold_bound", kThreshold, kDense},
     {"threshold_heuristic", kThresholdHeuristic, kDense},
     {"nsa_mlp", kNsa, kDense},

@@ -147,6 +147,10 @@ class Transformer {
   void set_running_attention(int64_t layer, const AttentionSpec& spec);
   bool layer_uses_moba(int64_t layer) const;
   AttentionKind attention_kind(int64_t layer) const;  // the kind a forward runs now
+  // Per layer, the keys each (head, query) attended in the last train forward (read it before
+  // backward(), which frees the forward's state), mean over them, for the kinds that report it
+  // (topk, threshold); -1 for the others. Empty when no forward state is held.
+  std::vector<double> attended_keys() const;
 
  private:
   struct Acts;

@@ -29,27 +29,35 @@ void TileMask::range(int64_t i, int64_t n, int64_t& lo, int64_t& hi) const {
 }
 
 void SoftmaxState::reset(int64_t rows, int d) {
+  reset_fresh(rows);
+  fresh = false;
+  for (int64_t i = 0; i < rows; ++i) std::fill_n(acc + i * ld_acc, d, 0.0f);
+}
+
+void SoftmaxState::reset_fresh(int64_t rows) {
   std::fill_n(m, rows, kNegInf);
   std::fill_n(l, rows, 0.0f);
-  for (int64_t i = 0; i < rows; ++i) std::fill_n(acc + i * ld_acc, d, 0.0f);
+  fresh = true;
 }
 
 void fold_scores(SoftmaxState st, int64_t i, float* s, int64_t n, float scale, int d) {
   const float m_new = std::max(st.m[i], scale * simd::max_of(s, n));
   const float alpha = simd::exp_approx(st.m[i] - m_new);  // 0 on the first visible tile
+  // a row without keys so far has acc = 0, or unset in a fresh state that the product overwrites
+  if (alpha != 1.0f && st.l[i] > 0.0f) simd::scale_inplace(st.acc + i * st.ld_acc, d, alpha);
   st.l[i] = st.l[i] * alpha + simd::exp_scaled_sum(s, n, scale, m_new);
   st.m[i] = m_new;
-  if (alpha != 1.0f) simd::scale_inplace(st.acc + i * st.ld_acc, d, alpha);
 }
 
+LONGCTX_SIMD_CLONES  // the row update in one vectorised pass
 void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int d) {
   if (from.l[j] == 0.0f) return;  // no key on that side
   float* a = into.acc + i * into.ld_acc;
   const float* b = from.acc + j * from.ld_acc;
   const float m = std::max(into.m[i], from.m[j]);
   const float wa = into.l[i] > 0.0f ? simd::exp_approx(into.m[i] - m) : 0.0f, wb = simd::exp_approx(from.m[j] - m);
-  simd::scale_inplace(a, d, wa);
-  simd::axpy(a, b, d, wb);
+#pragma omp simd
+  for (int c = 0; c < d; ++c) a[c] = a[c] * wa + b[c] * wb;
   into.l[i] = into.l[i] * wa + from.l[j] * wb;
   into.m[i] = m;
 }
@@ -105,6 +113,8 @@ void mask_row(const TileMask& mask, float* s, int64_t i, int64_t n, int64_t& l, 
 
 void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, gemm::Precision products,
                   const TileMask& mask, SoftmaxState st, float* s) {
+  if (st.fresh && !mask.all) st.reset(rows, d);  // rows the mask hides would keep an unset acc
+  const float beta = st.fresh ? 0.0f : 1.0f;
   for_each_strip(mask, kForwardStripRows, rows, n, s, [&](int64_t r0, int64_t sr, int64_t lo, int64_t w) {
     float* ss = s + r0 * n + lo;  // the strip's scores keep the tile's row stride n
     gemm::gemm(products, sr, w, d, 1.0f, q.from(r0).operand(false), k.from(lo).operand(true), 0.0f, ss, n);
@@ -113,7 +123,7 @@ void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float 
       mask_row(mask, s, i, n, l, h);
       if (h > l) fold_scores(st, i, s + i * n + l, h - l, scale, d);
     }
-    gemm::gemm(products, sr, d, w, 1.0f, {ss, nullptr, n}, v.from(lo).operand(false), 1.0f, st.acc + r0 * st.ld_acc,
+    gemm::gemm(products, sr, d, w, 1.0f, {ss, nullptr, n}, v.from(lo).operand(false), beta, st.acc + r0 * st.ld_acc,
                st.ld_acc);
   });
 }
@@ -229,6 +239,7 @@ void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Ten
     const Rows vr = tile_rows(p, v, s.k0 + kp, n, g, ws.v.data());
     const TileMask mask = all_visible ? TileMask{} : make_tile_mask(p, pos0, rows, kp, n, s.lk);
     tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data());
+    st.fresh = false;
   }
 }
 

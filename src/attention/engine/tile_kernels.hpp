@@ -27,13 +27,17 @@ struct TileMask {
 };
 
 // Running softmax state of `rows` query rows: max m, sum l (in scaled-score units) and the
-// unnormalised output acc[rows x d] (row stride ld_acc).
+// unnormalised output acc[rows x d] (row stride ld_acc). `fresh`: no key folded in yet and acc not
+// initialised: the next tile_forward writes acc instead of adding to it (a gathered tile's partial
+// state skips zeroing its rows).
 struct SoftmaxState {
   float* m;
   float* l;
   float* acc;
   int64_t ld_acc;
+  bool fresh = false;
   void reset(int64_t rows, int d);  // m = -inf, l = 0, acc = 0
+  void reset_fresh(int64_t rows);   // m = -inf, l = 0, fresh
 };
 
 // The online-softmax step every forward kernel shares: folds raw scores s[0..n) (q . k, not yet

@@ -116,7 +116,12 @@ void copy_row(const Tensor& x, int64_t flat, float* dst) {
 }  // namespace
 
 void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) copy_row(x, flat_rows[i], dst + i * x.dim(2));
+  constexpr int64_t kAhead = 4;
+  const int64_t d = x.dim(2);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n && x.dtype() == DType::f32) prefetch_row(x.f32() + flat_rows[i + kAhead] * d, d);
+    copy_row(x, flat_rows[i], dst + i * d);
+  }
 }
 
 void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst) {

@@ -72,6 +72,11 @@ Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
 // As load_rows, for rows that only feed the tile products: bf16 rows under bf16 products are
 // viewed as stored (the GEMM reads bf16 directly), not converted.
 Rows tile_rows(const Problem& p, const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
+// Software prefetch of a d-long fp32 row: gathered rows sit far apart, where the hardware
+// prefetchers do not follow.
+inline void prefetch_row(const float* p, int64_t d) {
+  for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(p + c);
+}
 // Gathers rows of a [T, H, d] tensor by flat (token * H + head) index into a dense [n x d]
 // fp32 buffer.
 void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst);

@@ -44,7 +44,7 @@ void sort_desc(std::vector<std::pair<T, int64_t>>& c) {
 
 template <class T>
 Mask topk_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, const Varlen& varlen, int64_t B,
-               int64_t top_k, bool token_level) {
+               int64_t top_k, bool token_level, bool group_select) {
   Mask m(size_t(s.hq) * s.tq * s.tk, 0);
   const int group = s.hq / s.hkv;
   for (const attn::Seq& sq : attn::sequences_of(varlen, s.tq, s.tk))
@@ -62,7 +62,12 @@ Mask topk_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k,
           for (auto& c : cand) row[c.second] = 1;
           continue;
         }
-        for (int64_t b = 0; b < pos / B; ++b) cand.push_back({quest(s, k, sq, h / group, b, B, x), b});
+        const int first = group_select ? h / group * group : h, last = group_select ? first + group : h + 1;
+        for (int64_t b = 0; b < pos / B; ++b) {
+          T bound = 0;
+          for (int e = first; e < last; ++e) bound += quest(s, k, sq, h / group, b, B, qrow(s, q, sq.q0 + i, e));
+          cand.push_back({bound, b});
+        }
         sort_desc(cand);
         cand.resize(std::min<size_t>(cand.size(), size_t(top_k - 1)));
         for (int64_t j = pos / B * B; j <= pos; ++j) row[j] = 1;
@@ -124,7 +129,7 @@ Mask threshold_mask(const Shape& s, const std::vector<T>& q, const std::vector<T
 
 #define LONGCTX_INSTANTIATE_SPARSE(T)                                                                                 \
   template Mask topk_mask<T>(const Shape&, const std::vector<T>&, const std::vector<T>&, const Varlen&, int64_t,    \
-                             int64_t, bool);                                                                         \
+                             int64_t, bool, bool);                                                                   \
   template Mask threshold_mask<T>(const Shape&, const std::vector<T>&, const std::vector<T>&, const Varlen&, int64_t, \
                                   T, double, bool);
 LONGCTX_INSTANTIATE_SPARSE(float)

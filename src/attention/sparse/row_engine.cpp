@@ -25,20 +25,6 @@ void for_key_chunks(int64_t begin, int64_t end, Fn&& fn) {
 
 }  // namespace
 
-std::vector<BlockStats> build_block_stats(const Problem& p, const Tensor& k, int64_t block_size) {
-  std::vector<BlockStats> stats;
-  std::vector<float> scratch(size_t(kKeyTile) * p.d);
-  for (const Seq& s : p.seqs) {
-    BlockStats& st = stats.emplace_back(block_size, p.hkv, p.d);
-    for (int g = 0; g < p.hkv; ++g)
-      for_key_chunks(0, s.lk, [&](int64_t kp, int64_t n) {
-        const Rows kr = load_rows(k, s.k0 + kp, n, g, scratch.data());
-        for (int64_t i = 0; i < n; ++i) st.add_key(kp + i, g, kr.row(i));
-      });
-  }
-  return stats;
-}
-
 int64_t attend_own_block(const SparseSource& src, Rows q, int g, int64_t pos, SoftmaxState st, RowScratch& ws) {
   const int64_t begin = pos / src.B() * src.B();
   decode_attend_range(src.k, src.v, g, src.s.k0 + begin, src.s.k0 + pos + 1, q, 1, src.p.d, src.p.scale, st, ws.tile);
@@ -187,28 +173,11 @@ SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, 
   return run_rows(p, q, k, v, [&](size_t) -> const BlockStats& { return stats; }, row_fn, token_level, block_size);
 }
 
-}  // namespace longctx::attn
-
-namespace longctx {
-
-using namespace attn;
-
-AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const SparseResult& fwd,
-                                         const Tensor& dout, const Varlen& varlen) {
-  const char* who = "sparse_attention_backward";
-  AttentionOptions ao;
-  ao.softmax_scale = fwd.scale;
-  const Problem p = make_problem(who, q, k, v, varlen, ao);
-  check_f32_shape(who, "out", fwd.out, {p.tq, p.hq, p.d});
-  check_f32_shape(who, "lse", fwd.lse, {p.hq, p.tq});
-  check_f32_shape(who, "dout", dout, {p.tq, p.hq, p.d});
-  LONGCTX_CHECK(fwd.row_offset.size() == size_t(p.hq) * size_t(p.tq) + 1, who, ": the forward result has ",
-                fwd.row_offset.size(), " row offsets, expected ", size_t(p.hq) * size_t(p.tq) + 1);
-  LONGCTX_CHECK(fwd.token_level || fwd.block_size > 0, who, ": block_size of the forward result must be > 0, got ",
-                fwd.block_size);
+AttentionGrads token_rows_backward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const SparseResult& fwd, const Tensor& dout) {
   AttentionGrads g{Tensor({p.tq, p.hq, p.d}), Tensor({p.tk, p.hkv, p.d}), Tensor({p.tk, p.hkv, p.d})};
   const std::vector<float> delta = rowsum_dout_out(dout, fwd.out);
-  const int64_t ld_kv = int64_t(p.hkv) * p.d, B = fwd.block_size;
+  const int64_t ld_kv = int64_t(p.hkv) * p.d;
 
   struct Scratch {
     TileScratch ws;
@@ -230,27 +199,14 @@ AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const
         float* dv0 = g.dv.f32() + (s.k0 * p.hkv + gi) * p.d;
         for (int h = gi * p.group; h < (gi + 1) * p.group; ++h)
           for (int64_t t = 0; t < s.lq; ++t) {
-            const int64_t row = s.q0 + t, stat = int64_t(h) * p.tq + row, pos = t + s.offset();
+            const int64_t row = s.q0 + t, stat = int64_t(h) * p.tq + row;
             const float* lse = fwd.lse.f32() + stat;
-            if (pos < 0 || *lse == -std::numeric_limits<float>::infinity()) continue;
+            if (t + s.offset() < 0 || *lse == -std::numeric_limits<float>::infinity()) continue;
             const Rows qr = load_rows(q, row, 1, h, ws.q.data());
             const Rows dor{dout.f32() + (row * p.hq + h) * p.d, p.d};
             float* dq = g.dq.f32() + (row * p.hq + h) * p.d;
             const int32_t* vis = fwd.visited.data() + fwd.row_offset[size_t(stat)];
             const int64_t n_vis = fwd.row_offset[size_t(stat) + 1] - fwd.row_offset[size_t(stat)];
-            auto contiguous = [&](int64_t begin, int64_t end) {
-              for_key_chunks(begin, end, [&](int64_t kp, int64_t n) {
-                const Rows kr = load_rows(k, s.k0 + kp, n, gi, ws.k.data());
-                const Rows vr = load_rows(v, s.k0 + kp, n, gi, ws.v.data());
-                tile_backward(qr, dor, lse, &delta[size_t(stat)], 1, kr, vr, n, p.d, p.scale, p.products, TileMask{},
-                              dq, p.d, dk0 + kp * ld_kv, dv0 + kp * ld_kv, ld_kv, ws.s.data(), ws.dp.data());
-              });
-            };
-            if (!fwd.token_level) {
-              contiguous(pos / B * B, pos + 1);
-              for (int64_t i = 0; i < n_vis; ++i) contiguous(vis[i] * B, (vis[i] + 1) * B);
-              continue;
-            }
             for_key_chunks(0, n_vis, [&](int64_t c, int64_t n) {
               sc.flat.resize(size_t(n));
               for (int64_t i = 0; i < n; ++i) sc.flat[size_t(i)] = (s.k0 + vis[c + i]) * p.hkv + gi;
@@ -271,4 +227,4 @@ AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const
   return g;
 }
 
-}  // namespace longctx
+}  // namespace longctx::attn

@@ -1,7 +1,9 @@
-// The engine of the per-query sparse methods (top-k, threshold, MoBA and top-k decode): every
-// (head, query) row picks its keys with a row function and folds them into one exact online
-// softmax with the decode tile kernel (rows = 1, K/V read in place), prefill and cache alike; then the result is
-// assembled (out, lse, visited CSR, keys-visited counts). The backward replays the visited sets.
+// The engine of the per-query sparse methods over a KV cache (MoBA, top-k and threshold decode and
+// chunked prefill) and of token-level top-k: every (head, query) row picks its keys with a row
+// function and folds them into one exact online softmax with the decode tile kernel (rows = 1, K/V
+// read in place); then the result is assembled (out, lse, visited CSR, keys-visited counts).
+// Block-level prefill and training run on the block-sparse engine instead
+// (attention/engine/block_sparse.hpp), which tiles many queries per block.
 #pragma once
 #include <longctx/attention/sparse/block_stats.hpp>
 #include <longctx/attention/sparse/topk.hpp>
@@ -56,9 +58,6 @@ SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, 
 SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
                             const BlockStats& stats, const RowFn& row_fn, bool token_level, int64_t block_size);
 
-// Block statistics of every sequence of a prefill problem.
-std::vector<BlockStats> build_block_stats(const Problem& p, const Tensor& k, int64_t block_size);
-
 // Helpers the row functions share.
 // Attends the own block causally: keys [pos / B * B, pos].
 int64_t attend_own_block(const SparseSource& src, Rows q, int g, int64_t pos, SoftmaxState st, RowScratch& ws);
@@ -85,6 +84,10 @@ int64_t selected_blocks_row(const SparseSource& src, const float* q, int h, int6
 // Row function of token top-k.
 int64_t topk_tokens_row(const SparseSource& src, const float* q, int h, int64_t pos, int64_t top_k, SoftmaxState st,
                         std::vector<int32_t>& visited, RowScratch& ws);
+// Backward of a token-level result over exactly its visited keys: one item per (sequence, KV head)
+// owns its dK/dV rows and its query heads' dQ rows.
+AttentionGrads token_rows_backward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const SparseResult& fwd, const Tensor& dout);
 
 }  // namespace longctx::attn
 

@@ -7,10 +7,11 @@
 namespace longctx::reference {
 
 // Block level: own block causally plus the top_k - 1 strictly-past blocks by Quest bound
-// (ties toward the later block). Token level: the top_k causally visible keys by q . k.
+// (ties toward the later block); `group_select`: the bounds summed over the query heads of a KV
+// head, and all of them take the same blocks. Token level: the top_k causally visible keys by q . k.
 template <class T>
 Mask topk_mask(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, const Varlen& varlen,
-               int64_t block_size, int64_t top_k, bool token_level);
+               int64_t block_size, int64_t top_k, bool token_level, bool group_select = false);
 
 // Mass threshold: own block, then past blocks by descending score while the stop rule says the
 // unvisited mass may exceed (1 - tau). heuristic = false: Quest bound rule; true: mean-key rule.

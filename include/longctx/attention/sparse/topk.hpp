@@ -7,7 +7,9 @@
 // block's elementwise key min/max (ties toward the later block; all of them when fewer). One
 // exact softmax runs over the union. Token level: the query attends exactly its top_k keys by
 // q . k among the causally visible ones (ties toward the later key). Selection is O(n) per
-// query (nth_element), never a sort of all candidates.
+// query (attn::top_indices), never a sort of all candidates. Block level runs on the
+// block-sparse engine (many queries per block tile, docs/DESIGN.md "Block-sparse engine"); token
+// level one query row at a time.
 // Layout, GQA, varlen and bottom-right alignment follow attention/common.hpp; always causal.
 #pragma once
 #include <longctx/attention/common.hpp>
@@ -26,7 +28,8 @@ struct SparseResult : AttentionResult {
   float scale = 0;  // the softmax scale it ran with (resolved; the backward's)
   // Per (h * total_q + row), CSR: visited[row_offset[i] .. row_offset[i + 1]) are the extra
   // blocks (block level; the own block, attended causally, is implicit) or all attended tokens
-  // (token level), as sequence-local indices.
+  // (token level), as sequence-local indices: ascending for top-k, in visiting order (descending
+  // score) for the threshold.
   std::vector<int64_t> row_offset;
   std::vector<int32_t> visited;
   double mean_keys = 0;  // keys attended per (head, query), mean over all rows
@@ -39,8 +42,9 @@ struct TopkOptions {
   int64_t top_k = 8;  // blocks, own block included (block level), or keys (token level)
   bool token_level = false;
   float softmax_scale = 0.0f;  // 0 = 1/sqrt(head_dim)
-  // Block level, decode over a KV cache only (attention_over_cache): one selection per KV head from
-  // the Quest bounds summed over its query heads. The prefill / training forward refuses it.
+  // Block level: one selection per KV head from the Quest bounds summed over its query heads (NSA's
+  // group-shared rule, arXiv 2502.11089 sec. 3.3.3), in prefill, training and decode alike: a GQA
+  // group then reads one set of blocks.
   bool group_select = false;
 
   template <class V>
@@ -48,7 +52,7 @@ struct TopkOptions {
     v("block_size", block_size, "keys per block (block level; also the KV cache's statistics block)");
     v("top_k", top_k, "blocks per query, own block included (block level), or keys (token level)");
     v("token_level", token_level, "select single keys by q . k instead of blocks by the Quest bound");
-    v("group_select", group_select, "decode only: one selection per KV head from bounds summed over its query heads");
+    v("group_select", group_select, "block level: one selection per KV head from bounds summed over its query heads");
   }
   void validate(const std::string& prefix) const;  // throws "<prefix>top_k must be > 0, got 0"
 };
@@ -57,8 +61,9 @@ SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tens
                                     const TopkOptions& opts = {});
 
 // Backward of any SparseResult (top-k or threshold) over exactly the keys the forward visited
-// (no gradient through the selection). Deterministic: one work item per (sequence, KV head)
-// owns its dK/dV rows and its query heads' dQ rows.
+// (no gradient through the selection); checks that the visited entries are in range. Block level:
+// the block-sparse engine's key-tile backward; token level: one item per (sequence, KV head) owns
+// its dK/dV rows and its query heads' dQ rows. Deterministic for a given thread count.
 AttentionGrads sparse_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const SparseResult& fwd,
                                          const Tensor& dout, const Varlen& varlen = {});
 

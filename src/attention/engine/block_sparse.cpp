@@ -1,0 +1,339 @@
+#include "attention/engine/block_sparse.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "attention/engine/top_indices.hpp"
+#include "core/gemm.hpp"
+#include "core/parallel.hpp"
+#include "core/simd.hpp"
+
+namespace longctx::attn {
+
+BlockGrid::BlockGrid(const Problem& p, int64_t block_size) : B(block_size) {
+  for (const Seq& s : p.seqs) {
+    first.push_back(full_blocks);
+    full_blocks += full(s);
+    max_blocks = std::max(max_blocks, (s.lk + B - 1) / B);
+  }
+}
+
+std::vector<Tile> own_block_tiles(const Problem& p, int64_t B) {
+  std::vector<Tile> tiles;
+  for (size_t si = 0; si < p.seqs.size(); ++si) {
+    const Seq& s = p.seqs[si];
+    for (int h = 0; h < p.hq; ++h)
+      for (int64_t t = std::max<int64_t>(0, -s.offset()); t < s.lq;) {
+        const int64_t pos = t + s.offset(), block_end = (pos / B + 1) * B;
+        const int64_t len = std::min({kQueryTile, s.lq - t, block_end - pos});
+        tiles.push_back({int32_t(si), h, t, len});
+        t += len;
+      }
+  }
+  return tiles;
+}
+
+// ---- gate ----
+
+BlockFeatures block_features(const Problem& p, const BlockGrid& grid, const Tensor& k, BlockGate gate) {
+  BlockFeatures feat{gate, gate == BlockGate::quest ? 2 * p.d : p.d, {}};
+  std::vector<std::pair<int, int64_t>> blocks;  // (sequence, block)
+  for (size_t si = 0; si < p.seqs.size(); ++si)
+    for (int64_t j = 0; j < grid.full(p.seqs[si]); ++j) blocks.push_back({int(si), j});
+  feat.f.resize(size_t(grid.full_blocks) * p.hkv * feat.width);
+  const int64_t B = grid.B;
+  parallel::run(
+      int64_t(blocks.size()), parallel::Schedule::dynamic, [&](int) { return std::vector<float>(B * p.d); },
+      [&](int64_t i, std::vector<float>& scratch) {
+        const auto [si, j] = blocks[size_t(i)];
+        const Seq& s = p.seqs[size_t(si)];
+        for (int g = 0; g < p.hkv; ++g) {
+          float* f = &feat.f[size_t(((grid.first[size_t(si)] + j) * p.hkv + g) * feat.width)];
+          const Rows kr = load_rows(k, s.k0 + j * B, B, g, scratch.data());
+          if (gate == BlockGate::mean) {
+            for (int64_t r = 0; r < B; ++r) simd::add_inplace(f, kr.row(r), p.d);
+            simd::scale_inplace(f, p.d, 1.0f / float(B));
+            continue;
+          }
+          float *mx = f, *mn = f + p.d;
+          std::copy_n(kr.row(0), p.d, mx);
+          std::copy_n(kr.row(0), p.d, mn);
+          for (int64_t r = 1; r < B; ++r)
+            for (int c = 0; c < p.d; ++c) mx[c] = std::max(mx[c], kr.row(r)[c]), mn[c] = std::min(mn[c], kr.row(r)[c]);
+        }
+      });
+  return feat;
+}
+
+void gate_scores(const Problem& p, const BlockGrid& grid, const Tensor& q, const BlockFeatures& feat, const Tile& t,
+                 int heads, int64_t own, GateScratch& ws) {
+  const Seq& s = p.seqs[size_t(t.seq)];
+  const float* f0 = &feat.f[size_t((grid.first[size_t(t.seq)] * p.hkv + p.kv_head(t.head)) * feat.width)];
+  ws.q.resize(size_t(t.len * p.d));
+  ws.score.resize(size_t(t.len * own));
+  for (int e = 0; e < heads; ++e) {
+    const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head + e, ws.q.data());
+    gemm::Operand a = qr.operand(false);
+    if (feat.gate == BlockGate::quest) {  // [max(q, 0) | min(q, 0)]
+      ws.mapped.resize(size_t(t.len * 2 * p.d));
+      for (int64_t r = 0; r < t.len; ++r) {
+        float* m = &ws.mapped[size_t(r * 2 * p.d)];
+        for (int c = 0; c < p.d; ++c) m[c] = std::max(qr.row(r)[c], 0.0f), m[p.d + c] = std::min(qr.row(r)[c], 0.0f);
+      }
+      a = {ws.mapped.data(), nullptr, 2 * p.d, false};
+    }
+    gemm::gemm(gemm::Precision::f32, t.len, own, feat.width, 1.0f, a,
+               {f0, nullptr, int64_t(p.hkv) * feat.width, true}, e == 0 ? 0.0f : 1.0f, ws.score.data(), own);
+  }
+}
+
+std::vector<int32_t> select_top_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q,
+                                       const BlockFeatures& feat, const std::vector<Tile>& tiles, int64_t slots,
+                                       bool group_select) {
+  std::vector<int32_t> selected(size_t(p.hq) * p.tq * slots, -1);
+  if (slots == 0) return selected;
+  // Gate tiles: consecutive own-block tiles of one (sequence, head) joined up to kGatherTile rows,
+  // scored against the blocks before the last row's (each row then ranks only its own past): fewer,
+  // taller products, each packing the block features once.
+  std::vector<Tile> gate;
+  for (const Tile& t : tiles) {
+    Tile* last = gate.empty() ? nullptr : &gate.back();
+    if (last && last->seq == t.seq && last->head == t.head && last->start + last->len == t.start &&
+        last->len + t.len <= kGatherTile)
+      last->len += t.len;
+    else
+      gate.push_back(t);
+  }
+  parallel::run(
+      int64_t(gate.size()), parallel::Schedule::dynamic, [&](int) { return GateScratch{}; },
+      [&](int64_t i, GateScratch& ws) {
+        const Tile& t = gate[size_t(i)];
+        const Seq& s = p.seqs[size_t(t.seq)];
+        // with group_select the group's first head selects for all of its heads
+        if (group_select && t.head % p.group != 0) return;
+        const int heads = group_select ? p.group : 1;
+        const int64_t most = (t.start + t.len - 1 + s.offset()) / grid.B;  // eligible blocks of the last row
+        if (most > slots) gate_scores(p, grid, q, feat, t, heads, most, ws);
+        for (int64_t r = 0; r < t.len; ++r) {
+          const int64_t own = (t.start + r + s.offset()) / grid.B;  // blocks 0..own-1 are eligible
+          int32_t* out = &selected[(size_t(t.head) * p.tq + s.q0 + t.start + r) * slots];
+          if (own > slots)
+            top_indices(&ws.score[size_t(r * most)], own, slots, out, &ws.rank);
+          else
+            std::iota(out, out + own, 0);
+          for (int e = 1; e < heads; ++e)
+            std::copy_n(out, slots, &selected[(size_t(t.head + e) * p.tq + s.q0 + t.start + r) * slots]);
+        }
+      });
+  return selected;
+}
+
+// ---- selection ----
+
+Selectors invert_selection(const Problem& p, const BlockGrid& grid, const QuerySelection& sel) {
+  // units are tokens, heads inner: a list's rows come out ascending
+  std::vector<int32_t> seq_of(size_t(p.tq));
+  for (size_t si = 0; si < p.seqs.size(); ++si)
+    std::fill_n(seq_of.begin() + p.seqs[si].q0, p.seqs[si].lq, int32_t(si));
+  Selectors s;
+  build_selectors(s, grid.full_blocks * p.hkv, p.tq, [&](int64_t r, auto&& emit) {
+    const int64_t first = grid.first[size_t(seq_of[size_t(r)])] * p.hkv;
+    for (int h = 0; h < p.hq; ++h) {
+      const int64_t stat = int64_t(h) * p.tq + r, base = first + p.kv_head(h);
+      for (int64_t e = sel.begin(stat); e < sel.end(stat); ++e)
+        if (sel.blocks[e] >= 0) emit(base + sel.blocks[e] * p.hkv, r * p.hq + h);
+    }
+  });
+  return s;
+}
+
+void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles) {
+  tiles.clear();
+  for (size_t si = 0; si < p.seqs.size(); ++si)
+    for (int64_t j = 0; j < grid.full(p.seqs[si]); ++j)
+      for (int g = 0; g < p.hkv; ++g) {
+        const int64_t list = (grid.first[si] + j) * p.hkv + g, begin = sel.offset[size_t(list)], n = sel.size(list);
+        for (int64_t b = 0; b < n; b += kGatherTile)
+          tiles.push_back({int32_t(si), g, j, begin + b, std::min(kGatherTile, n - b)});
+      }
+}
+
+// ---- forward ----
+
+RunningStates::RunningStates(const Problem& p, Tensor& out)
+    : m(size_t(p.hq) * p.tq, -std::numeric_limits<float>::infinity()),
+      l(m.size(), 0.0f),
+      acc(out.f32()),
+      ld(int64_t(p.hq) * p.d) {}
+
+namespace {
+
+// Own block of tile t (causal), into the running states.
+void attend_own_block(const Problem& p, int64_t B, const Tensor& q, const Tensor& k, const Tensor& v, const Tile& t,
+                      RunningStates& st, TileScratch& ws) {
+  const Seq& s = p.seqs[size_t(t.seq)];
+  const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
+  const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
+  const SoftmaxState state{&st.m[size_t(stat)], &st.l[size_t(stat)], st.acc + ((s.q0 + t.start) * p.hq + t.head) * p.d,
+                           st.ld};
+  attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / B * B, pos0 + t.len, state, ws);
+}
+
+}  // namespace
+
+void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws) {
+  part.reset_fresh(t.len);
+  gather_rows(q, &sel.rows[size_t(t.pos)], t.len, ws.q.data());
+  attend_key_range(p, p.seqs[size_t(t.seq)], k, v, t.g, Rows{ws.q.data(), p.d}, t.len, 0, t.j * grid.B,
+                   (t.j + 1) * grid.B, part, ws, true);
+}
+
+void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st) {
+  std::vector<GatherTile> tiles;
+  if (sel) gather_tiles(p, grid, *sel, tiles);
+  // Waves: consecutive tiles (so a contiguous range of positions) of at most wave_rows rows.
+  std::vector<size_t> cut{0};
+  int64_t rows = 0, most = 0;
+  const int64_t limit = wave_rows(p.d);
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    if (rows + tiles[i].len > limit && i > cut.back()) cut.push_back(i), rows = 0;
+    rows += tiles[i].len;
+    most = std::max(most, rows);
+  }
+  if (!tiles.empty()) cut.push_back(tiles.size());
+  const size_t waves = cut.size() - 1;
+  // Two buffers of partial states: wave w's tiles fill one while wave w - 1's partials merge from
+  // the other, so each wave costs one barrier. The own blocks run with wave 0.
+  std::vector<float> pm[2], pl[2], pacc[2];
+  for (int b = 0; b < std::min<int>(2, int(waves)); ++b)
+    pm[b].resize(size_t(most)), pl[b].resize(size_t(most)), pacc[b].resize(size_t(most * p.d));
+  auto first_pos = [&](size_t w) { return tiles[cut[w]].pos; };
+  std::vector<TileScratch> scratch;
+  for (int t = 0; t < parallel::max_threads(); ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
+#pragma omp parallel if (own.size() + tiles.size() > 1)
+  {
+    const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    TileScratch& ws = scratch[size_t(thread)];
+    // This thread merges the queries of tokens t with (t / 16) mod threads == thread, each query's
+    // partials in position order, i.e. ascending block order.
+    auto mine = [&](int64_t row) { return (row / p.hq / 16) % threads == thread; };
+    for (size_t w = 0; w <= waves; ++w) {
+      if (w > 0) {
+        const size_t b = (w - 1) % 2;
+        const int64_t pos0 = first_pos(w - 1), end = tiles[cut[w] - 1].pos + tiles[cut[w] - 1].len;
+        const SoftmaxState partials{pm[b].data(), pl[b].data(), pacc[b].data(), p.d};
+        constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
+        for (int64_t pos = pos0; pos < end; ++pos) {
+          if (pos + kAhead < end && mine(sel->rows[size_t(pos + kAhead)]))
+            prefetch_row(st.acc + sel->rows[size_t(pos + kAhead)] * p.d, p.d);
+          const int64_t row = sel->rows[size_t(pos)];
+          if (mine(row)) merge_state(st.of_row(p, row), 0, partials, pos - pos0, p.d);
+        }
+      } else {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (size_t i = 0; i < own.size(); ++i) attend_own_block(p, grid.B, q, k, v, own[i], st, ws);
+      }
+      if (w < waves) {
+        const size_t b = w % 2;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (size_t i = cut[w]; i < cut[w + 1]; ++i) {
+          const int64_t r = tiles[i].pos - first_pos(w);
+          attend_gathered(p, grid, q, k, v, *sel, tiles[i],
+                          {&pm[b][size_t(r)], &pl[b][size_t(r)], &pacc[b][size_t(r * p.d)], p.d}, ws);
+        }
+      }
+#pragma omp barrier
+    }
+  }
+}
+
+void finalize_states(const Problem& p, RunningStates& st, Tensor& lse) {
+#pragma omp parallel for schedule(static) if (parallel::worth_threads(p.tq * p.hq * p.d))
+  for (int64_t row = 0; row < p.tq; ++row)
+    for (int h = 0; h < p.hq; ++h) {
+      const SoftmaxState s = st.of_row(p, row * p.hq + h);
+      tile_finalize(s, 1, p.d, s.acc, p.d, lse.f32() + int64_t(h) * p.tq + row);
+    }
+}
+
+// ---- backward ----
+
+AttentionGrads block_sparse_backward(const Problem& p, const BlockGrid& grid, const BackwardInputs& in,
+                                     const Selectors& sel) {
+  AttentionGrads g{Tensor({p.tq, p.hq, p.d}), Tensor({p.tk, p.hkv, p.d}), Tensor({p.tk, p.hkv, p.d})};
+  const int64_t B = grid.B;
+  // Items: key tiles inside blocks, per (sequence, KV head); heaviest first.
+  struct KTile {
+    int32_t seq, g;
+    int64_t j, start, len;
+  };
+  std::vector<KTile> all;
+  std::vector<double> cost;
+  for (size_t si = 0; si < p.seqs.size(); ++si) {
+    const Seq& s = p.seqs[si];
+    for (int gi = 0; gi < p.hkv; ++gi)
+      for (int64_t j = 0; j * B < s.lk; ++j)
+        for (int64_t kp = j * B; kp < std::min((j + 1) * B, s.lk); kp += kKeyTile) {
+          const int64_t n = std::min({kKeyTile, (j + 1) * B - kp, s.lk - kp});
+          const int64_t chosen = j < grid.full(s) ? sel.size((grid.first[si] + j) * p.hkv + gi) : 0;
+          all.push_back({int32_t(si), gi, j, kp, n});
+          cost.push_back(double(n) * double(chosen + p.group * std::min(B, s.lk - kp)));
+        }
+  }
+  const std::vector<KTile> items = parallel::heaviest_first(all, cost);
+
+  DqAccumulators dq_acc(g.dq, parallel::max_threads());
+  const int64_t ld_kv = int64_t(p.hkv) * p.d;
+  parallel::run(
+      int64_t(items.size()), parallel::Schedule::cyclic,
+      [&](int t) {
+        return std::tuple(TileScratch(kGatherTile, kKeyTile, p.d, true), dq_acc.for_thread(t),
+                          std::vector<float>(kGatherTile * p.d));
+      },
+      [&](int64_t i, auto& state) {
+        auto& [ws, dq, dq_rows] = state;
+        const KTile& it = items[size_t(i)];
+        const Seq& s = p.seqs[size_t(it.seq)];
+        const int64_t kv_off = ((s.k0 + it.start) * p.hkv + it.g) * p.d;
+        float *dk = g.dk.f32() + kv_off, *dv = g.dv.f32() + kv_off;
+        // Own-block queries: positions in block j that see the tile (causal mask inside).
+        int64_t lo, hi;
+        rows_seeing_keys(p, s, it.start, it.len, lo, hi);
+        lo = std::max(lo, it.j * B - s.offset());
+        hi = std::min(hi, (it.j + 1) * B - s.offset());
+        if (lo < hi) backward_key_tile(p, s, in, it.g, it.start, it.len, lo, hi, dk, dv, dq, ws);
+        if (it.j >= grid.full(s)) return;
+        // Queries that selected block j: all keys visible.
+        const int64_t list = (grid.first[size_t(it.seq)] + it.j) * p.hkv + it.g, count = sel.size(list);
+        const int64_t* rows = sel.rows.data() + sel.offset[size_t(list)];
+        const Rows kr = tile_rows(p, in.k, s.k0 + it.start, it.len, it.g, ws.k.data());
+        const Rows vr = tile_rows(p, in.v, s.k0 + it.start, it.len, it.g, ws.v.data());
+        for (int64_t b = 0; b < count; b += kGatherTile) {
+          const int64_t n = std::min(kGatherTile, count - b);
+          gather_rows(in.q, rows + b, n, ws.q.data());
+          gather_rows(in.dout, rows + b, n, ws.dout.data());
+          for (int64_t e = 0; e < n; ++e) {
+            const int64_t stat = (rows[b + e] % p.hq) * p.tq + rows[b + e] / p.hq;
+            ws.lse[size_t(e)] = in.lse[stat];
+            ws.delta[size_t(e)] = in.delta[stat];
+          }
+          std::fill_n(dq_rows.data(), n * p.d, 0.0f);
+          tile_backward(Rows{ws.q.data(), p.d}, Rows{ws.dout.data(), p.d}, ws.lse.data(), ws.delta.data(), n, kr, vr,
+                        it.len, p.d, p.scale, p.products, TileMask{}, dq_rows.data(), p.d, dk, dv, ld_kv, ws.s.data(),
+                        ws.dp.data());
+          for (int64_t e = 0; e < n; ++e) {
+            if (e + 4 < n) prefetch_row(dq + rows[b + e + 4] * p.d, p.d);  // scattered rows
+            simd::add_inplace(dq + rows[b + e] * p.d, &dq_rows[size_t(e * p.d)], p.d);
+          }
+        }
+      });
+  dq_acc.reduce();
+  return g;
+}
+
+}  // namespace longctx::attn

@@ -85,8 +85,7 @@ class Detokenizer {
 
 void run(const Options& o) {
   o.sampler.validate();  // before anything is printed
-  LONGCTX_CHECK(o.kv_dtype != "int8", "generate: --kv-dtype int8 is not implemented yet (f32 or bf16)");
-  const DType cache_dtype = o.kv_dtype == "bf16" ? DType::bf16 : DType::f32;
+  const KVDType cache_dtype = enum_from_name<KVDType>(o.kv_dtype, "generate: --kv-dtype");
   const std::string prompt = read_prompt(o);
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
@@ -139,7 +138,7 @@ void add_generate(CLI::App& app) {
   c->add_option("--tokens", o->tokens, "Tokens to generate")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call (bounds the logits held)")
       ->check(at_least(1))->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage: f32 or bf16 (int8: not implemented yet)")
+  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage: f32, bf16 or int8 (one scale per token and KV head)")
       ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
   c->add_option("--temperature", o->sampler.temperature, "0 = greedy")->capture_default_str();
   c->add_option("--top-k", o->sampler.top_k, "Keep the k most likely tokens (0 = all)")->capture_default_str();

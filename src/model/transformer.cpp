@@ -338,10 +338,17 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, Decode
     nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32(), pr);
     nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32(), pr);
     const AttentionSpec spec = running_spec(l);
-    if (state)  // inference: attend over the layer's decode state, which takes these tokens in
+    if (state) {  // inference: attend over the layer's decode state, which takes these tokens in
       attention_layer::decode(spec, A.rope, pos, state->layers[size_t(l)], std::move(q), std::move(k), std::move(v),
                               L.h1, L.attn);
-    else
+      if (state->pruning && state->layers[size_t(l)].cache) {
+        std::vector<KVCache*> caches;
+        for (LayerDecodeState& ls : state->layers) caches.push_back(ls.cache ? &*ls.cache : nullptr);
+        const float so = spec.visit([](const auto& o) { return o.softmax_scale; });
+        state->pruning->after_attention(l, L.attn.q, L.attn.sparse.lse, so > 0 ? so : 1.0f / std::sqrt(float(dh)),
+                                        caches);
+      }
+    } else
       attention_layer::forward(spec, cfg_, P.attention, A.rope, pos, varlen, std::move(q), std::move(k), std::move(v),
                                L.h1, L.attn);
     L.x_in = std::move(x);
@@ -409,27 +416,42 @@ std::vector<double> Transformer::token_losses(const Batch& batch) {
   return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr).rows;
 }
 
-double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype) {
+double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, const DecodeOptions& o) {
   const double row = double(cfg.n_kv_heads * cfg.head_dim());
   double bytes = 0;
-  for (const AttentionSpec& s : cfg.attention) {
+  for (size_t l = 0; l < cfg.attention.size(); ++l) {
+    const AttentionSpec& s = cfg.attention[l];
     if (s.kind() == AttentionKind::infini) continue;
-    bytes += 2 * double(capacity) * row * double(dtype_size(cache_dtype));
-    if (s.stats_block_size() > 0) bytes += 3 * 4 * double(capacity / s.stats_block_size() + 1) * row;
+    const int64_t n = o.pruning.enabled()
+                          ? std::min(capacity, o.pruning.budget_of(int64_t(l)) + o.pruning.step_chunk())
+                          : capacity;
+    bytes += double(n) * (2 * double(cfg.n_kv_heads) * kv_row_bytes(o.kv_dtype, cfg.head_dim()) + 8);
+    if (s.stats_block_size() > 0) bytes += 3 * 4 * double(n / s.stats_block_size() + 1) * row;
   }
   return bytes;
 }
 
-DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) const {
+DecodeState Transformer::new_decode_state(int64_t capacity, const DecodeOptions& o) const {
   LONGCTX_CHECK(capacity > 0 && capacity <= cfg_.max_seq_len, "decode: capacity must be in [1, max_seq_len = ",
                 cfg_.max_seq_len, "], got ", capacity);
-  memory::require_fits(decode_state_bytes(cfg_, capacity, cache_dtype),
-                       concat("a decode state of ", capacity, " positions (KV caches)"));
   DecodeState st;
+  if (o.pruning.enabled()) {
+    st.pruning.emplace(o.pruning, cfg_.n_layers);  // validates
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const AttentionKind kind = cfg_.attention[size_t(l)].kind();
+      LONGCTX_CHECK(kind == AttentionKind::full || kind == AttentionKind::infini, "decode: cascade pruning (a KV "
+                    "budget) runs over dense attention, but layer ", l, " is ", enum_name(kind),
+                    " (its cache cannot drop tokens)");
+    }
+  }
+  memory::require_fits(decode_state_bytes(cfg_, capacity, o),
+                       concat("a decode state of ", capacity, " positions (KV caches)"));
   st.capacity = capacity;
   for (int64_t l = 0; l < cfg_.n_layers; ++l)
     st.layers.push_back(attention_layer::new_state(cfg_.attention[size_t(l)], cfg_,
-                                                   acts_->layer_params[size_t(l)].attention, capacity, cache_dtype));
+                                                   acts_->layer_params[size_t(l)].attention,
+                                                   st.pruning ? st.pruning->cache_capacity(l, capacity) : capacity,
+                                                   o.kv_dtype));
   return st;
 }
 
@@ -439,6 +461,15 @@ Tensor Transformer::extend(DecodeState& state, const std::vector<int32_t>& token
   const int64_t n = int64_t(tokens.size());
   LONGCTX_CHECK(state.tokens + n <= state.capacity, "extend: ", n, " more tokens would exceed the decode state's capacity (",
                 state.tokens, " of ", state.capacity, " used)");
+  const int64_t step = state.pruning ? state.pruning->options().step_chunk() : n;
+  if (n > step) {  // cascade pruning: steps of at most its chunk, so a cache holds budget + chunk
+    Tensor out({n, cfg_.vocab_size});
+    for (int64_t i = 0; i < n; i += step) {
+      const Tensor part = extend(state, std::vector<int32_t>(tokens.begin() + i, tokens.begin() + std::min(n, i + step)));
+      std::copy_n(part.f32(), part.numel(), out.f32() + i * cfg_.vocab_size);
+    }
+    return out;
+  }
   Batch b;
   b.tokens = tokens;
   b.cu_seqlens = {0, n};

@@ -141,6 +141,7 @@ TEST(Cli, TrainResumeEvalGenerate) {
   EXPECT_EQ(text("--prompt-file " + (dir / "prompt.txt").string() + " --prefill-chunk 3"), whole);
   EXPECT_EQ(text("--prompt-file - < " + (dir / "prompt.txt").string()), whole);
   EXPECT_EQ(text("--prompt 'And God said, Let there be' --kv-dtype bf16").substr(0, 30), whole.substr(0, 30));
+  EXPECT_EQ(text("--prompt 'And God said, Let there be' --kv-dtype int8").substr(0, 30), whole.substr(0, 30));
   // a weights-only export generates the same text and is no training checkpoint
   const std::string lean = (dir / "lean.safetensors").string();
   r = run_cli("export --checkpoint " + ckpt + " --out " + lean);
@@ -165,9 +166,9 @@ TEST(Cli, TrainResumeEvalGenerate) {
   r = run_cli("generate --checkpoint " + ckpt + " --prompt-file " + (dir / "none.txt").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("cannot read --prompt-file"), std::string::npos) << r.output;
-  r = run_cli("generate --checkpoint " + ckpt + " --kv-dtype int8");
+  r = run_cli("generate --checkpoint " + ckpt + " --kv-dtype int4");
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("--kv-dtype int8 is not implemented yet"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--kv-dtype"), std::string::npos) << r.output;
 }
 
 // Bad output paths and conflicting runs are refused before any work (issue 19's first items).

@@ -9,18 +9,11 @@ namespace longctx::attn {
 
 namespace {
 
-// A K/V row element as fp32: bf16 widened in the loop, so the cache's bf16 rows are read once
-// and never copied into an fp32 scratch.
+// A K/V row element as fp32: bf16 widened and int8 converted in the loop, so the cache's rows are
+// read once and never copied into an fp32 scratch.
 inline float as_f32(float x) { return x; }
 inline float as_f32(uint16_t b) { return bf16_to_f32(b); }
-
-// Rows of keys or values of element type E with row stride ld (elements).
-template <class E>
-struct KvRows {
-  const E* p;
-  int64_t ld;
-  const E* row(int64_t j) const { return p + j * ld; }
-};
+inline float as_f32(int8_t x) { return float(x); }
 
 // s[i * n + j] = q_i . k_j and acc_i += sum_j p_ij v_j with the loops written out so each
 // clone vectorises them (16 partial sums per dot; no per-key calls or horizontal reductions
@@ -40,7 +33,7 @@ template <class E>
       float t = 0.0f;
       for (int c = dw; c < d; ++c) t += qi[c] * as_f32(kj[c]);
       for (int l = 0; l < W; ++l) t += part[l];
-      s[i * n + j] = t;
+      s[i * n + j] = t * k.row_scale(j);
     }
   }
 }
@@ -48,13 +41,12 @@ template <class E>
 template <class E>
 [[gnu::always_inline]] inline void accumulate_body(const float* p, KvRows<E> v, int64_t n, int d, float* acc) {
   for (int64_t j = 0; j < n; ++j) {
-    const float pj = p[j];
+    const float pj = p[j] * v.row_scale(j);
     const E* vj = v.row(j);
 #pragma omp simd
     for (int c = 0; c < d; ++c) acc[c] += pj * as_f32(vj[c]);
   }
 }
-
 
 // Non-template entry points, so that each gets its AVX-512 / AVX2 / baseline clone (GCC does not
 // clone templates); the bodies are inlined into every clone.
@@ -64,17 +56,23 @@ LONGCTX_SIMD_CLONES void scores(Rows q, int64_t rows, KvRows<float> k, int64_t n
 LONGCTX_SIMD_CLONES void scores(Rows q, int64_t rows, KvRows<uint16_t> k, int64_t n, int d, float* s) {
   scores_body(q, rows, k, n, d, s);
 }
+LONGCTX_SIMD_CLONES void scores(Rows q, int64_t rows, KvRows<int8_t> k, int64_t n, int d, float* s) {
+  scores_body(q, rows, k, n, d, s);
+}
 LONGCTX_SIMD_CLONES void accumulate(const float* p, KvRows<float> v, int64_t n, int d, float* acc) {
   accumulate_body(p, v, n, d, acc);
 }
 LONGCTX_SIMD_CLONES void accumulate(const float* p, KvRows<uint16_t> v, int64_t n, int d, float* acc) {
   accumulate_body(p, v, n, d, acc);
 }
+LONGCTX_SIMD_CLONES void accumulate(const float* p, KvRows<int8_t> v, int64_t n, int d, float* acc) {
+  accumulate_body(p, v, n, d, acc);
+}
 
 template <class E>
 void tile_forward_rows(Rows q, int64_t rows, KvRows<E> k, KvRows<E> v, int64_t n, int d, float scale, SoftmaxState st,
                        float* s) {
-  if (avx512::tile_forward(q, rows, k.p, k.ld, v.p, v.ld, n, d, scale, st, s)) return;
+  if (avx512::tile_forward(q, rows, k, v, n, d, scale, st, s)) return;
   scores(q, rows, k, n, d, s);
   for (int64_t i = 0; i < rows; ++i) {
     fold_scores(st, i, s + i * n, n, scale, d);
@@ -82,24 +80,41 @@ void tile_forward_rows(Rows q, int64_t rows, KvRows<E> k, KvRows<E> v, int64_t n
   }
 }
 
-}  // namespace
-
-void decode_tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, SoftmaxState st, float* s) {
-  tile_forward_rows(q, rows, KvRows<float>{k.p, k.ld}, KvRows<float>{v.p, v.ld}, n, d, scale, st, s);
+template <class E>
+void attend_tiles(KvRows<E> k, KvRows<E> v, int64_t n_keys, Rows q, int64_t rows, int d, float scale, SoftmaxState st,
+                  float* s) {
+  for (int64_t j = 0; j < n_keys; j += kKeyTile) {
+    const int64_t n = std::min(kKeyTile, n_keys - j);
+    tile_forward_rows(q, rows, KvRows<E>{k.row(j), k.ld, k.scale ? k.scale + j : nullptr},
+                      KvRows<E>{v.row(j), v.ld, v.scale ? v.scale + j : nullptr}, n, d, scale, st, s);
+  }
 }
 
-void decode_attend_range(const Tensor& k, const Tensor& v, int g, int64_t begin, int64_t end, Rows q, int64_t rows,
-                         int d, float scale, SoftmaxState st, TileScratch& ws) {
-  const int64_t ld = k.dim(1) * d, off = int64_t(g) * d;
-  for (int64_t kp = begin; kp < end; kp += kKeyTile) {
-    const int64_t n = std::min(kKeyTile, end - kp);
-    if (k.dtype() == DType::bf16)
-      tile_forward_rows(q, rows, KvRows<uint16_t>{k.bf16() + kp * ld + off, ld},
-                        KvRows<uint16_t>{v.bf16() + kp * ld + off, ld}, n, d, scale, st, ws.s.data());
-    else
-      tile_forward_rows(q, rows, KvRows<float>{k.f32() + kp * ld + off, ld}, KvRows<float>{v.f32() + kp * ld + off, ld},
-                        n, d, scale, st, ws.s.data());
-  }
+template <class E>
+void score_range(KvRows<E> k, int64_t n, Rows q, int64_t rows, int d, float* s) {
+  if (!avx512::scores(q, rows, k, n, d, s)) scores(q, rows, k, n, d, s);
+}
+
+}  // namespace
+
+void decode_scores(const StoredRows& k, int g, int64_t begin, int64_t end, Rows q, int64_t rows, int d, float* s) {
+  const int64_t ld = k.ld(), off = begin * ld + int64_t(g) * d, n = end - begin;
+  if (k.i8) score_range(KvRows<int8_t>{k.i8 + off, ld, k.scales_of(g) + begin}, n, q, rows, d, s);
+  else if (k.bf16) score_range(KvRows<uint16_t>{k.bf16 + off, ld}, n, q, rows, d, s);
+  else score_range(KvRows<float>{k.f32 + off, ld}, n, q, rows, d, s);
+}
+
+void decode_attend_range(const StoredRows& k, const StoredRows& v, int g, int64_t begin, int64_t end, Rows q,
+                         int64_t rows, int d, float scale, SoftmaxState st, TileScratch& ws) {
+  const int64_t ld = k.ld(), off = begin * ld + int64_t(g) * d, n = end - begin;
+  if (k.i8)
+    attend_tiles(KvRows<int8_t>{k.i8 + off, ld, k.scales_of(g) + begin},
+                 KvRows<int8_t>{v.i8 + off, ld, v.scales_of(g) + begin}, n, q, rows, d, scale, st, ws.s.data());
+  else if (k.bf16)
+    attend_tiles(KvRows<uint16_t>{k.bf16 + off, ld}, KvRows<uint16_t>{v.bf16 + off, ld}, n, q, rows, d, scale, st,
+                 ws.s.data());
+  else
+    attend_tiles(KvRows<float>{k.f32 + off, ld}, KvRows<float>{v.f32 + off, ld}, n, q, rows, d, scale, st, ws.s.data());
 }
 
 }  // namespace longctx::attn

@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 #include <longctx/core/threads.hpp>
+#include <longctx/attention/cache/cascade_pruning.hpp>
 #include <longctx/attention/cache/decode.hpp>
 #include <longctx/attention/dense/flash.hpp>
 
@@ -193,6 +194,45 @@ void run_decode_bench(const DecodeBenchConfig& cfg) {
       const std::vector<double> t = measure(method, spec, q1, "decode", dense_tps);
       progress.report(++done, cases, fmt::format("(decode n={} {}: {:.3f} ms)", n, method, t[0] * 1e3));
       if (n <= cfg.chunk_max_length) measure(method, spec, qc, fmt::format("chunk{}", chunk), dense_chunk_tps);
+    }
+    // Cascade pruning: the cache holds B of the n tokens; a step appends one, attends densely,
+    // adds the attention mass to the importance and evicts the least important token.
+    for (const int64_t budget : cfg.kv_budgets) {
+      if (budget >= n) continue;
+      CascadePruningOptions po;
+      po.budget = {budget}, po.window = cfg.kv_window, po.sink = cfg.kv_sink, po.chunk = 1;
+      std::vector<std::unique_ptr<KVCache>> pruned;
+      std::vector<CascadePruner> pruners;
+      for (KVDType dt : dtypes) {
+        pruned.push_back(std::make_unique<KVCache>(
+            KVCacheOptions{budget + 1, cfg.kv_heads, cfg.head_dim, cfg.moba.block_size, dt, false}));
+        src.fill(*pruned.back(), budget);
+        pruners.emplace_back(po, 1);
+      }
+      const Tensor k1 = random_normal({1, cfg.kv_heads, cfg.head_dim}, 1), v1 = random_normal({1, cfg.kv_heads, cfg.head_dim}, 2);
+      const float scale = 1.0f / std::sqrt(float(cfg.head_dim));
+      std::vector<std::function<void()>> calls;
+      for (size_t i = 0; i < dtypes.size(); ++i)
+        calls.push_back([&, i] {
+          KVCache& c = *pruned[i];
+          c.append(k1, v1);
+          const SparseResult r = attention_over_cache(q1, c, {});
+          pruners[i].after_attention(0, q1, r.lse, scale, {&c});
+        });
+      const std::vector<double> t = time_interleaved(calls, 3, cfg.min_seconds);
+      for (size_t i = 0; i < dtypes.size(); ++i) {
+        nlohmann::json row{{"cache_len", n},
+                           {"method", fmt::format("dense/budget={}", budget)},
+                           {"mode", "decode"},
+                           {"dtype", enum_name(dtypes[i])},
+                           {"ms", t[i] * 1e3},
+                           {"tokens_per_s", 1.0 / t[i]},
+                           {"keys_mean", double(budget)},
+                           {"kv_mb", double(pruned[i]->memory_bytes()) / 1e6}};
+        if (dense_tps[i] > 0) row["speedup"] = 1.0 / t[i] / dense_tps[i];
+        if (bf16_at != dtypes.end()) row["x_bf16"] = t[size_t(bf16_at - dtypes.begin())] / t[i];
+        rows.push_back(row);
+      }
     }
   }
   fmt::print("sgemm peak: {:.1f} GFLOP/s on {} threads; cache {} KV heads x d={}, {} q heads, fp32 queries; "

@@ -115,10 +115,10 @@ PasskeyExample make_passkey_example(const std::string& filler, const Tokenizer& 
 std::string passkey_document(const PasskeyExample& ex) { return ex.prompt + ex.answer + "\n"; }
 
 std::vector<int32_t> greedy_complete(Transformer& model, const std::vector<int32_t>& prompt, int64_t n,
-                                     int64_t prefill_chunk) {
+                                     int64_t prefill_chunk, const DecodeOptions& decode) {
   LONGCTX_CHECK(!prompt.empty() && n >= 1 && prefill_chunk >= 1, "greedy_complete: needs a prompt, n >= 1 and "
                 "prefill_chunk >= 1, got ", prompt.size(), " tokens, n = ", n, ", chunk ", prefill_chunk);
-  DecodeState st = model.new_decode_state(int64_t(prompt.size()) + n - 1);
+  DecodeState st = model.new_decode_state(int64_t(prompt.size()) + n - 1, decode);
   const int64_t V = model.config().vocab_size;
   Tensor logits = model.prefill(st, prompt, prefill_chunk);
   std::vector<int32_t> out;
@@ -161,7 +161,7 @@ PasskeyGrid evaluate_passkey(Transformer& model, const Tokenizer& tok, const std
         const uint64_t seed = mix(mix(mix(o.seed, uint64_t(length)), d), uint64_t(t));
         const PasskeyExample ex = make_passkey_example(filler, tok, length, o.depths[d], seed);
         const std::string said =
-            tok.decode(greedy_complete(model, ex.prompt_tokens, int64_t(ex.answer_tokens.size()), o.prefill_chunk));
+            tok.decode(greedy_complete(model, ex.prompt_tokens, int64_t(ex.answer_tokens.size()), o.prefill_chunk, o.decode));
         cell.correct += passkey_correct(said, ex.key);
         if (t == 0) cell.sample = said;
       }

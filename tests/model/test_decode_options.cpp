@@ -1,12 +1,17 @@
-// The model over an int8 KV cache against an fp32 one on a small model: dense layers' logits close
-// and the same greedy text; with MoBA, top-k and threshold layers, the same next token almost
-// everywhere; memory accounted; nsa layers refuse int8 clearly.
+// Decode options of the model. An int8 KV cache against an fp32 one on a small model: dense layers'
+// logits close and the same greedy text; with MoBA, top-k and threshold layers, the same next token
+// almost everywhere; memory accounted; nsa layers refuse int8 clearly. Cascade pruning to a KV
+// budget: a budget above the length changes no bit, caches stay within their budgets with nested
+// token sets, sparse kinds are refused.
 #include <longctx/model/transformer.hpp>
 
 #include "model_helpers.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <set>
 
 namespace longctx {
@@ -115,6 +120,91 @@ TEST(KvDtype, StateBytesAndNsaRefusal) {
     EXPECT_NE(std::string(e.what()).find("int8 KV cache is not implemented for nsa layers"), std::string::npos);
   }
   EXPECT_NO_THROW(m.new_decode_state(8, KVDType::bf16));
+}
+
+// Logits of `ids` fed through a decode state: `first` tokens in one extend, then one at a time.
+std::vector<float> decode_logits(Transformer& m, const DecodeOptions& o, const std::vector<int32_t>& ids, size_t first) {
+  DecodeState st = m.new_decode_state(int64_t(ids.size()), o);
+  const Tensor head = m.extend(st, std::vector<int32_t>(ids.begin(), ids.begin() + long(first)));
+  std::vector<float> out(head.f32(), head.f32() + head.numel());
+  for (size_t t = first; t < ids.size(); ++t) {
+    const Tensor l = m.extend(st, {ids[t]});
+    out.insert(out.end(), l.f32(), l.f32() + l.numel());
+  }
+  return out;
+}
+
+CascadePruningOptions budget(std::vector<int64_t> b, int64_t window = 8, int64_t sink = 2) {
+  CascadePruningOptions o;
+  o.budget = std::move(b), o.window = window, o.sink = sink;
+  return o;
+}
+
+TEST(KvBudget, BudgetAboveTheLengthEqualsDenseDecodeBitForBit) {
+  Transformer m = testing::scaled_model(all_full(), 7, 2.0f);
+  const std::vector<int32_t> ids = some_text(90);
+  for (KVDType dt : {KVDType::f32, KVDType::int8}) {
+    const std::vector<float> dense = decode_logits(m, dt, ids, 40), pruned = decode_logits(m, {dt, budget({90})}, ids, 40);
+    ASSERT_EQ(dense.size(), pruned.size());
+    EXPECT_EQ(0, std::memcmp(dense.data(), pruned.data(), dense.size() * sizeof(float))) << enum_name(dt);
+  }
+}
+
+// Budgets shrinking with depth: after every step each cache is within its budget, the layers'
+// tokens are nested, each token is held by exactly the layers before the one that pruned it, and
+// the protected tokens (sink, window) are all there. An infini layer (no KV cache) passes through.
+TEST(KvBudget, CachesStayWithinBudgetsAndNest) {
+  ModelConfig cfg = all_full();
+  cfg.attention[2] = AttentionSpec(InfiniOptions{});
+  Transformer m = testing::scaled_model(cfg, 8, 2.0f);
+  const std::vector<int32_t> ids = some_text(128);
+  const CascadePruningOptions o = budget({48, 40, 40, 32});
+  DecodeState st = m.new_decode_state(128, {KVDType::bf16, o});
+  EXPECT_FALSE(st.layers[2].cache);
+  EXPECT_EQ(st.layers[0].cache->capacity(), 48 + 30);  // budget + chunk (smallest budget - sink)
+  for (size_t t = 0; t < ids.size();) {
+    const size_t n = t == 0 ? 70 : 1;  // a prompt longer than a step, then decode
+    const Tensor logits = m.extend(st, std::vector<int32_t>(ids.begin() + long(t), ids.begin() + long(t + n)));
+    for (int64_t i = 0; i < logits.numel(); ++i) ASSERT_TRUE(std::isfinite(logits.f32()[i]));
+    t += n;
+    std::vector<std::vector<int64_t>> held;
+    for (int l : {0, 1, 3}) {
+      ASSERT_LE(st.layers[size_t(l)].cache->size(), o.budget_of(l)) << "layer " << l;
+      held.push_back(st.layers[size_t(l)].cache->positions());
+      std::sort(held.back().begin(), held.back().end());
+    }
+    for (size_t i = 1; i < held.size(); ++i)
+      ASSERT_TRUE(std::includes(held[i - 1].begin(), held[i - 1].end(), held[i].begin(), held[i].end()));
+    for (int64_t p = 0; p < int64_t(t); ++p) {
+      const int64_t at = st.pruning->pruned_at(p);
+      for (int l : {0, 1, 3}) {
+        const auto& h = held[size_t(l == 3 ? 2 : l)];
+        ASSERT_EQ(std::binary_search(h.begin(), h.end(), p), l < at) << "position " << p << " layer " << l;
+      }
+      if (p < o.sink || p >= int64_t(t) - o.window) ASSERT_EQ(at, 4) << "protected position " << p;
+    }
+  }
+  int64_t pruned = 0, deeper = 0;
+  for (int64_t p = 0; p < 128; ++p) {
+    pruned += st.pruning->pruned_at(p) < 4;
+    deeper += st.pruning->pruned_at(p) == 3;  // by the last layer's smaller budget alone
+  }
+  EXPECT_EQ(pruned, 128 - 32) << "the last layer keeps 32 of 128";
+  EXPECT_GT(deeper, 0);
+  EXPECT_LT(decode_state_bytes(cfg, 128, {KVDType::bf16, o}), decode_state_bytes(cfg, 128, KVDType::bf16));
+}
+
+TEST(KvBudget, SparseKindsAndBadBudgetsAreRefused) {
+  Transformer m(four_kinds(), 1);
+  try {
+    m.new_decode_state(64, {KVDType::f32, budget({40})});
+    FAIL() << "no throw";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("runs over dense attention, but layer 1 is moba"), std::string::npos) << e.what();
+  }
+  Transformer full(all_full(), 1);
+  EXPECT_THROW(full.new_decode_state(64, {KVDType::f32, budget({40, 50, 40, 40})}), std::invalid_argument);
+  EXPECT_THROW(full.new_decode_state(64, {KVDType::f32, budget({9})}), std::invalid_argument);  // < sink + window
 }
 
 }  // namespace

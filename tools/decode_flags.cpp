@@ -21,6 +21,10 @@ void DecodeFlags::add(CLI::App* c) {
   c->add_option("--kv-sink", pruning.sink, "With --kv-budget: first tokens never pruned")
       ->check(at_least(0))
       ->capture_default_str();
+  c->add_option("--kv-chunk", pruning.chunk,
+                "With --kv-budget: most tokens per step (0: a quarter of the smallest budget, at most 256)")
+      ->check(at_least(0))
+      ->capture_default_str();
 }
 
 DecodeOptions DecodeFlags::options(const std::string& who, int64_t layers) const {

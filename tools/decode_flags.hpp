@@ -1,6 +1,6 @@
 // The flags that say how inference keeps its KV caches, one definition for generate and eval:
 // --kv-dtype f32|bf16|int8 and SpAtten cascade pruning to a token budget (--kv-budget, --kv-window,
-// --kv-sink; include/longctx/attention/cache/cascade_pruning.hpp).
+// --kv-sink, --kv-chunk; include/longctx/attention/cache/cascade_pruning.hpp).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <longctx/model/transformer.hpp>

@@ -126,6 +126,7 @@ void run(const Options& o) {
                          {"model", model_summary(model, info)},
                          {"kv", {{"dtype", o.decode.kv_dtype}, {"budget", o.decode.pruning.budget},
                                  {"window", o.decode.pruning.window}, {"sink", o.decode.pruning.sink},
+                                 {"chunk", o.decode.pruning.step_chunk()},
                                  {"loss_by_decode", o.loss_by_decode()}}}};
   std::vector<nlohmann::json> rows;
   if (!o.no_loss) summary.update(run_loss(o, model, *tok, seq_len, rows));

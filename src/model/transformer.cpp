@@ -417,6 +417,7 @@ std::vector<double> Transformer::token_losses(const Batch& batch) {
 }
 
 double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, const DecodeOptions& o) {
+  if (o.pruning.enabled()) o.pruning.validate(cfg.n_layers);
   const double row = double(cfg.n_kv_heads * cfg.head_dim());
   double bytes = 0;
   for (size_t l = 0; l < cfg.attention.size(); ++l) {

@@ -10,17 +10,9 @@
 namespace longctx {
 namespace {
 
+using testing::message_of;
 using testing::random_tensor;
 using testing::rows_of;
-
-std::string message_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "no throw";
-}
 
 class KVCacheTest : public ::testing::TestWithParam<KVDType> {};
 

@@ -6,6 +6,7 @@
 
 #include "attention/cache/stored_rows.hpp"
 #include "attention/engine/decode_kernel.hpp"
+#include "attention/sparse/row_engine.hpp"
 #include "core/simd.hpp"
 
 namespace longctx {
@@ -15,14 +16,14 @@ using namespace attn;
 int64_t CascadePruningOptions::step_chunk() const {
   if (chunk > 0 || budget.empty()) return chunk;
   const int64_t smallest = *std::min_element(budget.begin(), budget.end());
-  return std::clamp<int64_t>(smallest - sink, 1, 256);
+  return std::clamp<int64_t>(smallest / 4, 1, 256);
 }
 
 void CascadePruningOptions::validate(int64_t layers) const {
   const std::string p = "cascade pruning: ";
   require(window >= 1, p, "window", window, ">= 1");
   require(sink >= 0, p, "sink", sink, ">= 0");
-  require(chunk >= 0, p, "chunk", chunk, ">= 0 (0: the smallest budget - sink, at most 256)");
+  require(chunk >= 0, p, "chunk", chunk, ">= 0 (0: a quarter of the smallest budget, at most 256)");
   LONGCTX_CHECK(budget.size() == 1 || int64_t(budget.size()) == layers, p, "budget needs one value or one per layer (",
                 layers, "), got ", budget.size());
   const int64_t need = sink + std::max(window, step_chunk());
@@ -44,24 +45,31 @@ void add_attention_mass(const Tensor& q, const Tensor& lse, const KVCache& cache
                 n, "], got ", lse.shape_str());
   LONGCTX_CHECK(int64_t(mass.size()) >= size, "add_attention_mass: mass holds ", mass.size(), " rows, the cache ", size);
   const StoredRows k = stored_keys(cache);
-  std::vector<float> qg(size_t(group) * d), s(size_t(group) * kKeyTile);
+  std::vector<float> qs(size_t(n * hq * d));  // q as fp32, [n, Hq, d]
   for (int64_t t = 0; t < n; ++t)
-    for (int g = 0; g < hkv; ++g) {
-      for (int e = 0; e < group; ++e) {
-        const Rows one = load_rows(q, t, 1, g * group + e, &qg[size_t(e) * d]);
-        if (one.p != &qg[size_t(e) * d]) std::copy_n(one.p, d, &qg[size_t(e) * d]);
-      }
-      const int64_t visible = size - n + t + 1;
-      for (int64_t k0 = 0; k0 < visible; k0 += kKeyTile) {
-        const int64_t m = std::min(kKeyTile, visible - k0);
-        decode_scores(k, g, k0, k0 + m, Rows{qg.data(), d}, group, d, s.data());
-        for (int e = 0; e < group; ++e) {
-          float* p = s.data() + e * m;
-          simd::exp_scaled_sum(p, m, scale, lse.f32()[(g * group + e) * n + t]);
-          for (int64_t j = 0; j < m; ++j) mass[size_t(k0 + j)] += double(p[j]);
-        }
-      }
+    for (int64_t h = 0; h < hq; ++h) {
+      const Rows one = load_rows(q, t, 1, int(h), &qs[size_t((t * hq + h) * d)]);
+      if (one.p != &qs[size_t((t * hq + h) * d)]) std::copy_n(one.p, d, &qs[size_t((t * hq + h) * d)]);
     }
+  // Key tiles in parallel: each owns its rows of `mass`, summed over queries and heads in order.
+  const int64_t tiles = (size + kKeyTile - 1) / kKeyTile;
+  run_items(
+      tiles, n * hq * size * d, [&](int) { return std::vector<float>(size_t(group) * kKeyTile); },
+      [&](int64_t tile, std::vector<float>& s) {
+        const int64_t k0 = tile * kKeyTile;
+        for (int64_t t = 0; t < n; ++t) {
+          const int64_t m = std::min(kKeyTile, size - n + t + 1 - k0);  // keys query t sees in the tile
+          if (m <= 0) continue;
+          for (int g = 0; g < hkv; ++g) {
+            decode_scores(k, g, k0, k0 + m, Rows{&qs[size_t((t * hq + g * group) * d)], d}, group, d, s.data());
+            for (int e = 0; e < group; ++e) {
+              float* p = s.data() + e * m;
+              simd::exp_scaled_sum(p, m, scale, lse.f32()[(g * group + e) * n + t]);
+              for (int64_t j = 0; j < m; ++j) mass[size_t(k0 + j)] += double(p[j]);
+            }
+          }
+        }
+      });
 }
 
 CascadePruner::CascadePruner(CascadePruningOptions opts, int64_t layers) : opts_(std::move(opts)), layers_(layers) {

@@ -88,7 +88,8 @@ Tensor KVCache::values_f32() const { return as_f32(attn::stored_values(*this), s
 
 size_t KVCache::memory_bytes() const {
   const double rows = 2.0 * double(opts_.capacity) * double(opts_.kv_heads);
-  return size_t(rows * kv_row_bytes(opts_.dtype, opts_.head_dim)) + stats_.memory_bytes();
+  return size_t(rows * kv_row_bytes(opts_.dtype, opts_.head_dim)) + positions_.capacity() * sizeof(int64_t) +
+         stats_.memory_bytes();
 }
 
 void KVCache::append(const Tensor& k, const Tensor& v) {

@@ -8,7 +8,7 @@
 #include <cstring>
 
 // Only the code below is compiled for AVX-512 (after every include, so no inline library code is
-// built for it), and it runs only when the CPU reports AVX-512 F+BW.
+// built for it), and it runs only when the CPU reports AVX-512 F+BW (int8 rows: and VNNI).
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma")
 // GCC 12 flags the intrinsics' own _mm512_undefined_epi32() / _ps() pass-through operands (false
@@ -168,12 +168,20 @@ void accumulate(const float* p, KvRows<E> v, int64_t n, int c0, float* acc, int6
 }
 
 // All of d for R rows: slices of 16 * CV columns (R * CV <= 16 accumulators), then 16 at a time.
-// The same for int8 values, in integers: row e's weights p[e * n + j] * scale_j are quantised to
-// int16 (quantize_int16), two value rows j, j + 1 are interleaved byte by byte and widened to
-// int16 pairs, and vpdpwssd adds w_j v_j + w_j+1 v_j+1 into int32 lanes (exact; 256 keys of
-// 32767 * 127 fit); the int32 sums, times the row's weight scale, are added to acc once per call.
-// 32 channels per step: bytes interleaved within 128-bit lanes leave lanes 0-7 / 8-15 of the two
-// halves holding channels 0-7, 16-23 / 8-15, 24-31, put back in order at the end.
+template <int R, class E>
+void accumulate_rows(const float* p, KvRows<E> v, int64_t n, int d, float* acc, int64_t ld_acc) {
+  constexpr int CV = R <= 2 ? 8 : (R <= 4 ? 4 : 2);
+  int c0 = 0;
+  for (; c0 + 16 * CV <= d; c0 += 16 * CV) accumulate<R, CV>(p, v, n, c0, acc, ld_acc);
+  for (; c0 < d; c0 += 16) accumulate<R, 1>(p, v, n, c0, acc, ld_acc);
+}
+
+// acc_e[c0, c0 + 32 CV) += sum_j w_ej v_j for int8 value rows, in integers: row e's weights
+// w_ej (int16, scale ws[e]: accumulate_rows_int8), two value rows j, j + 1 interleaved byte by byte
+// and widened to int16 pairs, vpdpwssd adds w_j v_j + w_j+1 v_j+1 into int32 lanes (exact: 256 keys
+// of 32767 * 127 fit); the int32 sums, times ws[e], go into acc once per call. Bytes interleaved
+// within 128-bit lanes leave lanes 0-7 / 8-15 of the two halves holding channels 0-7, 16-23 /
+// 8-15, 24-31 of each 32, put back in order at the end.
 template <int R, int CV>
 void accumulate_int8(const int16_t* w, int64_t ldw, const float* ws, KvRows<int8_t> v, int64_t n, int c0, float* acc,
                      int64_t ld_acc) {
@@ -211,6 +219,8 @@ void accumulate_int8(const int16_t* w, int64_t ldw, const float* ws, KvRows<int8
   }
 }
 
+// acc_e[0, d) += sum_j p[e * n + j] v_j for int8 value rows: per tile of kKeyTile keys, the
+// weights p * (value scale) are rounded to int16 per row (quantize_int16), then accumulate_int8.
 template <int R>
 void accumulate_rows_int8(const float* p, KvRows<int8_t> v, int64_t n, int d, float* acc, int64_t ld_acc) {
   constexpr int CV = R <= 2 ? 4 : (R <= 4 ? 2 : 1);
@@ -227,14 +237,6 @@ void accumulate_rows_int8(const float* p, KvRows<int8_t> v, int64_t n, int d, fl
     for (; c0 + 32 * CV <= d; c0 += 32 * CV) accumulate_int8<R, CV>(w[0], kKeyTile + 32, ws, vt, m, c0, acc, ld_acc);
     for (; c0 < d; c0 += 32) accumulate_int8<R, 1>(w[0], kKeyTile + 32, ws, vt, m, c0, acc, ld_acc);
   }
-}
-
-template <int R, class E>
-void accumulate_rows(const float* p, KvRows<E> v, int64_t n, int d, float* acc, int64_t ld_acc) {
-  constexpr int CV = R <= 2 ? 8 : (R <= 4 ? 4 : 2);
-  int c0 = 0;
-  for (; c0 + 16 * CV <= d; c0 += 16 * CV) accumulate<R, CV>(p, v, n, c0, acc, ld_acc);
-  for (; c0 < d; c0 += 16) accumulate<R, 1>(p, v, n, c0, acc, ld_acc);
 }
 
 template <int R, class E>

@@ -29,7 +29,8 @@ struct CascadePruningOptions {
   int64_t window = 32;  // most recent tokens never pruned
   int64_t sink = 4;     // first tokens never pruned
   // Most new tokens per step (Transformer::extend splits longer calls), so a cache never holds more
-  // than budget + chunk. 0: the smallest budget - sink, at most 256.
+  // than budget + chunk. 0: a quarter of the smallest budget, at most 256. A step's own tokens are
+  // not pruned in that step, so a chunk near the budget would leave no room for older tokens.
   int64_t chunk = 0;
 
   bool enabled() const { return !budget.empty(); }

@@ -84,8 +84,8 @@ class KVCache {
   Tensor values_f32() const;
   bool has_stats() const { return opts_.block_stats; }
   const BlockStats& stats() const { return stats_; }  // empty without block_stats
-  // Bytes held: K and V storage for the full capacity (int8: with the scales) plus the block
-  // statistics.
+  // Bytes held: K and V storage for the full capacity (int8: with the scales), the rows' positions
+  // and the block statistics.
   size_t memory_bytes() const;
 
  private:

@@ -19,10 +19,11 @@ namespace {
 
 using nlohmann::json;
 
-// 4 layers (full, moba, block top-k, threshold; blocks of 8), 4 query heads over 2 KV heads of 16.
+// 4 layers (full, moba, block top-k, threshold; blocks of 8), 4 query heads over 2 KV heads of 32
+// (the AVX-512 int8 path's shape).
 ModelConfig four_kinds() {
   return ModelConfig::from_json(
-      {{"vocab_size", 64}, {"d_model", 64}, {"n_layers", 4}, {"n_heads", 4}, {"n_kv_heads", 2}, {"d_ff", 96},
+      {{"vocab_size", 64}, {"d_model", 128}, {"n_layers", 4}, {"n_heads", 4}, {"n_kv_heads", 2}, {"d_ff", 96},
        {"max_seq_len", 128}, {"tie_embeddings", false}, {"attention", {{"kind", "full"}}}, {"ffn", {{"kind", "dense"}}},
        {"layers", json::array({{{"attention", {{"kind", "full"}}}},
                                {{"attention", {{"kind", "moba"}, {"block_size", 8}, {"top_k", 2}}}},
@@ -67,7 +68,7 @@ std::vector<int32_t> some_text(int n) {
 // Dense layers: the int8 cache moves each logit by a small fraction of the logits' spread, and
 // the greedy text is the fp32 cache's.
 TEST(KvDtype, Int8CacheTracksFp32InDenseLayers) {
-  Transformer m = testing::scaled_model(all_full(), 6, 2.0f);
+  Transformer m = testing::scaled_model(all_full(), 6, 4.0f);
   const std::vector<int32_t> ids = some_text(100);
   const std::vector<Tensor> a = teacher_forced(m, KVDType::f32, ids), b = teacher_forced(m, KVDType::int8, ids);
   double worst = 0, spread = 0;
@@ -105,9 +106,9 @@ TEST(KvDtype, Int8CacheKeepsTheNextTokenInSparseLayers) {
 
 TEST(KvDtype, StateBytesAndNsaRefusal) {
   const ModelConfig cfg = four_kinds();
-  // per layer: K and V of 2 heads x (16 + 4) bytes per token, plus the sparse layers' statistics
+  // per layer and token: K and V of 2 heads of 32 values, 4 bytes each or 1 plus a 4-byte scale
   const double f32 = decode_state_bytes(cfg, 1000, KVDType::f32), i8 = decode_state_bytes(cfg, 1000, KVDType::int8);
-  EXPECT_NEAR(f32 - i8, 4 * 2 * 1000 * 2 * (64.0 - 20.0), 1e-6);
+  EXPECT_NEAR(f32 - i8, 4 * 1000 * 2 * 2 * (4 * 32.0 - (32 + 4)), 1e-6);
   ModelConfig nsa = ModelConfig::from_json(
       {{"vocab_size", 16}, {"d_model", 16}, {"n_layers", 1}, {"n_heads", 2}, {"n_kv_heads", 1}, {"d_ff", 16},
        {"max_seq_len", 32}, {"attention", {{"kind", "nsa"}, {"block_len", 4}, {"stride", 2}, {"select_len", 4},

@@ -1,6 +1,7 @@
 #include "attention/engine/decode_kernel.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "attention/engine/decode_kernel_avx512.hpp"
 #include "core/simd.hpp"
@@ -95,26 +96,35 @@ void score_range(KvRows<E> k, int64_t n, Rows q, int64_t rows, int d, float* s) 
   if (!avx512::scores(q, rows, k, n, d, s)) scores(q, rows, k, n, d, s);
 }
 
+// fn(E{}) with E the element type x is stored in.
+template <class Fn>
+void by_dtype(const StoredRows& x, Fn&& fn) {
+  if (x.i8) fn(int8_t{});
+  else if (x.bf16) fn(uint16_t{});
+  else fn(float{});
+}
+
+// The rows of KV head g from token `begin` on, as stored in E.
+template <class E>
+KvRows<E> head_rows(const StoredRows& x, int g, int64_t begin) {
+  const int64_t off = begin * x.ld() + int64_t(g) * x.d;
+  if constexpr (std::is_same_v<E, int8_t>) return {x.i8 + off, x.ld(), x.scales_of(g) + begin};
+  else if constexpr (std::is_same_v<E, uint16_t>) return {x.bf16 + off, x.ld()};
+  else return {x.f32 + off, x.ld()};
+}
+
 }  // namespace
 
 void decode_scores(const StoredRows& k, int g, int64_t begin, int64_t end, Rows q, int64_t rows, int d, float* s) {
-  const int64_t ld = k.ld(), off = begin * ld + int64_t(g) * d, n = end - begin;
-  if (k.i8) score_range(KvRows<int8_t>{k.i8 + off, ld, k.scales_of(g) + begin}, n, q, rows, d, s);
-  else if (k.bf16) score_range(KvRows<uint16_t>{k.bf16 + off, ld}, n, q, rows, d, s);
-  else score_range(KvRows<float>{k.f32 + off, ld}, n, q, rows, d, s);
+  by_dtype(k, [&](auto e) { score_range(head_rows<decltype(e)>(k, g, begin), end - begin, q, rows, d, s); });
 }
 
 void decode_attend_range(const StoredRows& k, const StoredRows& v, int g, int64_t begin, int64_t end, Rows q,
                          int64_t rows, int d, float scale, SoftmaxState st, TileScratch& ws) {
-  const int64_t ld = k.ld(), off = begin * ld + int64_t(g) * d, n = end - begin;
-  if (k.i8)
-    attend_tiles(KvRows<int8_t>{k.i8 + off, ld, k.scales_of(g) + begin},
-                 KvRows<int8_t>{v.i8 + off, ld, v.scales_of(g) + begin}, n, q, rows, d, scale, st, ws.s.data());
-  else if (k.bf16)
-    attend_tiles(KvRows<uint16_t>{k.bf16 + off, ld}, KvRows<uint16_t>{v.bf16 + off, ld}, n, q, rows, d, scale, st,
-                 ws.s.data());
-  else
-    attend_tiles(KvRows<float>{k.f32 + off, ld}, KvRows<float>{v.f32 + off, ld}, n, q, rows, d, scale, st, ws.s.data());
+  by_dtype(k, [&](auto e) {
+    using E = decltype(e);
+    attend_tiles(head_rows<E>(k, g, begin), head_rows<E>(v, g, begin), end - begin, q, rows, d, scale, st, ws.s.data());
+  });
 }
 
 }  // namespace longctx::attn

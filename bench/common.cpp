@@ -39,6 +39,23 @@ double time_best(const std::function<void()>& fn, int min_reps, double min_secon
   return best;
 }
 
+std::vector<double> time_interleaved(const std::vector<std::function<void()>>& fns, int min_reps, double min_seconds) {
+  using clock = std::chrono::steady_clock;
+  std::vector<double> best(fns.size(), 1e300);
+  double total = 0;
+  for (int r = 0; r < min_reps || total < min_seconds; ++r) {
+    for (size_t i = 0; i < fns.size(); ++i) {
+      const auto t0 = clock::now();
+      fns[i]();
+      const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+      best[i] = std::min(best[i], dt);
+      total += dt;
+    }
+    if (r >= 1000) break;
+  }
+  return best;
+}
+
 double sgemm_gflops(int n) {
   std::vector<float> a(size_t(n) * n, 1.0f), b(size_t(n) * n, 0.5f), c(size_t(n) * n);
   gemm::set_blas_threads(omp_get_max_threads());

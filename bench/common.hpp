@@ -16,6 +16,11 @@ namespace longctx::bench {
 
 // Best-of wall time in seconds of fn(): at least `min_reps` runs and `min_seconds` in total.
 double time_best(const std::function<void()>& fn, int min_reps = 3, double min_seconds = 0.5);
+// Best-of times of several calls run in turn (a round runs each once), at least `min_reps` rounds
+// and `min_seconds` in total: a side-by-side comparison that a change in the machine's load hits
+// alike.
+std::vector<double> time_interleaved(const std::vector<std::function<void()>>& fns, int min_reps = 3,
+                                     double min_seconds = 0.5);
 
 // GFLOP/s of one large fp32 sgemm (n x n x n) on all threads, with the GEMM backend in use.
 double sgemm_gflops(int n = 2048);

@@ -20,7 +20,11 @@ struct DecodeBenchConfig {
   ThresholdOptions threshold{4096, 0.95f};
   int64_t chunk = 64;                  // chunked prefill: queries per call
   int64_t chunk_max_length = 65536;    // chunked prefill only at cache lengths up to this
-  std::string dtype = "bf16";
+  std::vector<std::string> dtypes{"bf16"};  // cache storage, side by side: f32, bf16, int8
+  // SpAtten cascade pruning: per budget B < n, a steady-state decode step over a cache pruned to B
+  // tokens (append, dense attention, importance, one eviction), against dense at n.
+  std::vector<int64_t> kv_budgets;
+  int64_t kv_window = 32, kv_sink = 4;
   double min_seconds = 0.5;
   std::string json;
 };

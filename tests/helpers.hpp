@@ -11,11 +11,22 @@
 #include <string>
 #include <cmath>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "core/json_fields.hpp"
 
 namespace longctx::testing {
+
+// The message of the std::invalid_argument fn() throws, or "no throw".
+inline std::string message_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no throw";
+}
 
 // A model config's attention object {"kind": kind, ...} with those of `fields` that the kind has
 // (tests that run one config over several kinds give every kind the same block_size / top_k).

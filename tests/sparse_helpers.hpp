@@ -2,6 +2,7 @@
 // structured synthetic source (clustered keys, queries aimed at a few past clusters) on which
 // attention concentrates the way trained models' attention does.
 #pragma once
+#include <longctx/attention/cache/kv_cache.hpp>
 #include <longctx/attention/sparse/topk.hpp>
 
 #include <random>
@@ -18,6 +19,21 @@ inline Tensor rows_of(const Tensor& x, int64_t t0, int64_t n) {
   const size_t row = size_t(x.dim(1) * x.dim(2)) * dtype_size(x.dtype());
   std::memcpy(r.raw(), static_cast<const char*>(x.raw()) + size_t(t0) * row, size_t(n) * row);
   return r;
+}
+
+// What a cache of `dtype` holds for fp32 rows x [n, H, d]: bf16-rounded, or each (token, head)
+// row quantised by quantize_int8 and read back as int8 * scale.
+inline Tensor stored(const Tensor& x, KVDType dtype) {
+  if (dtype == KVDType::bf16) return x.to(DType::bf16).to(DType::f32);
+  if (dtype == KVDType::f32) return x.clone();
+  const int64_t d = x.dim(2);
+  Tensor out(x.shape());
+  std::vector<int8_t> code(static_cast<size_t>(d));
+  for (int64_t r = 0; r < x.dim(0) * x.dim(1); ++r) {
+    const float s = quantize_int8(x.f32() + r * d, d, code.data());
+    for (int64_t c = 0; c < d; ++c) out.f32()[r * d + c] = float(code[size_t(c)]) * s;
+  }
+  return out;
 }
 
 inline reference::Mask mask_of(const SparseResult& r, const reference::Shape& s, const Varlen& varlen) {

@@ -32,7 +32,7 @@ double seconds_of(int64_t steps, F&& step) {
 
 void run(const Options& o) {
   bench::check_output_path(o.json, "bench batch-decode: --json");
-  const DType cache_dtype = o.kv_dtype == "bf16" ? DType::bf16 : DType::f32;
+  const KVDType cache_dtype = enum_from_name<KVDType>(o.kv_dtype, "bench batch-decode: --kv-dtype");
   // every sequence holds the context, a warm-up step, then the timed steps batched and one by one
   const int64_t capacity = o.context + 1 + 2 * o.steps;
   Transformer model = [&] {
@@ -98,7 +98,7 @@ void add_bench_batch_decode(CLI::App& bench) {
   c->add_option("--context", o->context, "Tokens in each sequence's cache before the timed steps")
       ->check(at_least(1))->capture_default_str();
   c->add_option("--steps", o->steps, "Timed decode steps")->check(at_least(1))->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage")->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
   c->add_option("--json", o->json, "Also write the rows to this JSON file");
   c->callback([o] {
     LONGCTX_CHECK(!o->config.empty() || !o->checkpoint.empty(), "bench batch-decode: give --config or --checkpoint");

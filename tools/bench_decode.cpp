@@ -17,7 +17,12 @@ void add_bench_decode(CLI::App& bench) {
   bench::add_option_flags(c, "", cfg->moba, cfg->topk, cfg->threshold);  // --block-size: the cache's too
   c->add_option("--chunk", cfg->chunk, "Chunked prefill: queries per call")->check(CLI::PositiveNumber)->capture_default_str();
   c->add_option("--chunk-max-length", cfg->chunk_max_length, "Chunked prefill only up to this cache length")->capture_default_str();
-  c->add_option("--dtype", cfg->dtype, "Cache storage")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  c->add_option("--dtypes,--dtype", cfg->dtypes, "Cache storage, side by side: f32, bf16, int8 (errors against an fp32 cache)")
+      ->delimiter(',')->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
+  c->add_option("--kv-budgets", cfg->kv_budgets, "SpAtten cascade pruning: cache budgets B < length, a steady-state step each")
+      ->delimiter(',')->check(CLI::PositiveNumber);
+  c->add_option("--kv-window", cfg->kv_window, "With --kv-budgets: most recent tokens never pruned")->capture_default_str();
+  c->add_option("--kv-sink", cfg->kv_sink, "With --kv-budgets: first tokens never pruned")->capture_default_str();
   c->add_option("--min-seconds", cfg->min_seconds, "Minimum timed seconds per case")->capture_default_str();
   c->add_option("--json", cfg->json, "Also write the rows to this JSON file");
   c->callback([cfg] { bench::run_decode_bench(*cfg); });

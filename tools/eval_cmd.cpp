@@ -17,6 +17,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "decode_flags.hpp"
 #include "eval_retrieval.hpp"
 
 namespace longctx::cli {
@@ -34,6 +35,10 @@ struct Options {
   int64_t passkey_trials = 5, prefill_chunk = 2048;
   uint64_t passkey_seed = 1;
   RulerFlags ruler;
+  DecodeFlags decode;
+  // The loss through decode states (KV cache storage, cascade pruning) rather than the training
+  // forward: when a decode flag asks for anything but the plain fp32 cache.
+  bool loss_by_decode() const { return decode.pruning.enabled() || decode.kv_dtype != "f32"; }
 };
 
 // What the checkpoint is: enough to tell runs apart in a table of eval JSONs.
@@ -49,8 +54,12 @@ nlohmann::json run_loss(const Options& o, Transformer& model, const Tokenizer& t
                         std::vector<nlohmann::json>& rows) {
   const Corpus corpus = load_corpus(o.data, tok);
   bench::Progress progress("loss", "tokens");
-  const EvalResult r = evaluate_positions(model, corpus.val, seq_len, o.bucket, o.max_tokens,
-                                          [&](int64_t done, int64_t total) { progress.report(double(done), double(total)); });
+  const DecodeOptions decode = o.decode.options("eval", model.config().n_layers);
+  const EvalResult r = evaluate_positions(
+      model, corpus.val, seq_len, o.bucket, o.max_tokens,
+      [&](int64_t done, int64_t total) { progress.report(double(done), double(total)); },
+      o.loss_by_decode() ? &decode : nullptr);
+  if (o.loss_by_decode()) fmt::print("loss by decoding each window over a {}\n", o.decode.describe());
   fmt::print("val loss {:.4f} nats/token (perplexity {:.3f}) over {} tokens in {} windows of {}; {:.0f} tokens/s\n",
              r.loss, std::exp(r.loss), r.tokens, r.windows, seq_len, double(r.tokens) / r.seconds);
   for (const PositionBucket& b : r.buckets)
@@ -84,14 +93,20 @@ void run(const Options& o) {
   po.trials = o.passkey_trials;
   po.seed = o.passkey_seed;
   po.prefill_chunk = o.prefill_chunk;
-  const TaskGridOptions ruler = ruler_grid(o.ruler, info.model.max_seq_len, o.prefill_chunk);
+  po.decode = o.decode.options("eval", info.model.n_layers);
+  TaskGridOptions ruler = ruler_grid(o.ruler, info.model.max_seq_len, o.prefill_chunk);
+  ruler.decode = po.decode;
   const int64_t rope_len =
       std::max({o.max_seq_len, o.no_loss ? 0 : seq_len, task_grid_capacity(po), task_grid_capacity(ruler)});
   Transformer model = load_model(o.checkpoint, nullptr, std::max(rope_len, info.model.max_seq_len));
   const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
 
   nlohmann::json summary{{"checkpoint", o.checkpoint}, {"data", o.data}, {"threads", parallel::max_threads()},
-                         {"model", model_summary(model, info)}};
+                         {"model", model_summary(model, info)},
+                         {"kv", {{"dtype", o.decode.kv_dtype}, {"budget", o.decode.pruning.budget},
+                                 {"window", o.decode.pruning.window}, {"sink", o.decode.pruning.sink},
+                                 {"chunk", o.decode.pruning.step_chunk()},
+                                 {"loss_by_decode", o.loss_by_decode()}}}};
   std::vector<nlohmann::json> rows;
   if (!o.no_loss) summary.update(run_loss(o, model, *tok, seq_len, rows));
   nlohmann::json passkey;
@@ -140,6 +155,7 @@ void add_eval(CLI::App& app) {
   c->add_option("--passkey-seed", o->passkey_seed, "Seed of keys and filler offsets")->capture_default_str();
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call of the passkey decode")->check(CLI::PositiveNumber)->capture_default_str();
   add_ruler_options(*c, o->ruler);
+  o->decode.add(c);  // the passkey's decode states; the loss too when not the plain fp32 cache
   c->add_option("--json", o->json, "Write everything to this JSON file");
   c->add_option("--plot", o->plot, "Write a PNG (position-wise loss, passkey and RULER grids) with scripts/plot_eval.sh (gnuplot)");
   c->callback([o] { run(*o); });

@@ -18,13 +18,15 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "decode_flags.hpp"
 
 namespace longctx::cli {
 
 namespace {
 
 struct Options {
-  std::string checkpoint, prompt = "\n", prompt_file, kv_dtype = "f32";
+  std::string checkpoint, prompt = "\n", prompt_file;
+  DecodeFlags decode;
   int64_t tokens = 200, prefill_chunk = 2048;
   SamplerConfig sampler;
   uint64_t seed = 1;
@@ -40,10 +42,9 @@ std::string read_prompt(const Options& o) {
 
 void run(const Options& o) {
   o.sampler.validate();  // before anything is printed
-  LONGCTX_CHECK(o.kv_dtype != "int8", "generate: --kv-dtype int8 is not implemented yet (f32 or bf16)");
-  const DType cache_dtype = o.kv_dtype == "bf16" ? DType::bf16 : DType::f32;
   const std::string prompt = read_prompt(o);
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  const DecodeOptions decode = o.decode.options("generate", info.model.n_layers);
   const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
   std::vector<int32_t> ids = tok->encode(prompt);
   if (info.special_tokens.bos >= 0) ids.insert(ids.begin(), info.special_tokens.bos);  // imported models
@@ -51,7 +52,7 @@ void run(const Options& o) {
   const int64_t total = int64_t(ids.size()) + o.tokens, trained = info.model.max_seq_len;
   ModelConfig extended = info.model;
   extended.max_seq_len = std::max(total, trained);
-  memory::require_fits(model_bytes(extended) + decode_state_bytes(extended, total, cache_dtype),
+  memory::require_fits(model_bytes(extended) + decode_state_bytes(extended, total, decode),
                        concat("generate: ", ids.size(), " prompt + ", o.tokens, " new tokens (the weights, a RoPE table and ",
                               "KV caches of ", total, " positions)"));
   if (total > trained)
@@ -60,7 +61,7 @@ void run(const Options& o) {
   Transformer model = load_model(o.checkpoint, nullptr, extended.max_seq_len);  // RoPE extends
   const int64_t V = model.config().vocab_size;
   std::mt19937_64 rng(o.seed);
-  DecodeState state = model.new_decode_state(total, cache_dtype);
+  DecodeState state = model.new_decode_state(total, decode);
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
@@ -77,11 +78,11 @@ void run(const Options& o) {
   }
   std::fputs(out.flush().c_str(), stdout);
   const auto t2 = std::chrono::steady_clock::now();
-  const double prefill = std::chrono::duration<double>(t1 - t0).count(), decode = std::chrono::duration<double>(t2 - t1).count();
+  const double prefill = std::chrono::duration<double>(t1 - t0).count(), decode_s = std::chrono::duration<double>(t2 - t1).count();
   const size_t prompt_tokens = ids.size() - size_t(o.tokens);
   fmt::print(stderr, "\n[prefill {} tokens in {:.3f} s ({:.0f} tokens/s); decoded {} tokens in {:.2f} s ({:.1f} tokens/s); "
-             "{} KV cache]\n", prompt_tokens, prefill, double(prompt_tokens) / prefill, o.tokens, decode,
-             o.tokens > 0 ? double(o.tokens) / decode : 0.0, o.kv_dtype);
+             "{}]\n", prompt_tokens, prefill, double(prompt_tokens) / prefill, o.tokens, decode_s,
+             o.tokens > 0 ? double(o.tokens) / decode_s : 0.0, o.decode.describe());
 }
 
 }  // namespace
@@ -96,8 +97,7 @@ void add_generate(CLI::App& app) {
   c->add_option("--tokens", o->tokens, "Tokens to generate")->check(CLI::NonNegativeNumber)->capture_default_str();
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill call (bounds the logits held)")
       ->check(at_least(1))->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage: f32 or bf16 (int8: not implemented yet)")
-      ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
+  o->decode.add(c);
   c->add_option("--temperature", o->sampler.temperature, "0 = greedy")->capture_default_str();
   c->add_option("--top-k", o->sampler.top_k, "Keep the k most likely tokens (0 = all)")->capture_default_str();
   c->add_option("--top-p", o->sampler.top_p, "Nucleus sampling threshold")->capture_default_str();

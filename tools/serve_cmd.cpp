@@ -39,7 +39,7 @@ void run(const Options& o) {
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const auto tok = make_tokenizer(info.tokenizer, info.tokenizer_model);
   const int64_t context = o.context > 0 ? o.context : info.model.max_seq_len;
-  const DType kv = o.kv_dtype == "bf16" ? DType::bf16 : DType::f32;
+  const KVDType kv = enum_from_name<KVDType>(o.kv_dtype, "serve: --kv-dtype");
   ModelConfig cfg = info.model;
   cfg.max_seq_len = context;
   memory::require_fits(model_bytes(cfg) + double(o.max_batch) * decode_state_bytes(cfg, context, kv),
@@ -112,7 +112,7 @@ void add_serve(CLI::App& app) {
       ->check(at_least(1));
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per step, over all requests reading their prompts")
       ->check(at_least(1))->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage")->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
   c->callback([o] { run(*o); });
 }
 

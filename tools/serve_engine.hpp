@@ -68,7 +68,7 @@ struct EngineOptions {
   int64_t max_batch = 4;       // sequences decoded together
   int64_t max_queue = 16;      // requests waiting beyond those; more are refused (Busy)
   int64_t prefill_chunk = 512; // prompt tokens per step, over all prefilling sequences
-  DType kv_dtype = DType::f32;
+  KVDType kv_dtype = KVDType::f32;
   std::vector<int32_t> eos;    // generation stops at these tokens
 };
 

@@ -162,7 +162,8 @@ def topk_attn_varlen(q, k, v, cu_seqlens=None, max_seqlen=None, *, softmax_scale
                      **options):
     """Top-k sparse attention. options (longctx.options_help('topk')): block_size (64), top_k (8:
     blocks, own block included, ranked by the Quest bound; or keys when token_level), token_level
-    (False). return_selection adds a SparseSelection."""
+    (False), group_select (False: per query head; True: one choice per KV head from the bounds
+    summed over its query heads, NSA's rule). return_selection adds a SparseSelection."""
     return _sparse("topk", q, k, v, cu_seqlens, max_seqlen, softmax_scale, return_selection, options)
 
 

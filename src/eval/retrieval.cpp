@@ -7,10 +7,10 @@
 namespace longctx {
 
 std::vector<int32_t> greedy_complete(Transformer& model, const std::vector<int32_t>& prompt, int64_t n,
-                                     int64_t prefill_chunk) {
+                                     int64_t prefill_chunk, const DecodeOptions& decode) {
   LONGCTX_CHECK(!prompt.empty() && n >= 1 && prefill_chunk >= 1, "greedy_complete: needs a prompt, n >= 1 and "
                 "prefill_chunk >= 1, got ", prompt.size(), " tokens, n = ", n, ", chunk ", prefill_chunk);
-  DecodeState st = model.new_decode_state(int64_t(prompt.size()) + n - 1);
+  DecodeState st = model.new_decode_state(int64_t(prompt.size()) + n - 1, decode);
   const int64_t V = model.config().vocab_size;
   Tensor logits = model.prefill(st, prompt, prefill_chunk);
   std::vector<int32_t> out;
@@ -56,7 +56,7 @@ TaskGrid evaluate_tasks(Transformer& model, const Tokenizer& tok, const TaskFill
                         enum_name(kind), " task (its inserts, query and answer take ", fixed + answer, " tokens)");
           const TaskExample ex = place_task(task, filler, tok, length - answer, seed);
           const std::string said =
-              tok.decode(greedy_complete(model, ex.prompt_tokens, answer, o.prefill_chunk));
+              tok.decode(greedy_complete(model, ex.prompt_tokens, answer, o.prefill_chunk, o.decode));
           const TaskScore s = score_answer(task, said);
           cell.correct += s.exact;
           cell.partial += s.partial;

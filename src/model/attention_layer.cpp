@@ -199,13 +199,17 @@ Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::
 }
 
 LayerDecodeState new_state(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp,
-                           int64_t capacity, DType cache_dtype) {
+                           int64_t capacity, KVDType cache_dtype) {
   LayerDecodeState st;
   if (s.kind() == AttentionKind::infini) {  // constant memory: no KV cache
     st.infini.emplace(int(cfg.n_heads), int(cfg.n_kv_heads), int(cfg.head_dim()), infini_beta(kp),
                       s.get<InfiniOptions>());
     return st;
   }
+  // NSA's branches (nsa_forward, nsa_decode_step) read the cache as fp32 / bf16 tensors.
+  LONGCTX_CHECK(s.kind() != AttentionKind::nsa || cache_dtype != KVDType::int8,
+                "decode: an int8 KV cache is not implemented for nsa layers (its kernels read fp32 or bf16 K/V); "
+                "use bf16 or f32");
   KVCacheOptions o;
   o.capacity = capacity;
   o.kv_heads = int(cfg.n_kv_heads);
@@ -249,6 +253,7 @@ void decode(const AttentionSpec& s, const nn::Rope& rope, const std::vector<int6
   }
   a.sparse = attention_over_cache(q, cache, s);
   a.out = std::move(a.sparse.out);
+  a.q = std::move(q);  // with a.sparse.lse: what cascade pruning weighs the cached tokens by
 }
 
 }  // namespace longctx::attention_layer

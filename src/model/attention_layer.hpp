@@ -90,7 +90,7 @@ Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::
 // Decode state of one layer (see DecodeState in transformer.hpp); the KV cache keeps block
 // statistics only for a kind that reads them.
 LayerDecodeState new_state(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp,
-                           int64_t capacity, DType cache_dtype);
+                           int64_t capacity, KVDType cache_dtype);
 
 // Appends n tokens (positions pos) of one sequence to the layer's state and attends from them
 // with spec `s` (the layer's, or full when forced); a.out holds their outputs [n, Hq, d], equal to

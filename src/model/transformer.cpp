@@ -332,6 +332,17 @@ Tensor copy_rows(const Tensor& t, int64_t begin, int64_t end) {
   return out;
 }
 
+// SpAtten cascade pruning (docs/DESIGN.md "Cascade token pruning"): once layer l of state `st` has
+// attended, its attention mass adds to the cached tokens' importance and a cache over its budget
+// evicts (in this layer and every later one).
+void prune_after_attention(const AttentionSpec& spec, DecodeState& st, int64_t l, const attention_layer::Acts& acts) {
+  if (!st.pruning || !st.layers[size_t(l)].cache) return;
+  std::vector<KVCache*> caches;
+  for (LayerDecodeState& ls : st.layers) caches.push_back(ls.cache ? &*ls.cache : nullptr);
+  const float so = spec.visit([](const auto& o) { return o.softmax_scale; });
+  st.pruning->after_attention(l, acts.q, acts.sparse.lse, so > 0 ? so : 1.0f / std::sqrt(float(acts.q.dim(2))), caches);
+}
+
 // Layer l's attention at inference: the rows [cu[s], cu[s+1]) of sequence s are appended to, and
 // attend over, its own state states[s]. One sequence runs in place; several are cut apart and
 // their outputs put back in order.
@@ -341,6 +352,7 @@ void decode_attention(const AttentionSpec& spec, const nn::Rope& rope, const std
   if (states.size() == 1) {
     attention_layer::decode(spec, rope, pos, states[0]->layers[size_t(l)], std::move(q), std::move(k), std::move(v), h1,
                             acts);
+    prune_after_attention(spec, *states[0], l, acts);
     return;
   }
   acts.kind = spec.kind();
@@ -352,6 +364,7 @@ void decode_attention(const AttentionSpec& spec, const nn::Rope& rope, const std
     attention_layer::decode(spec, rope, std::vector<int64_t>(pos.begin() + b, pos.begin() + e),
                             states[s]->layers[size_t(l)], copy_rows(q, b, e), copy_rows(k, b, e), copy_rows(v, b, e),
                             copy_rows(h1, b, e), one);
+    prune_after_attention(spec, *states[s], l, one);
     std::copy_n(one.out.f32(), (e - b) * row, acts.out.f32() + b * row);
   }
 }
@@ -457,29 +470,45 @@ std::vector<double> Transformer::token_losses(const Batch& batch) {
   return nn::cross_entropy(lg.f32(), batch.size(), cfg_.vocab_size, batch.targets.data(), nullptr, nullptr).rows;
 }
 
-double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype) {
+double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, const DecodeOptions& o) {
+  if (o.pruning.enabled()) o.pruning.validate(cfg.n_layers);
   const double row = double(cfg.n_kv_heads * cfg.head_dim());
   double bytes = 0;
-  for (const AttentionSpec& s : cfg.attention) {
+  for (size_t l = 0; l < cfg.attention.size(); ++l) {
+    const AttentionSpec& s = cfg.attention[l];
     if (s.kind() == AttentionKind::infini) continue;
-    bytes += 2 * double(capacity) * row * double(dtype_size(cache_dtype));
-    if (s.stats_block_size() > 0) bytes += 3 * 4 * double(capacity / s.stats_block_size() + 1) * row;
+    const int64_t n = o.pruning.enabled()
+                          ? std::min(capacity, o.pruning.budget_of(int64_t(l)) + o.pruning.step_chunk())
+                          : capacity;
+    bytes += double(n) * (2 * double(cfg.n_kv_heads) * kv_row_bytes(o.kv_dtype, cfg.head_dim()) + 8);
+    if (s.stats_block_size() > 0) bytes += 3 * 4 * double(n / s.stats_block_size() + 1) * row;
     if (s.kind() == AttentionKind::moba && s.get<MobaOptions>().key_conv > 0)
       bytes += KeyConvStream::bytes(s.get<MobaOptions>().key_conv, int64_t(row), s.get<MobaOptions>().key_conv_bias);
   }
   return bytes;
 }
 
-DecodeState Transformer::new_decode_state(int64_t capacity, DType cache_dtype) const {
+DecodeState Transformer::new_decode_state(int64_t capacity, const DecodeOptions& o) const {
   LONGCTX_CHECK(capacity > 0 && capacity <= cfg_.max_seq_len, "decode: capacity must be in [1, max_seq_len = ",
                 cfg_.max_seq_len, "], got ", capacity);
-  memory::require_fits(decode_state_bytes(cfg_, capacity, cache_dtype),
-                       concat("a decode state of ", capacity, " positions (KV caches)"));
   DecodeState st;
+  if (o.pruning.enabled()) {
+    st.pruning.emplace(o.pruning, cfg_.n_layers);  // validates
+    for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const AttentionKind kind = cfg_.attention[size_t(l)].kind();
+      LONGCTX_CHECK(kind == AttentionKind::full || kind == AttentionKind::infini, "decode: cascade pruning (a KV "
+                    "budget) runs over dense attention, but layer ", l, " is ", enum_name(kind),
+                    " (its cache cannot drop tokens)");
+    }
+  }
+  memory::require_fits(decode_state_bytes(cfg_, capacity, o),
+                       concat("a decode state of ", capacity, " positions (KV caches)"));
   st.capacity = capacity;
   for (int64_t l = 0; l < cfg_.n_layers; ++l)
     st.layers.push_back(attention_layer::new_state(cfg_.attention[size_t(l)], cfg_,
-                                                   acts_->layer_params[size_t(l)].attention, capacity, cache_dtype));
+                                                   acts_->layer_params[size_t(l)].attention,
+                                                   st.pruning ? st.pruning->cache_capacity(l, capacity) : capacity,
+                                                   o.kv_dtype));
   return st;
 }
 
@@ -490,6 +519,18 @@ Tensor Transformer::extend(DecodeState& state, const std::vector<int32_t>& token
 Tensor Transformer::extend_batch(const std::vector<DecodeState*>& states, const std::vector<std::vector<int32_t>>& tokens) {
   LONGCTX_CHECK(!states.empty() && states.size() == tokens.size(), "extend: ", states.size(), " decode states for ",
                 tokens.size(), " token runs (one run per state, at least one)");
+  DecodeState* const one = states.size() == 1 ? states[0] : nullptr;
+  if (one && one->pruning && int64_t(tokens[0].size()) > one->pruning->options().step_chunk()) {
+    // Cascade pruning: steps of at most its chunk, so a cache holds budget + chunk.
+    const int64_t n = int64_t(tokens[0].size()), step = one->pruning->options().step_chunk();
+    Tensor out({n, cfg_.vocab_size});
+    for (int64_t i = 0; i < n; i += step) {
+      const Tensor part =
+          extend(*one, std::vector<int32_t>(tokens[0].begin() + i, tokens[0].begin() + std::min(n, i + step)));
+      std::copy_n(part.f32(), part.numel(), out.f32() + i * cfg_.vocab_size);
+    }
+    return out;
+  }
   Batch b;
   b.cu_seqlens = {0};
   for (size_t s = 0; s < states.size(); ++s) {
@@ -502,6 +543,9 @@ Tensor Transformer::extend_batch(const std::vector<DecodeState*>& states, const 
     LONGCTX_CHECK(n > 0, "extend: no tokens for decode state ", s);
     LONGCTX_CHECK(st->tokens + n <= st->capacity, "extend: ", n, " more tokens would exceed the capacity of decode state ",
                   s, " (", st->tokens, " of ", st->capacity, " used)");
+    LONGCTX_CHECK(!st->pruning || n <= st->pruning->options().step_chunk(), "extend: decode state ", s, " prunes its "
+                  "cache in steps of ", st->pruning->options().step_chunk(), " tokens, but ", n, " came in one batched call "
+                  "(extend it alone, or in runs of at most that many)");
     b.tokens.insert(b.tokens.end(), tokens[s].begin(), tokens[s].end());
     for (int64_t i = 0; i < n; ++i) b.positions.push_back(st->tokens + i);
     b.cu_seqlens.push_back(b.size());

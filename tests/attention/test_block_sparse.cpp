@@ -32,7 +32,7 @@ std::vector<int32_t> blocks_of(const SparseResult& r, int h, int64_t t, int64_t 
 
 // The same sequence through the per-row engine: all of it as one chunk over a cache.
 SparseResult row_engine_result(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionSpec& spec) {
-  KVCache cache({k.dim(0), kHkv, kD, spec.stats_block_size(), DType::f32});
+  KVCache cache({k.dim(0), kHkv, kD, spec.stats_block_size(), KVDType::f32});
   cache.append(k, v);
   return attention_over_cache(q, cache, spec);
 }

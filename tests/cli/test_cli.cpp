@@ -54,6 +54,23 @@ TEST(Cli, BenchDecodeAndThresholdRun) {
   ASSERT_EQ(j["rows"].size(), 8u);  // 4 methods x (decode, chunk8)
   for (const auto& row : j["rows"]) EXPECT_GT(row["tokens_per_s"].get<double>(), 0.0);
   std::filesystem::remove(path);
+  // storages side by side, errors against fp32, and a cascade-pruning budget
+  r = run_cli("bench decode --methods dense,moba --lengths 300 --heads 4 --kv-heads 2 --head-dim 32 --block-size 64 "
+              "--top-k 2 --dtypes bf16,int8 --kv-budgets 100 --kv-window 8 --chunk-max-length 0 --min-seconds 0 --json " +
+              path.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const nlohmann::json k = nlohmann::json::parse(std::ifstream(path));
+  ASSERT_EQ(k["rows"].size(), 6u);  // 2 methods x 2 dtypes, then the budget x 2 dtypes
+  for (const auto& row : k["rows"]) {
+    EXPECT_GT(row["x_bf16"].get<double>(), 0.0);
+    if (row["method"] == "dense/budget=100") {
+      EXPECT_LT(row["kv_mb"].get<double>(), 0.1);
+      continue;
+    }
+    EXPECT_LT(row["err_rel"].get<double>(), row["dtype"] == "int8" ? 0.05 : 0.01) << row.dump();
+    EXPECT_GT(row["err_rel"].get<double>(), 0.0) << row.dump();
+  }
+  std::filesystem::remove(path);
   r = run_cli("bench threshold --length 256 --queries 4 --block-size 16 --taus 0.9 --top-ks 2");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("threshold/heuristic"), std::string::npos) << r.output;
@@ -177,6 +194,7 @@ TEST(Cli, TrainResumeEvalGenerate) {
   EXPECT_EQ(text("--prompt-file " + (dir / "prompt.txt").string() + " --prefill-chunk 3"), whole);
   EXPECT_EQ(text("--prompt-file - < " + (dir / "prompt.txt").string()), whole);
   EXPECT_EQ(text("--prompt 'And God said, Let there be' --kv-dtype bf16").substr(0, 30), whole.substr(0, 30));
+  EXPECT_EQ(text("--prompt 'And God said, Let there be' --kv-dtype int8").substr(0, 30), whole.substr(0, 30));
   // a weights-only export generates the same text and is no training checkpoint
   const std::string lean = (dir / "lean.safetensors").string();
   r = run_cli("export --checkpoint " + ckpt + " --out " + lean);
@@ -201,9 +219,9 @@ TEST(Cli, TrainResumeEvalGenerate) {
   r = run_cli("generate --checkpoint " + ckpt + " --prompt-file " + (dir / "none.txt").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("cannot read --prompt-file"), std::string::npos) << r.output;
-  r = run_cli("generate --checkpoint " + ckpt + " --kv-dtype int8");
+  r = run_cli("generate --checkpoint " + ckpt + " --kv-dtype int4");
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("--kv-dtype int8 is not implemented yet"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--kv-dtype"), std::string::npos) << r.output;
 }
 
 // Bad output paths and conflicting runs are refused before any work (issue 19's first items).

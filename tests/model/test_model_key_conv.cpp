@@ -98,7 +98,7 @@ TEST(ModelKeyConv, DecodeStateKeepsTheConvolution) {
   const ModelConfig plain = tiny_model({{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}});
   EXPECT_FALSE(Transformer(plain, 1).new_decode_state(16).layers[0].key_conv);
   // per layer: the taps [3, 4], the bias [4] and the 2 kept keys [2, 4], fp32
-  EXPECT_EQ(decode_state_bytes(cfg, 16, DType::f32) - decode_state_bytes(plain, 16, DType::f32), 2 * 4.0 * (12 + 4 + 8));
+  EXPECT_EQ(decode_state_bytes(cfg, 16, KVDType::f32) - decode_state_bytes(plain, 16, KVDType::f32), 2 * 4.0 * (12 + 4 + 8));
 }
 
 TEST(ModelKeyConv, ConfigFieldDefaultsOffAndIsChecked) {

@@ -118,8 +118,6 @@ BAD = [  # call, exception, the C++ (or binding) message
     (lambda: longctx.moba_attn_varlen(q0, k0, v0, cu0, 6, 4, 2.5), ValueError, "top_k must be an integer, got 2.5"),
     (lambda: longctx.topk_attn_varlen(q0, k0, v0, cu0, 6, blocksize=4), ValueError,
      "unknown field 'blocksize' \\(topk fields: block_size, top_k, token_level, group_select\\)"),
-    (lambda: longctx.topk_attn_varlen(q0, k0, v0, cu0, 6, group_select=True), ValueError,
-     "group_select is implemented for decode over a KV cache only"),
     (lambda: longctx.threshold_attn_varlen(q0, k0, v0, cu0, 6, tau=1.5), ValueError, "tau must be in \\(0, 1\\]"),
     (lambda: longctx.threshold_attn_varlen(q0, k0, v0, cu0, 6, stop_rule="guess"), ValueError,
      "stop_rule must be 'bound' or 'heuristic', got 'guess'"),

@@ -9,24 +9,27 @@ import longctx
 import reference as ref
 from helpers import close, compare
 
-TOPK_CASES = [  # lens, hq, hkv, d, block, top_k
-    ([37], 4, 4, 8, 8, 3),
-    ([1, 21, 30], 4, 2, 8, 8, 2),
-    ([26], 2, 1, 8, 4, 1),
+TOPK_CASES = [  # lens, hq, hkv, d, block, top_k, group_select
+    ([37], 4, 4, 8, 8, 3, False),
+    ([1, 21, 30], 4, 2, 8, 8, 2, False),
+    ([26], 2, 1, 8, 4, 1, False),
+    ([5, 40], 4, 2, 8, 8, 3, True),
 ]
 
 
-@pytest.mark.parametrize("lens,hq,hkv,d,block,top_k", TOPK_CASES)
-def test_block_topk_matches_reference(lens, hq, hkv, d, block, top_k):
+@pytest.mark.parametrize("lens,hq,hkv,d,block,top_k,group", TOPK_CASES)
+def test_block_topk_matches_reference(lens, hq, hkv, d, block, top_k, group):
     q, k, v = ref.random_qkv(sum(lens), sum(lens), hq, hkv, d, seed=sum(lens) + 1)
     cu = ref.cu_of(lens)
-    chosen = ref.past_block_topk(ref.quest_bound, q.double(), k.double(), cu, block, top_k)
-    _, sel = longctx.topk_attn_varlen(q, k, v, cu, max(lens), block_size=block, top_k=top_k, return_selection=True)
+    chosen = ref.past_block_topk(ref.quest_bound, q.double(), k.double(), cu, block, top_k, group_select=group)
+    _, sel = longctx.topk_attn_varlen(q, k, v, cu, max(lens), block_size=block, top_k=top_k, group_select=group,
+                                      return_selection=True)
     assert ref.chosen_from_csr(sel.row_offset, sel.visited, hq, sum(lens)) == chosen
     mask = ref.block_mask(q, cu, block, chosen)
     assert sel.mean_keys == pytest.approx(mask.sum().item() / (hq * sum(lens)))
     assert sel.max_keys == mask.sum(-1).max().item()
-    compare(lambda q, k, v: longctx.topk_attn_varlen(q, k, v, cu, max(lens), block_size=block, top_k=top_k),
+    compare(lambda q, k, v: longctx.topk_attn_varlen(q, k, v, cu, max(lens), block_size=block, top_k=top_k,
+                                                     group_select=group),
             lambda q, k, v: ref.attention(q, k, v, mask)[0], [q, k, v])
 
 

@@ -25,9 +25,12 @@ struct EvalResult {
 // Scores consecutive windows of `seq_len` tokens (stride seq_len) through the documents, at most
 // `max_tokens` scored tokens in all; windows shorter than seq_len (document ends) are skipped so
 // every bucket averages the same number of windows. `progress(done, total)`, if given, is called
-// after each window with the tokens scored so far and the tokens the pass will score.
+// after each window with the tokens scored so far and the tokens the pass will score. With
+// `decode`, each window is fed through a decode state of those options (Transformer::extend: its KV
+// cache storage, cascade pruning to a budget) instead of the training forward.
 EvalResult evaluate_positions(Transformer& model, const std::vector<std::vector<int32_t>>& docs, int64_t seq_len,
                               int64_t bucket, int64_t max_tokens,
-                              const std::function<void(int64_t done, int64_t total)>& progress = {});
+                              const std::function<void(int64_t done, int64_t total)>& progress = {},
+                              const DecodeOptions* decode = nullptr);
 
 }  // namespace longctx

@@ -13,11 +13,12 @@
 
 namespace longctx {
 
-// Greedy completion over the KV cache (Transformer::extend): the prompt is prefilled in chunks of
-// at most `prefill_chunk` tokens (bounding the [chunk, vocab] logits), then `n` tokens are
-// produced one decode step each (the last is not fed back). Ties go to the lower token id.
+// Greedy completion over the KV cache (Transformer::extend, a decode state of `decode`): the prompt
+// is prefilled in chunks of at most `prefill_chunk` tokens (bounding the [chunk, vocab] logits),
+// then `n` tokens are produced one decode step each (the last is not fed back). Ties go to the
+// lower token id.
 std::vector<int32_t> greedy_complete(Transformer& model, const std::vector<int32_t>& prompt, int64_t n,
-                                     int64_t prefill_chunk = 2048);
+                                     int64_t prefill_chunk = 2048, const DecodeOptions& decode = {});
 
 struct TaskCell {
   TaskKind kind;
@@ -35,6 +36,7 @@ struct TaskGridOptions {
   int64_t trials = 5;            // examples per cell
   uint64_t seed = 1;
   int64_t prefill_chunk = 2048;
+  DecodeOptions decode;  // KV cache storage and cascade pruning of the decode states
   // Called after every cell: cells done, cells in all, and the cell just finished.
   std::function<void(int64_t done, int64_t total, const TaskCell& cell)> progress;
 };

@@ -4,6 +4,7 @@
 #pragma once
 #include <longctx/attention/infini/infini.hpp>
 #include <longctx/attention/nsa/nsa.hpp>
+#include <longctx/attention/cache/cascade_pruning.hpp>
 #include <longctx/attention/cache/kv_cache.hpp>
 #include <longctx/attention/moba/key_conv.hpp>
 #include <longctx/model/config.hpp>
@@ -53,7 +54,17 @@ struct DecodeState {
   std::vector<LayerDecodeState> layers;
   int64_t tokens = 0;    // tokens so far
   int64_t capacity = 0;  // most tokens it can hold
+  std::optional<CascadePruner> pruning;  // with a KV budget (DecodeOptions::pruning)
   int64_t size() const { return tokens; }
+};
+
+// How a decode state keeps its KV caches: their storage, and optionally SpAtten's cascade token
+// pruning to a token budget (cascade_pruning.hpp; full-attention layers only).
+struct DecodeOptions {
+  KVDType kv_dtype = KVDType::f32;
+  CascadePruningOptions pruning;  // off unless a budget is set
+  DecodeOptions(KVDType dtype = KVDType::f32, CascadePruningOptions prune = {})  // NOLINT: a dtype alone converts
+      : kv_dtype(dtype), pruning(std::move(prune)) {}
 };
 
 // The parameters a model of this config has (equal to Transformer(cfg, .).num_params()), counted
@@ -75,10 +86,10 @@ struct MoeLayerStats {
 // Adds one forward's stats to a sum over forwards (counts add, per-token means weight by tokens).
 void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& one);
 
-// What new_decode_state(capacity, cache_dtype) allocates: each cached layer's keys and values
-// (infini layers cache nothing), their block statistics (mean, min, max per block) and the key
-// convolutions' kept keys and weights.
-double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, DType cache_dtype);
+// What new_decode_state(capacity, options) allocates: each cached layer's keys and values (infini
+// layers cache nothing; with a KV budget, budget + chunk tokens per layer), their positions and
+// block statistics (mean, min, max per block), and the key convolutions' kept keys and weights.
+double decode_state_bytes(const ModelConfig& cfg, int64_t capacity, const DecodeOptions& o);
 
 class Transformer {
  public:
@@ -103,12 +114,14 @@ class Transformer {
   // Next-token loss of every position (0 where the target is -1).
   std::vector<double> token_losses(const Batch& batch);
 
-  // Inference state for up to `capacity` tokens (<= max_seq_len); KV caches in `cache_dtype`.
-  // Refuses a state over memory::limit() (decode_state_bytes).
-  DecodeState new_decode_state(int64_t capacity, DType cache_dtype = DType::f32) const;
+  // Inference state for up to `capacity` tokens (<= max_seq_len); KV caches in o.kv_dtype (int8:
+  // not for nsa layers, which refuse it), pruned to a budget when o.pruning has one (every cached
+  // layer must be full attention). Refuses a state over memory::limit() (decode_state_bytes).
+  DecodeState new_decode_state(int64_t capacity, const DecodeOptions& o = {}) const;
   // Appends tokens to the sequence (a prompt prefill, or one token per decode step) and returns
   // their logits [n, V]; each row equals the corresponding row of logits() over the whole
-  // sequence. Full layers attend densely over the cache, moba/topk/threshold layers sparsely by
+  // sequence (with a KV budget: over the tokens the caches keep; the tokens then go in steps of at
+  // most the pruning's chunk). Full layers attend densely over the cache, moba/topk/threshold layers sparsely by
   // the cache's block statistics, nsa layers by nsa_forward (n > 1) or nsa_decode_step (n = 1)
   // over the cache and its compressed blocks, infini layers through their memory stream.
   Tensor extend(DecodeState& state, const std::vector<int32_t>& tokens);

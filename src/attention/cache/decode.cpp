@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attention/cache/stored_rows.hpp"
 #include "attention/engine/decode_kernel.hpp"
 #include "attention/sparse/row_engine.hpp"
 #include "core/parallel.hpp"
@@ -25,6 +26,7 @@ namespace {
 void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, SparseResult& r) {
   const int64_t lk = p.seqs[0].lk;
   const int64_t parts = std::clamp<int64_t>(lk / (16 * kKeyTile), 1, parallel::max_threads());
+  const StoredRows k = stored_keys(cache), v = stored_values(cache);
   const size_t states = size_t(parts) * size_t(p.hq);
   std::vector<float> m(states), l(states), acc(states * size_t(p.d));
   std::vector<float> qf(size_t(p.hq) * p.d);
@@ -42,7 +44,7 @@ void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, Spars
         for (int64_t kp = begin; kp < end; kp += kKeyTile)
           for (int g = 0; g < p.hkv; ++g) {
             const size_t h0 = size_t(g) * size_t(p.group);
-            decode_attend_range(cache.keys(), cache.values(), g, kp, std::min(kp + kKeyTile, end),
+            decode_attend_range(k, v, g, kp, std::min(kp + kKeyTile, end),
                                 Rows{&qf[h0 * size_t(p.d)], p.d}, p.group, p.d, p.scale,
                                 SoftmaxState{all.m + h0, all.l + h0, all.acc + h0 * size_t(p.d), p.d}, ws);
           }
@@ -74,6 +76,7 @@ SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& 
     return r;
   }
   const int64_t ld = int64_t(p.hq) * p.d, per_head = (p.tq + kQueryTile - 1) / kQueryTile;
+  const StoredRows k = stored_keys(cache), v = stored_values(cache);
   run_items(
       p.hq * per_head, p.hq * p.tq * p.tk * p.d,
       [&](int) { return std::pair(TileScratch(kQueryTile, kKeyTile, p.d, false), std::vector<float>(kQueryTile)); },
@@ -85,7 +88,7 @@ SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& 
         float* out = r.out.f32() + (t0 * p.hq + h) * p.d;
         SoftmaxState st{ws.m.data(), ws.l.data(), out, ld};
         st.reset(rows, p.d);
-        attend_key_range(p, s, cache.keys(), cache.values(), p.kv_head(h), qr, rows, t0 + s.offset(), 0,
+        attend_key_range(p, s, k, v, p.kv_head(h), qr, rows, t0 + s.offset(), 0,
                          s.offset() + t0 + rows, st, ws);
         tile_finalize(st, rows, p.d, out, ld, lse.data());
         std::copy_n(lse.data(), rows, r.lse.f32() + int64_t(h) * p.tq + t0);
@@ -114,8 +117,9 @@ struct GroupedScratch {
 void attend_block_for(const Problem& p, const KVCache& cache, int g, int64_t j, const float* qg, SoftmaxState st,
                       size_t c0, size_t c1, GroupedScratch& ws) {
   const int64_t B = cache.block_size(), cnt = int64_t(c1 - c0);
+  const StoredRows k = stored_keys(cache), v = stored_values(cache);
   if (cnt == p.group) {
-    decode_attend_range(cache.keys(), cache.values(), g, j * B, (j + 1) * B, Rows{qg, p.d}, cnt, p.d, p.scale, st,
+    decode_attend_range(k, v, g, j * B, (j + 1) * B, Rows{qg, p.d}, cnt, p.d, p.scale, st,
                         ws.tile);
     return;
   }
@@ -126,7 +130,7 @@ void attend_block_for(const Problem& p, const KVCache& cache, int g, int64_t j, 
     std::copy_n(st.acc + e * st.ld_acc, p.d, sub.acc + i * p.d);
     sub.m[i] = st.m[e], sub.l[i] = st.l[e];
   }
-  decode_attend_range(cache.keys(), cache.values(), g, j * B, (j + 1) * B, Rows{ws.sub_q.data(), p.d}, cnt, p.d,
+  decode_attend_range(k, v, g, j * B, (j + 1) * B, Rows{ws.sub_q.data(), p.d}, cnt, p.d,
                       p.scale, sub, ws.tile);
   for (int64_t i = 0; i < cnt; ++i) {
     const int e = ws.chosen[c0 + size_t(i)].second;
@@ -146,13 +150,14 @@ SparseResult grouped_selected(const Problem& p, const Tensor& q, const KVCache& 
   const size_t rows = size_t(p.hq) * size_t(p.tq);  // row i = h * tq + t
   std::vector<std::vector<int32_t>> sel(rows);
   std::vector<int64_t> keys(rows, 0);
+  const StoredRows k = stored_keys(cache), v = stored_values(cache);
   run_items(
       p.tq * p.hkv, p.tq * p.hq * (top_k + 1) * B * p.d, [&](int) { return GroupedScratch(p); },
       [&](int64_t item, GroupedScratch& ws) {
         const int64_t t = item / p.hkv, pos = s.offset() + t, own = pos / B;
         const int g = int(item % p.hkv), h0 = g * p.group;
         auto row = [&](int e) { return size_t(h0 + e) * size_t(p.tq) + size_t(t); };
-        const SparseSource src{p, s, cache.keys(), cache.values(), cache.stats()};
+        const SparseSource src{p, s, k, v, cache.stats()};
         float* qg = ws.tile.q.data();
         for (int e = 0; e < p.group; ++e) {
           const Rows one = load_rows(q, t, 1, h0 + e, qg + e * p.d);
@@ -161,7 +166,7 @@ SparseResult grouped_selected(const Problem& p, const Tensor& q, const KVCache& 
         float* out = r.out.f32() + (t * p.hq + h0) * p.d;
         SoftmaxState st{ws.tile.m.data(), ws.tile.l.data(), out, p.d};
         st.reset(p.group, p.d);
-        decode_attend_range(cache.keys(), cache.values(), g, own * B, pos + 1, Rows{qg, p.d}, p.group, p.d, p.scale, st,
+        decode_attend_range(k, v, g, own * B, pos + 1, Rows{qg, p.d}, p.group, p.d, p.scale, st,
                             ws.tile);
         ws.chosen.clear();
         if (top_k > 1 && own > 0) {
@@ -241,7 +246,7 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const A
   p.group = p.hq / p.hkv;
   p.scale = softmax_scale > 0.0f ? softmax_scale : 1.0f / std::sqrt(float(p.d));
   p.seqs = {Seq{0, p.tq, 0, p.tk}};
-  const Tensor &k = cache.keys(), &v = cache.values();
+  const StoredRows k = stored_keys(cache), v = stored_values(cache);
   switch (kind) {
     case AttentionKind::moba:
     case AttentionKind::topk: {

@@ -9,12 +9,15 @@
 
 namespace longctx::attn {
 
-// Keys/values k, v [n x d] (fp32 rows), all visible to q[0..rows); `s` is scratch of rows * n.
-void decode_tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, SoftmaxState st, float* s);
+// Keys [begin, end) of KV head g of the stored [T, Hkv, d] rows k/v, kKeyTile at a time, read in
+// place: bf16 widened and int8 converted inside the loops, an int8 row's scale applied to its
+// score (q . k = scale_k * (q . k_int8)) and to its probability (p v = (p scale_v) v_int8), so
+// no row is ever dequantised into memory. `ws` only provides the score scratch.
+void decode_attend_range(const StoredRows& k, const StoredRows& v, int g, int64_t begin, int64_t end, Rows q,
+                         int64_t rows, int d, float scale, SoftmaxState st, TileScratch& ws);
 
-// Keys [begin, end) of KV head g of the [T, Hkv, d] tensors k/v, kKeyTile at a time, read in
-// place (bf16 widened inside the loops; `ws` only provides the score scratch).
-void decode_attend_range(const Tensor& k, const Tensor& v, int g, int64_t begin, int64_t end, Rows q, int64_t rows,
-                         int d, float scale, SoftmaxState st, TileScratch& ws);
+// The raw scores that decode_attend_range folds: s[i * (end - begin) + j] = q_i . k_(begin + j) (an
+// int8 key's scale applied) of rows q[0, rows) against keys [begin, end) of KV head g.
+void decode_scores(const StoredRows& k, int g, int64_t begin, int64_t end, Rows q, int64_t rows, int d, float* s);
 
 }  // namespace longctx::attn

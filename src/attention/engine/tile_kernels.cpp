@@ -230,7 +230,7 @@ void DqAccumulators::reduce() {
 
 namespace longctx::attn {
 
-void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Tensor& v, int g, Rows q,
+void attend_key_range(const Problem& p, const Seq& s, const StoredRows& k, const StoredRows& v, int g, Rows q,
                       int64_t rows, int64_t pos0, int64_t k_begin, int64_t k_end, SoftmaxState st,
                       TileScratch& ws, bool all_visible) {
   for (int64_t kp = k_begin; kp < k_end; kp += kKeyTile) {

@@ -109,7 +109,7 @@ namespace longctx::attn {
 // KV head `g` into the state of query rows at positions pos0 .. pos0 + rows - 1, kKeyTile keys at a
 // time, with the problem's causal/window mask, or unmasked when `all_visible` (rows that are not
 // at consecutive positions, such as MoBA's gathered queries of a strictly-past block).
-void attend_key_range(const Problem& p, const Seq& s, const Tensor& k, const Tensor& v, int g, Rows q,
+void attend_key_range(const Problem& p, const Seq& s, const StoredRows& k, const StoredRows& v, int g, Rows q,
                       int64_t rows, int64_t pos0, int64_t k_begin, int64_t k_end, SoftmaxState st,
                       TileScratch& ws, bool all_visible = false);
 

@@ -90,42 +90,46 @@ void check_f32_shape(const char* who, const char* name, const Tensor& t, const s
   LONGCTX_CHECK(t.shape() == shape, who, ": ", name, " must have shape ", shape_str(shape), ", got ", t.shape_str());
 }
 
-Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {
-  const int64_t H = x.dim(1), d = x.dim(2);
-  if (x.dtype() == DType::f32) return {x.f32() + (t0 * H + h) * d, H * d};
-  const uint16_t* src = x.bf16() + (t0 * H + h) * d;
-  for (int64_t i = 0; i < n; ++i) simd::bf16_to_f32(src + i * H * d, scratch + i * d, d);
-  return {scratch, d};
-}
-
-Rows tile_rows(const Problem& p, const Tensor& x, int64_t t0, int64_t n, int h, float* scratch) {
-  if (x.dtype() == DType::bf16 && p.products == gemm::Precision::bf16)
-    return {nullptr, x.dim(1) * x.dim(2), x.bf16() + (t0 * x.dim(1) + h) * x.dim(2)};
-  return load_rows(x, t0, n, h, scratch);
-}
-
-namespace {
-// Row `flat` (token * H + head) of a [T, H, d] tensor as fp32.
-void copy_row(const Tensor& x, int64_t flat, float* dst) {
-  const int64_t d = x.dim(2);
-  if (x.dtype() == DType::f32)
-    std::copy_n(x.f32() + flat * d, d, dst);
+StoredRows::StoredRows(const Tensor& x) : heads(x.dim(1)), d(x.dim(2)) {
+  if (x.dtype() == DType::bf16)
+    bf16 = x.bf16();
   else
-    simd::bf16_to_f32(x.bf16() + flat * d, dst, d);
+    f32 = x.f32();
 }
-}  // namespace
 
-void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst) {
-  constexpr int64_t kAhead = 4;
-  const int64_t d = x.dim(2);
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAhead < n && x.dtype() == DType::f32) prefetch_row(x.f32() + flat_rows[i + kAhead] * d, d);
-    copy_row(x, flat_rows[i], dst + i * d);
+void copy_row(const StoredRows& x, int64_t flat, float* dst) {
+  if (x.f32) {
+    std::copy_n(x.f32 + flat * x.d, x.d, dst);
+  } else if (x.bf16) {
+    simd::bf16_to_f32(x.bf16 + flat * x.d, dst, x.d);
+  } else {
+    const int8_t* src = x.i8 + flat * x.d;
+    const float s = x.scales_of(int(flat % x.heads))[flat / x.heads];
+    for (int64_t c = 0; c < x.d; ++c) dst[c] = float(src[c]) * s;
   }
 }
 
-void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst) {
-  for (int64_t i = 0; i < n; ++i) copy_row(x, tokens[i] * x.dim(1) + h, dst + i * x.dim(2));
+Rows load_rows(const StoredRows& x, int64_t t0, int64_t n, int h, float* scratch) {
+  if (x.f32) return {x.f32 + (t0 * x.heads + h) * x.d, x.ld()};
+  for (int64_t i = 0; i < n; ++i) copy_row(x, (t0 + i) * x.heads + h, scratch + i * x.d);
+  return {scratch, x.d};
+}
+
+Rows tile_rows(const Problem& p, const StoredRows& x, int64_t t0, int64_t n, int h, float* scratch) {
+  if (x.bf16 && p.products == gemm::Precision::bf16) return {nullptr, x.ld(), x.bf16 + (t0 * x.heads + h) * x.d};
+  return load_rows(x, t0, n, h, scratch);
+}
+
+void gather_rows(const StoredRows& x, const int64_t* flat_rows, int64_t n, float* dst) {
+  constexpr int64_t kAhead = 4;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n && x.f32) prefetch_row(x.f32 + flat_rows[i + kAhead] * x.d, x.d);
+    copy_row(x, flat_rows[i], dst + i * x.d);
+  }
+}
+
+void gather_rows(const StoredRows& x, const int64_t* tokens, int64_t n, int h, float* dst) {
+  for (int64_t i = 0; i < n; ++i) copy_row(x, tokens[i] * x.heads + h, dst + i * x.d);
 }
 
 }  // namespace attn

@@ -67,11 +67,30 @@ struct Rows {
   // The rows as a GEMM input (their transpose when `trans`).
   gemm::Operand operand(bool trans) const { return {p, bf16, ld, trans}; }
 };
-// fp32 rows point straight into the tensor; bf16 rows are converted into `scratch` (n * d floats).
-Rows load_rows(const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
+// A [T, H, d] tensor as stored: fp32 or bf16 (any Tensor converts), or int8 with one fp32 scale
+// per (token, head) row, value = int8 * scale (a KV cache's int8 storage, attention/cache/
+// kv_cache.hpp). Exactly one of f32 / bf16 / i8 is set. The scales are head-major,
+// scale[h * scale_ld + t], so the tokens of one head have contiguous scales.
+struct StoredRows {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scale = nullptr;
+  int64_t scale_ld = 0;
+  int64_t heads = 0, d = 0;
+  StoredRows() = default;
+  StoredRows(const Tensor& x);  // NOLINT: implicit, every kernel taking rows takes a Tensor too
+  int64_t ld() const { return heads * d; }  // elements between a head's consecutive tokens
+  const float* scales_of(int h) const { return scale + h * scale_ld; }  // int8: head h's scale by token
+};
+// Row `flat` (token * H + head) as fp32 into dst[0, d).
+void copy_row(const StoredRows& x, int64_t flat, float* dst);
+// fp32 rows point straight into the tensor; bf16 and int8 rows are converted into `scratch`
+// (n * d floats).
+Rows load_rows(const StoredRows& x, int64_t t0, int64_t n, int h, float* scratch);
 // As load_rows, for rows that only feed the tile products: bf16 rows under bf16 products are
 // viewed as stored (the GEMM reads bf16 directly), not converted.
-Rows tile_rows(const Problem& p, const Tensor& x, int64_t t0, int64_t n, int h, float* scratch);
+Rows tile_rows(const Problem& p, const StoredRows& x, int64_t t0, int64_t n, int h, float* scratch);
 // Software prefetch of a d-long fp32 row: gathered rows sit far apart, where the hardware
 // prefetchers do not follow.
 inline void prefetch_row(const float* p, int64_t d) {
@@ -79,8 +98,8 @@ inline void prefetch_row(const float* p, int64_t d) {
 }
 // Gathers rows of a [T, H, d] tensor by flat (token * H + head) index into a dense [n x d]
 // fp32 buffer.
-void gather_rows(const Tensor& x, const int64_t* flat_rows, int64_t n, float* dst);
+void gather_rows(const StoredRows& x, const int64_t* flat_rows, int64_t n, float* dst);
 // Gathers token rows `tokens[i]` of head h into a dense [n x d] fp32 buffer.
-void gather_rows(const Tensor& x, const int64_t* tokens, int64_t n, int h, float* dst);
+void gather_rows(const StoredRows& x, const int64_t* tokens, int64_t n, int h, float* dst);
 
 }  // namespace longctx::attn

@@ -112,7 +112,7 @@ int64_t topk_tokens_row(const SparseSource& src, const float* q, int h, int64_t 
 
 namespace {
 
-SparseResult run_rows(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+SparseResult run_rows(const Problem& p, const Tensor& q, const StoredRows& k, const StoredRows& v,
                       const std::function<const BlockStats&(size_t)>& stats_of, const RowFn& row_fn, bool token_level,
                       int64_t block_size) {
   SparseResult r;
@@ -161,14 +161,14 @@ SparseResult run_rows(const Problem& p, const Tensor& q, const Tensor& k, const 
 
 }  // namespace
 
-SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+SparseResult sparse_forward(const Problem& p, const Tensor& q, const StoredRows& k, const StoredRows& v,
                             const std::vector<BlockStats>& stats, const RowFn& row_fn, bool token_level,
                             int64_t block_size) {
   return run_rows(p, q, k, v, [&](size_t si) -> const BlockStats& { return stats[si]; }, row_fn, token_level,
                   block_size);
 }
 
-SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+SparseResult sparse_forward(const Problem& p, const Tensor& q, const StoredRows& k, const StoredRows& v,
                             const BlockStats& stats, const RowFn& row_fn, bool token_level, int64_t block_size) {
   return run_rows(p, q, k, v, [&](size_t) -> const BlockStats& { return stats; }, row_fn, token_level, block_size);
 }

@@ -21,8 +21,8 @@ namespace longctx::attn {
 struct SparseSource {
   const Problem& p;
   const Seq& s;
-  const Tensor& k;
-  const Tensor& v;
+  StoredRows k;
+  StoredRows v;
   const BlockStats& stats;
   int64_t B() const { return stats.block_size(); }
 };
@@ -51,11 +51,11 @@ void run_items(int64_t n, int64_t work, MakeState&& make_state, Body&& body) {
 }
 
 // Runs row_fn over every (sequence, head, query) of the problem; stats[i] belongs to sequence i.
-SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+SparseResult sparse_forward(const Problem& p, const Tensor& q, const StoredRows& k, const StoredRows& v,
                             const std::vector<BlockStats>& stats, const RowFn& row_fn, bool token_level,
                             int64_t block_size);
 // Same, for q against one cached sequence whose statistics are `stats` (single sequence problem).
-SparseResult sparse_forward(const Problem& p, const Tensor& q, const Tensor& k, const Tensor& v,
+SparseResult sparse_forward(const Problem& p, const Tensor& q, const StoredRows& k, const StoredRows& v,
                             const BlockStats& stats, const RowFn& row_fn, bool token_level, int64_t block_size);
 
 // Helpers the row functions share.

@@ -1,88 +1,117 @@
 #!/usr/bin/env bash
-# The head-to-head experiments of docs/EXPERIMENTS.md section 2 (issue 8): the same byte-level model
-# (configs/experiments/linux8k_base.json: same data, tokens, seed) trained with each attention kind
-# and with dense vs MoE FFN of the same active size, then
-#   1. eval: validation loss and position-wise loss over 8192-token windows of the Linux val split,
-#      and over 32768-token windows (4x the training length: length generalisation, time, memory);
-#   2. the same short answer-only passkey fine-tune for every run (train --init-from, score_last 7);
-#   3. passkey accuracy at 1x and 4x the training length.
-# Results: runs/experiments/<run>/{config.json,log.jsonl,eval.json,eval_4x.json,passkey.json}; the tables
-# (markdown) is printed by scripts/experiments_table.sh.
+# The long-context head-to-head of docs/EXPERIMENTS.md section 5 (issue 15), on the KJV with a
+# byte-level model (2 layers, d_model 128, 4 heads, SwiGLU 344, 0.43 M parameters):
+#   stage 1 (shared, full attention): configs/experiments/tasks_kjv_s128.json, 128-token passkey
+#     documents only, 2.15 M tokens, init seed 1234: the short single-task stage in which a
+#     retrieval circuit forms (EXPERIMENTS.md 5.1: whether and when it forms depends on the seed);
+#   stage 2 (one per attention kind and seed, `train --init-from` stage 1, the kind switched):
+#     configs/experiments/retrieval_stage2.json, 256-token sequences, half real text, half passkey
+#     and multi-key needle documents of 248-256 tokens, 2 M tokens (a jump from 128 to 512 lost
+#     the retrieval: EXPERIMENTS.md 5.1);
+#   eval: validation loss and position-wise loss over 256-token windows of held-out books, and the
+#     RULER grid (passkey, multi-key needle) at 1x, 2x, 4x the training length, depths 0.1..0.9,
+#     4 trials per cell.
+# Dense vs MoE FFN (same active parameters) cannot share stage 1 (other weights): those runs train
+# stage 1 from scratch per seed (ffn_dense.sN, ffn_moe.sN) and are scored by loss and passkey at 128.
+# Results: runs/retrieval/stage1/, runs/retrieval/<run>/{stage2/,eval.json,run.log};
+# scripts/experiments_table.sh prints the tables.
 #
-#   scripts/experiments.sh [--train-only | --eval-only | --bench-only] [RUN ...]   default: every run
-#   below, in order; --bench-only times training steps of each run's config back to back
-#   (`longctx bench train`, 8192 random tokens, best of 3), for throughput ratios measured side by side.
-# A run whose checkpoint exists resumes (and a finished one is not retrained). RUN.sN (e.g. full.s2)
-# repeats RUN with data seed N and weight-init seed 1234 + N, to measure run-to-run noise.
-# Environment: STEPS (training steps, default from the base config), FT_STEPS (passkey fine-tune
-# steps, 60), THREADS (2).
+#   scripts/experiments.sh [--jobs N] [RUN ...]
+# RUN is NAME.sN (e.g. moba.s2: data seed N and init seed 1234 + N for the weights stage 1 lacks);
+# default: every attention run with seeds 1, 2, 3, then the FFN runs. A finished stage or eval is
+# not redone and an interrupted one resumes (train --resume): stop and restart the script at will.
+# --jobs N: N runs side by side, one thread each (default 2: a model this small trains faster as
+# two one-thread jobs than as one two-thread job).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/apt_need.sh
 need jq
 
-base=configs/experiments/linux8k_base.json
-data=data/linux
-ft_data=data/linux_passkey_ft
-out_root=runs/experiments
-threads=${THREADS:-2}
-ft_steps=${FT_STEPS:-60}
-seq_len=$(jq .train.seq_len "$base")
+data=data/kjv
+root=runs/retrieval
+stage1=configs/experiments/tasks_kjv_s128.json
+stage2=configs/experiments/retrieval_stage2.json
+jobs=2
+if [ "${1:-}" = --jobs ]; then jobs=$2; shift 2; fi
 
-# Each run: a jq filter over the base config. Sparse kinds keep the same parameter count (their
-# only extra weights are NSA's compressors and gates, Infini's per-head gate).
-declare -A runs=(
+# Attention runs: a jq filter over the stage-2 config. Block sizes and budgets are scaled to the
+# 256-token training length: MoBA's paper setting (block 512, top-3 at 8K: ~19% of the keys) becomes
+# block 16, top-3; the small-block MoBA keeps that budget of 48 keys in 8-token blocks (Xiao et al.,
+# arXiv 2511.11571: the gate's signal-to-noise grows as blocks shrink) with a 3-tap key convolution.
+declare -A attention=(
   [full]='.'
-  [moba]='.model.attention = {"kind": "moba", "block_size": 512, "top_k": 3}'
-  [moba_last_full]='.model.attention = {"kind": "moba", "block_size": 512, "top_k": 3} | .model.full_attention_last_n = 1'
-  [topk]='.model.attention = {"kind": "topk", "block_size": 64, "top_k": 24}'
-  [threshold]='.model.attention = {"kind": "threshold", "block_size": 64, "tau": 0.95}'
-  [nsa]='.model.attention = {"kind": "nsa", "block_len": 32, "stride": 16, "select_len": 64, "top_n": 16, "window": 512, "compress": "mean"}'
-  [infini]='.model.attention = {"kind": "infini", "segment_len": 2048}'
-  [moe]='.model.ffn = {"kind": "moe", "num_experts": 8, "top_k": 2, "d_ff": 172}'
+  [moba]='.model.attention = {"kind": "moba", "block_size": 16, "top_k": 3}'
+  [moba_small_kconv]='.model.attention = {"kind": "moba", "block_size": 8, "top_k": 6, "key_conv": 3}'
+  [moba_last_full]='.model.attention = {"kind": "moba", "block_size": 16, "top_k": 3} | .model.full_attention_last_n = 1'
+  [nsa]='.model.attention = {"kind": "nsa", "block_len": 8, "stride": 4, "select_len": 8, "top_n": 6, "local_blocks": 2, "window": 32, "compress": "mean"}'
+  [topk]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6}'
+  [threshold]='.model.attention = {"kind": "threshold", "block_size": 8, "tau": 0.95}'
+  [infini]='.model.attention = {"kind": "infini", "segment_len": 64}'
 )
-order=(full moba moba_last_full topk threshold nsa infini moe)
-phases=(train eval)
-case ${1:-} in
-  --train-only) phases=(train); shift ;;
-  --eval-only) phases=(eval); shift ;;
-  --bench-only) phases=(bench); shift ;;
-esac
-(($#)) && order=("$@")
-
-[ -d "$data/train" ] || scripts/prepare_data.sh linux
-[[ " ${phases[*]} " == *" eval "* && ! -d "$ft_data/train" ]] && ./longctx passkey-corpus --data "$data" --out "$ft_data" --docs 400 --length "$((seq_len - 8))" --seed 7
-
+# FFN runs: a jq filter over the stage-1 config (experts of d_ff 172, top-2: 344 active, as dense).
+declare -A ffn=(
+  [ffn_dense]='.'
+  [ffn_moe]='.model.ffn = {"kind": "moe", "num_experts": 8, "top_k": 2, "d_ff": 172}'
+)
+names=(full moba moba_small_kconv moba_last_full nsa topk threshold infini)
+order=()
+if (($#)); then order=("$@"); else
+  for s in 1 2 3; do for n in "${names[@]}"; do order+=("$n.s$s"); done; done
+  for s in 1 2 3; do order+=("ffn_dense.s$s" "ffn_moe.s$s"); done
+fi
 for run in "${order[@]}"; do
-  name=${run%.s*} seed=
-  [[ $run == *.s* ]] && seed=${run##*.s}
-  filter=${runs[$name]:?unknown run $name (known: ${!runs[*]})}
-  dir=$out_root/$run
-  mkdir -p "$dir"
-  jq "$filter${STEPS:+ | .train.steps = $STEPS}${seed:+ | .train.seed = $seed}" "$base" > "$dir/config.json"
-  if [[ " ${phases[*]} " == *" train "* ]]; then
-    echo "=== $run: train" >&2
-    resume=(); [ -f "$dir/checkpoint.safetensors" ] && resume=(--resume)
-    ./longctx train --config "$dir/config.json" --data "$data" --out "$dir" --threads "$threads" "${resume[@]}" \
-      --init-seed $((1234 + ${seed:-0}))
-  fi
-  if [[ " ${phases[*]} " == *" bench "* ]]; then
-    ./longctx bench train --config "$dir/config.json" --seq-len "$seq_len" --steps 3 --threads "$threads" \
-      --json "$dir/bench_train.json"
-  fi
-  [[ " ${phases[*]} " == *" eval "* ]] || continue
-  echo "=== $run: eval" >&2
-  ./longctx eval --checkpoint "$dir/checkpoint.safetensors" --data "$data" --seq-len "$seq_len" --bucket 1024 \
-    --max-tokens 131072 --threads "$threads" --json "$dir/eval.json"
-  echo "=== $run: eval at 4x the training length" >&2
-  ./longctx eval --checkpoint "$dir/checkpoint.safetensors" --data "$data" --seq-len $((4 * seq_len)) --bucket 4096 \
-    --max-tokens 131072 --threads "$threads" --json "$dir/eval_4x.json"
-  echo "=== $run: passkey fine-tune ($ft_steps steps) and passkey eval" >&2
-  jq ".train.steps = $ft_steps | .train.warmup = 3 | .train.lr = 1e-3 | .train.eval_every = $ft_steps | .train.ckpt_every = $ft_steps | .train.score_last = 7" \
-    "$dir/config.json" > "$dir/passkey_config.json"
-  ./longctx train --config "$dir/passkey_config.json" --data "$ft_data" --out "$dir/passkey" --overwrite \
-    --init-from "$dir/checkpoint.safetensors" --threads "$threads"
-  ./longctx eval --checkpoint "$dir/passkey/checkpoint.safetensors" --data "$data" --no-loss \
-    --passkey-lengths "$seq_len,$((4 * seq_len))" --passkey-depths 0.1,0.5,0.9 --passkey-trials 4 \
-    --max-seq-len $((4 * seq_len)) --threads "$threads" --json "$dir/passkey.json"
+  [[ $run == *.s* ]] || { echo "experiments.sh: '$run' needs a seed: NAME.sN (e.g. $run.s1)" >&2; exit 2; }
+  [ -n "${attention[${run%.s*}]:-}${ffn[${run%.s*}]:-}" ] ||
+    { echo "experiments.sh: unknown run '${run%.s*}' (known: ${names[*]} ${!ffn[*]})" >&2; exit 2; }
 done
+[ -d "$data/train" ] || scripts/prepare_data.sh kjv
+
+# Trains one stage unless its log already reaches the config's last step; resumes a started one.
+train_stage() {  # dir config threads [train args...]
+  local dir=$1 config=$2 threads=$3; shift 3
+  local steps; steps=$(jq .train.steps "$config")
+  if [ -f "$dir/log.jsonl" ] && [ "$(tail -n 1 "$dir/log.jsonl" | jq .step)" = "$steps" ]; then return; fi
+  if [ -f "$dir/checkpoint.safetensors" ]; then
+    ./longctx train --config "$config" --data "$data" --out "$dir" --threads "$threads" --resume
+  else
+    ./longctx train --config "$config" --data "$data" --out "$dir" --threads "$threads" "$@"
+  fi
+}
+
+one_run() {  # NAME.sN
+  local run=$1 name=${1%.s*} seed=${1##*.s} dir=$root/$1
+  mkdir -p "$dir"
+  if [ -n "${ffn[$name]:-}" ]; then
+    jq "${ffn[$name]} | .train.seed = $seed" "$stage1" > "$dir/stage1.json"
+    echo "=== $run: stage 1 from scratch" >&2
+    train_stage "$dir/stage1" "$dir/stage1.json" 1 --init-seed $((1234 + seed)) || return
+    [ -f "$dir/eval.json" ] && return
+    ./longctx eval --checkpoint "$dir/stage1/checkpoint.safetensors" --data "$data" --seq-len 128 --bucket 32 \
+      --max-tokens 65536 --ruler-tasks passkey --ruler-lengths 1x --ruler-trials 8 --threads 1 --json "$dir/eval.json"
+    return
+  fi
+  jq "${attention[$name]} | .train.seed = $seed" "$stage2" > "$dir/stage2.json"
+  echo "=== $run: stage 2 from $root/stage1" >&2
+  train_stage "$dir/stage2" "$dir/stage2.json" 1 --init-from "$root/stage1/checkpoint.safetensors" \
+    --init-seed $((1234 + seed)) || return
+  [ -f "$dir/eval.json" ] && return
+  echo "=== $run: eval" >&2
+  ./longctx eval --checkpoint "$dir/stage2/checkpoint.safetensors" --data "$data" --seq-len 256 --bucket 64 \
+    --max-tokens 65536 --ruler-tasks passkey,multikey --ruler-lengths 1x,2x,4x --ruler-trials 4 --threads 1 \
+    --json "$dir/eval.json"
+}
+
+echo "=== stage 1 (shared): $root/stage1" >&2
+train_stage "$root/stage1" "$stage1" 2 --init-seed 1234
+
+# A job pool: at most $jobs runs at once, each logging to <run>/run.log.
+running=0 failed=0
+for run in "${order[@]}"; do
+  if ((running >= jobs)); then wait -n || failed=1; running=$((running - 1)); fi
+  mkdir -p "$root/$run"
+  echo "start $run (log: $root/$run/run.log)" >&2
+  (one_run "$run" > "$root/$run/run.log" 2>&1 && echo "done $run" >&2 || { echo "FAILED $run (see $root/$run/run.log)" >&2; exit 1; }) &
+  running=$((running + 1))
+done
+while ((running > 0)); do wait -n || failed=1; running=$((running - 1)); done
+exit $failed

@@ -221,7 +221,8 @@ void add_train(CLI::App& app) {
   c->add_flag("--overwrite", o->overwrite, "Start afresh in an --out that already holds a run (replaces it)");
   c->add_option("--init-from", o->init_from,
                  "Start from this checkpoint's weights (fresh optimizer, step 0): a fine-tune. A config without "
-                 "\"model\" reuses the checkpoint's; with one, it must match but for max_seq_len");
+                 "\"model\" reuses the checkpoint's; with one, it must match but for max_seq_len and the layers' "
+                 "attention kinds (a kind's own weights then start as initialised)");
   c->add_option("--init-seed", o->init_seed, "Seed of the weight initialisation")->capture_default_str();
   c->footer(
       "Ctrl-C (SIGINT) or SIGTERM stops after the current step, saves a checkpoint and exits with status 130 "

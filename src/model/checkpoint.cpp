@@ -49,7 +49,17 @@ ModelConfig checkpoint_config(const std::map<std::string, std::string>& metadata
   }
 }
 
-void load_weights(Transformer& m, const SafetensorsFile& f, const std::string& path) {
+namespace {
+// A weight of one layer's attention kind: "layers.N.attention.<kind>.<name>" (the projections
+// wq/wk/wv/wo, shared by every kind, are "layers.N.attention.wq" etc.).
+bool is_kind_weight(const std::string& name) {
+  const size_t at = name.find(".attention.");
+  return name.rfind("layers.", 0) == 0 && at != std::string::npos &&
+         name.find('.', at + std::strlen(".attention.")) != std::string::npos;
+}
+}  // namespace
+
+void load_weights(Transformer& m, const SafetensorsFile& f, const std::string& path, bool attention_kinds_may_differ) {
   std::map<std::string, const Tensor*> file;
   for (const auto& [name, t] : f.tensors) file[name] = &t;
   std::map<std::string, const Param*> weights;
@@ -60,9 +70,11 @@ void load_weights(Transformer& m, const SafetensorsFile& f, const std::string& p
     for (const std::string prefix : {"optimizer.m.", "optimizer.v."})
       if (name.rfind(prefix, 0) == 0) weight = name.substr(prefix.size());
     const auto w = weights.find(weight);
-    if (w == weights.end())
+    if (w == weights.end()) {
+      if (attention_kinds_may_differ && is_kind_weight(weight)) continue;  // the old kind's own weight
       tensor_error(path, "tensor '" + name + "' is not a weight of the model" +
                              (weight == name ? "" : " nor an AdamW moment of one") + " (a checkpoint of another model?)");
+    }
     const Tensor& want = w->second->value;
     if (t->dtype() != want.dtype())
       tensor_error(path, concat("tensor '", name, "' is ", t->dtype() == DType::f32 ? "F32" : "BF16",
@@ -72,7 +84,10 @@ void load_weights(Transformer& m, const SafetensorsFile& f, const std::string& p
   }
   for (Param& p : m.params()) {
     const auto t = file.find(p.name);
-    if (t == file.end()) tensor_error(path, "no tensor '" + p.name + "' (a weight of the model)");
+    if (t == file.end()) {
+      if (attention_kinds_may_differ && is_kind_weight(p.name)) continue;  // the new kind's own: as initialised
+      tensor_error(path, "no tensor '" + p.name + "' (a weight of the model)");
+    }
     std::memcpy(p.value.raw(), t->second->raw(), t->second->nbytes());
   }
 }

@@ -283,6 +283,14 @@ void Trainer::init_from(const std::string& path) {
   nlohmann::json saved = checkpoint_config(f.metadata, path).to_json(), ours = model_.config().to_json();
   saved.erase("max_seq_len");
   ours.erase("max_seq_len");
+  // The attention kinds may differ: continued training of a model with another attention (as the
+  // MoBA and NSA papers switch a full-attention model); a new kind's own weights start as initialised.
+  bool switched = false;
+  for (size_t l = 0; saved["layers"].is_array() && l < saved["layers"].size() && l < ours["layers"].size(); ++l) {
+    switched |= saved["layers"][l]["attention"] != ours["layers"][l]["attention"];
+    saved["layers"][l].erase("attention");
+    ours["layers"][l].erase("attention");
+  }
   const std::string diff = first_difference(saved, ours);
   LONGCTX_CHECK(diff.empty(), "init-from: checkpoint ", path, " has another model config (checkpoint vs config): ",
                 diff);
@@ -290,7 +298,7 @@ void Trainer::init_from(const std::string& path) {
     tokenizer_model_ = info.tokenizer_model;  // the fine-tune carries the same tokenizer on
     special_tokens_ = info.special_tokens;
   }
-  load_weights(model_, f, path);
+  load_weights(model_, f, path, switched);
 }
 
 void Trainer::resume(const std::string& path) {

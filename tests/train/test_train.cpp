@@ -663,8 +663,6 @@ TEST(Checkpoint, InitFromRejectsAnotherModelNamingTheFirstDifference) {
   Trainer source(small_model(256, "moba"), small_train(), corpus, 5);
   const std::string path = (dir / "src.safetensors").string();
   source.save(path);
-  Trainer full(small_model(256, "full"), small_train(), corpus, 5);
-  testing::expect_error([&] { full.init_from(path); }, "layers[0].attention.kind: \"moba\" vs \"full\"");
   ModelConfig wider = small_model(256, "moba");
   wider.d_ff = 96;
   Trainer w(wider, small_train(), corpus, 5);
@@ -672,6 +670,47 @@ TEST(Checkpoint, InitFromRejectsAnotherModelNamingTheFirstDifference) {
   EXPECT_EQ(first_difference({{"a", {1, 2}}}, {{"a", {1, 3}}}), "a[1]: 2 vs 3");
   EXPECT_EQ(first_difference({{"a", 1}}, {{"a", 1}, {"b", true}}), "b: (absent) vs true");
   EXPECT_EQ(first_difference({{"a", 1.0}}, {{"a", 1.0}}), "");
+}
+
+// Continued training with another attention kind: the shared weights come from the checkpoint, a
+// kind's own weights the checkpoint lacks stay as initialised, and the checkpoint's kind weights
+// the model lacks are skipped.
+TEST(Checkpoint, InitFromMaySwitchAttentionKinds) {
+  const fs::path dir = make_corpus("initfrom_switch", 4);
+  const auto tok = make_tokenizer("bytes");
+  const Corpus corpus = load_corpus(dir.string(), *tok);
+  Trainer source(small_model(256, "full"), small_train(), corpus, 5);
+  source.step();
+  const std::string path = (dir / "full.safetensors").string();
+  source.save(path);
+  Trainer nsa(small_model(256, "nsa"), small_train(), corpus, 7), fresh(small_model(256, "nsa"), small_train(), corpus, 7);
+  nsa.init_from(path);
+  std::map<std::string, const Param*> from_source;
+  for (const Param& p : source.model().params()) from_source[p.name] = &p;
+  int64_t kind_weights = 0;
+  for (size_t i = 0; i < nsa.model().params().size(); ++i) {
+    const Param& p = nsa.model().params()[i];
+    const auto it = from_source.find(p.name);
+    const Param& want = it != from_source.end() ? *it->second : fresh.model().params()[i];
+    kind_weights += it == from_source.end();
+    EXPECT_EQ(it == from_source.end(), p.name.find(".attention.nsa.") != std::string::npos) << p.name;
+    ASSERT_EQ(std::memcmp(p.value.raw(), want.value.raw(), want.value.nbytes()), 0) << p.name;
+  }
+  EXPECT_GT(kind_weights, 0);
+  // back: NSA's own weights in the file are skipped
+  const std::string nsa_path = (dir / "nsa.safetensors").string();
+  nsa.save(nsa_path);
+  Trainer full(small_model(256, "full"), small_train(), corpus, 5);
+  EXPECT_NO_THROW(full.init_from(nsa_path));
+  // a file of the same kind still has to hold every weight of it
+  std::vector<std::pair<std::string, const Tensor*>> some;
+  const SafetensorsFile f = load_safetensors(nsa_path);
+  for (const auto& [name, t] : f.tensors)
+    if (name.find("layers.0.attention.nsa.") == std::string::npos) some.push_back({name, &t});
+  const std::string partial = (dir / "nsa_partial.safetensors").string();
+  save_safetensors(partial, some, f.metadata);
+  Trainer again(small_model(256, "nsa"), small_train(), corpus, 7);
+  testing::expect_error([&] { again.init_from(partial); }, "no tensor 'layers.0.attention.nsa.");
 }
 
 }  // namespace

@@ -53,8 +53,11 @@ ModelConfig checkpoint_config(const std::map<std::string, std::string>& metadata
 // "longctx: checkpoint <path>: ..." naming the tensor when a weight is missing, when the file holds
 // a tensor that is neither a weight nor an AdamW moment ("optimizer.m.<weight>",
 // "optimizer.v.<weight>") of one, or when a tensor's dtype (the model's are F32) or shape differ
-// from the weight's.
-void load_weights(Transformer& model, const SafetensorsFile& file, const std::string& path);
+// from the weight's. With `attention_kinds_may_differ` (a fine-tune that switches attention
+// kinds): a kind's own weights ("layers.N.attention.<kind>.*") that the file lacks keep the model's
+// fresh initialisation, and the file's kind weights the model lacks are skipped.
+void load_weights(Transformer& model, const SafetensorsFile& file, const std::string& path,
+                  bool attention_kinds_may_differ = false);
 
 // The first place two JSON values differ, as "path: a vs b" (e.g. "d_ff: 64 vs 128",
 // "layers[1].attention.kind: \"moba\" vs \"full\""); empty when they are equal.

@@ -96,7 +96,10 @@ class Trainer {
   void save(const std::string& checkpoint) const;
   // Starts from a checkpoint's weights only (a fine-tune): fresh optimizer, step 0. The model
   // config must equal the checkpoint's except max_seq_len (RoPE is computed, so a fine-tune may
-  // run longer sequences); throws naming the first difference. Call before the first step.
+  // run longer sequences) and the layers' attention kinds (continued training with another
+  // attention: weights of a kind the checkpoint lacks start as initialised, the checkpoint's
+  // weights of a kind the model lacks are skipped); throws naming the first difference. Call
+  // before the first step.
   void init_from(const std::string& checkpoint);
 
   // One optimizer step. `between_micro_batches(done)`, if given, is called after each of the step's

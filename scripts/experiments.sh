@@ -47,13 +47,18 @@ declare -A attention=(
   [topk]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6}'
   [threshold]='.model.attention = {"kind": "threshold", "block_size": 8, "tau": 0.95}'
   [infini]='.model.attention = {"kind": "infini", "segment_len": 64}'
+  [topk_progressive]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6} | .train.sparsity_steps = 500'
 )
-# FFN runs: a jq filter over the stage-1 config (experts of d_ff 172, top-2: 344 active, as dense).
+# topk_progressive: top-k reached by progressive sparsity (train config sparsity_steps: from all
+# blocks down to top-6 over the first 500 steps), easing the switch from the full-attention stage 1.
+# FFN runs: a jq filter over the stage-1 config (experts of d_ff 172, top-2: 344 active, as dense);
+# ffn_moe_bias_free: DeepSeek-V3's auxiliary-loss-free router instead of the load-balancing loss.
 declare -A ffn=(
   [ffn_dense]='.'
   [ffn_moe]='.model.ffn = {"kind": "moe", "num_experts": 8, "top_k": 2, "d_ff": 172}'
+  [ffn_moe_bias_free]='.model.ffn = {"kind": "moe", "num_experts": 8, "top_k": 2, "d_ff": 172, "router": "bias_free", "load_balance_weight": 0}'
 )
-names=(full moba moba_small_kconv moba_last_full nsa topk threshold infini)
+names=(full moba moba_small_kconv moba_last_full nsa topk topk_progressive threshold infini)
 order=()
 if (($#)); then order=("$@"); else
   for s in 1 2 3; do for n in "${names[@]}"; do order+=("$n.s$s"); done; done

@@ -16,7 +16,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   check_known_fields(j, {"tokenizer", "seq_len", "batch_tokens", "accum", "steps", "warmup", "lr", "min_lr",
                          "grad_clip", "beta1", "beta2", "eps", "weight_decay", "seed", "eval_every", "eval_tokens",
                          "ckpt_every", "moba_to_full_step", "score_last", "sparsity_steps", "sparsity_shape", "infini_beta_lr",
-                         "tasks"},
+                         "tasks", "pose_span"},
                      "train config");
   try {
     c.tokenizer = read_value(j, "tokenizer", c.tokenizer, "train config");
@@ -40,6 +40,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     c.score_last = read_value(j, "score_last", c.score_last, "train config");
     c.sparsity_steps = read_value(j, "sparsity_steps", c.sparsity_steps, "train config");
     c.infini_beta_lr = read_value(j, "infini_beta_lr", c.infini_beta_lr, "train config");
+    c.pose_span = read_value(j, "pose_span", c.pose_span, "train config");
     c.sparsity_shape = enum_from_name<ScheduleShape>(
         read_value<std::string>(j, "sparsity_shape", enum_name(c.sparsity_shape), "train config"),
         "train config: sparsity_shape");
@@ -71,6 +72,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                 c.moba_to_full_step);
   LONGCTX_CHECK(c.score_last >= 0 && c.score_last <= c.seq_len, "train config: score_last must be in [0, seq_len = ",
                 c.seq_len, "], got ", c.score_last);
+  LONGCTX_CHECK(c.pose_span == 0 || c.pose_span >= c.seq_len, "train config: pose_span must be 0 (off) or >= seq_len (",
+                c.seq_len, "), got ", c.pose_span);
   if (j.contains("tasks")) c.tasks = TaskMix::from_json(j.at("tasks"), c.seq_len);
   LONGCTX_CHECK(!(c.tasks.enabled() && c.score_last > 0), "train config: tasks (fraction ", c.tasks.fraction,
                 ") and score_last (", c.score_last, ") exclude each other: a mix is language modelling on whole batches");
@@ -87,7 +90,20 @@ nlohmann::json TrainConfig::to_json() const {
           {"score_last", score_last}, {"sparsity_steps", sparsity_steps},
           {"sparsity_shape", enum_name(sparsity_shape)}, {"infini_beta_lr", infini_beta_lr}};
   if (tasks.enabled()) j["tasks"] = tasks.to_json();
+  if (pose_span > 0) j["pose_span"] = pose_span;
   return j;
+}
+
+void pose_positions(Batch& b, int64_t span, uint64_t seed) {
+  b.positions.assign(size_t(b.size()), 0);
+  for (size_t i = 0; i + 1 < b.cu_seqlens.size(); ++i) {
+    const int64_t begin = b.cu_seqlens[i], n = b.cu_seqlens[i + 1] - begin;
+    LONGCTX_CHECK(n <= span, "pose: a sequence of ", n, " tokens does not fit a span of ", span);
+    const uint64_t h = seed_mix(seed, i);
+    const int64_t cut = n < 2 ? n : 1 + int64_t(h % uint64_t(n - 1)),
+                  skip = int64_t(seed_mix(h, 1) % uint64_t(span - n + 1));
+    for (int64_t t = 0; t < n; ++t) b.positions[size_t(begin + t)] = t < cut ? t : t + skip;
+  }
 }
 
 AttentionSpec scheduled_spec(const AttentionSpec& spec, const TrainConfig& t, int64_t step, double* kept_ratio) {
@@ -182,6 +198,8 @@ Trainer::Trainer(const ModelConfig& model, const TrainConfig& train, Corpus corp
     : cfg_(fits_in_memory(model, train)), model_(model, init_seed), opt_(model_.params(), train.adam), corpus_(std::move(corpus)) {
   LONGCTX_CHECK(train.seq_len <= model.max_seq_len, "train config: seq_len (", train.seq_len,
                 ") exceeds the model's max_seq_len (", model.max_seq_len, ")");
+  LONGCTX_CHECK(train.pose_span <= model.max_seq_len, "train config: pose_span (", train.pose_span,
+                ") exceeds the model's max_seq_len (", model.max_seq_len, "): raise max_seq_len to it (RoPE positions)");
   for (Param& p : model_.params())
     if (is_infini_beta(p.name) && cfg_.infini_beta_lr > 0) p.lr_scale = cfg_.infini_beta_lr / cfg_.lr;
   eval_ = cfg_.score_last > 0
@@ -220,11 +238,12 @@ StepStats Trainer::step(const std::function<bool(int64_t)>& between_micro_batche
   std::vector<MoeLayerStats> moe;  // routing summed over the micro-batches
   for (int64_t micro = 0; micro < cfg_.accum; ++micro) {
     const uint64_t index = uint64_t(step_ * cfg_.accum + micro);
-    const Batch b =
+    Batch b =
         cfg_.score_last > 0  ? tail_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.score_last, cfg_.seed, index)
         : cfg_.tasks.enabled() ? mixed_batch(WindowSampler(corpus_.train), *task_filler_, *tok_, cfg_.tasks, cfg_.seq_len,
                                              cfg_.batch_tokens, cfg_.seed, index, step_)
                                : sample_batch(corpus_.train, cfg_.seq_len, cfg_.batch_tokens, cfg_.seed, index);
+    if (cfg_.pose_span > 0) pose_positions(b, cfg_.pose_span, seed_mix(cfg_.seed, index));
     model_.set_moe_noise_seed(cfg_.seed * 0x100000001B3ull + index);  // a resumed run draws the same noise
     loss += model_.forward(b, true) / double(cfg_.accum);
     add_moe_stats(moe, model_.moe_stats());
@@ -321,7 +340,8 @@ void Trainer::resume(const std::string& path) {
   const auto data_settings = [](const TrainConfig& c) {
     return nlohmann::json{{"seed", c.seed},   {"seq_len", c.seq_len},    {"batch_tokens", c.batch_tokens},
                           {"accum", c.accum}, {"tokenizer", c.tokenizer},
-                          {"tasks", c.tasks.enabled() ? c.tasks.to_json() : nlohmann::json()}};
+                          {"tasks", c.tasks.enabled() ? c.tasks.to_json() : nlohmann::json()},
+                          {"pose_span", c.pose_span}};
   };
   const std::string data_diff = first_difference(data_settings(saved_train), data_settings(cfg_));
   LONGCTX_CHECK(data_diff.empty(), "resume: checkpoint ", path, " used other data settings (checkpoint vs config): ",

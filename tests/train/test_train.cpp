@@ -715,3 +715,66 @@ TEST(Checkpoint, InitFromMaySwitchAttentionKinds) {
 
 }  // namespace
 }  // namespace longctx
+
+namespace longctx {
+namespace {
+
+// PoSE: two chunks per sequence, the first at 0.., the second contiguous after a skip, every
+// position inside the span, the same draw for the same seed, and skips that use the span.
+TEST(Pose, PositionsAreTwoChunksInsideTheSpan) {
+  Batch b;
+  b.cu_seqlens = {0, 1, 65, 129, 129 + 40};
+  b.tokens.assign(169, 0);
+  int64_t highest = 0;
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    pose_positions(b, 256, seed);
+    ASSERT_EQ(b.positions.size(), b.tokens.size());
+    EXPECT_EQ(b.positions[0], 0) << "a one-token sequence keeps position 0";
+    for (size_t s = 1; s + 1 < b.cu_seqlens.size(); ++s) {
+      const int64_t begin = b.cu_seqlens[s], n = b.cu_seqlens[s + 1] - begin;
+      int64_t jumps = 0;
+      EXPECT_EQ(b.positions[size_t(begin)], 0);
+      for (int64_t t = 1; t < n; ++t) {
+        const int64_t step = b.positions[size_t(begin + t)] - b.positions[size_t(begin + t - 1)];
+        EXPECT_GE(step, 1);
+        jumps += step > 1;
+      }
+      EXPECT_LE(jumps, 1);
+      EXPECT_LT(b.positions[size_t(begin + n - 1)], 256);
+      highest = std::max(highest, b.positions[size_t(begin + n - 1)]);
+    }
+    const std::vector<int64_t> first = b.positions;
+    pose_positions(b, 256, seed);
+    EXPECT_EQ(b.positions, first);
+  }
+  EXPECT_GT(highest, 200) << "the skips reach into the span";
+  pose_positions(b, 64, 1);  // span = the sequence's length: no room to skip (64-token sequences 1 and 2)
+  for (size_t s = 1; s <= 2; ++s)
+    for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t)
+      EXPECT_EQ(b.positions[size_t(t)], t - b.cu_seqlens[s]);
+  testing::expect_error([&] { pose_positions(b, 63, 1); }, "a sequence of 64 tokens does not fit a span of 63");
+}
+
+TEST(Pose, TrainConfigChecksTheSpan) {
+  nlohmann::json j = small_train().to_json();
+  j["pose_span"] = 32;
+  testing::expect_error([&] { TrainConfig::from_json(j); }, "pose_span must be 0 (off) or >= seq_len (64), got 32");
+  j["pose_span"] = 512;
+  const TrainConfig t = TrainConfig::from_json(j);
+  EXPECT_EQ(t.pose_span, 512);
+  EXPECT_EQ(TrainConfig::from_json(t.to_json()).pose_span, 512);
+  const fs::path dir = make_corpus("pose", 4);
+  const auto tok = make_tokenizer("bytes");
+  testing::expect_error([&] { Trainer(small_model(256), t, load_corpus(dir.string(), *tok), 1); },
+                        "pose_span (512) exceeds the model's max_seq_len (256)");
+  j["pose_span"] = 256;
+  Trainer trainer(small_model(256), TrainConfig::from_json(j), load_corpus(dir.string(), *tok), 1);
+  const double first = trainer.step().loss;
+  double last = first;
+  for (int i = 0; i < 20; ++i) last = trainer.step().loss;
+  EXPECT_TRUE(std::isfinite(last));
+  EXPECT_LT(last, first) << "trains with skipped positions";
+}
+
+}  // namespace
+}  // namespace longctx

@@ -38,10 +38,21 @@ struct TrainConfig {
   int64_t score_last = 0;  // > 0: train and validate on whole documents' tails, scoring only their
                            // last score_last tokens (an answer-only fine-tune; corpus.hpp tail_batch)
   TaskMix tasks;  // synthetic retrieval documents mixed into the batches ("tasks" section; off by default)
+  // > 0: PoSE positional skip-wise training (pose_positions below): training sequences' RoPE
+  // positions reach up to pose_span - 1, so relative distances up to pose_span are seen with
+  // seq_len-token sequences (0: positions 0..n-1). Validation keeps contiguous positions.
+  int64_t pose_span = 0;
 
   static TrainConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
 };
+
+// PoSE (Zhu et al., "PoSE: Efficient Context Window Extension of LLMs via Positional Skip-wise
+// Training", arXiv 2309.10400, sec. 3.2, with two chunks): each sequence of `b` (n tokens) is cut
+// at a point c uniform in [1, n - 1] and its second chunk's positions are shifted by a skip u
+// uniform in [0, span - n]: positions 0..c-1, then c+u..n-1+u. Drawn from (seed, sequence index);
+// a one-token sequence keeps position 0. Requires span >= the longest sequence.
+void pose_positions(Batch& b, int64_t span, uint64_t seed);
 
 // A top-k or threshold layer's kept fraction in a step of progressive sparsity: kept blocks (or
 // keys) over those of a seq_len sequence, or the kept attention mass tau.

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "commands.hpp"
+#include "decode_flags.hpp"
 #include "common.hpp"
 
 namespace longctx::cli {
@@ -98,7 +99,7 @@ void add_bench_batch_decode(CLI::App& bench) {
   c->add_option("--context", o->context, "Tokens in each sequence's cache before the timed steps")
       ->check(at_least(1))->capture_default_str();
   c->add_option("--steps", o->steps, "Timed decode steps")->check(at_least(1))->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage")->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
+  add_kv_dtype_option(c, o->kv_dtype);
   c->add_option("--json", o->json, "Also write the rows to this JSON file");
   c->callback([o] {
     LONGCTX_CHECK(!o->config.empty() || !o->checkpoint.empty(), "bench batch-decode: give --config or --checkpoint");

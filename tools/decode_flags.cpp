@@ -6,10 +6,15 @@
 
 namespace longctx::cli {
 
-void DecodeFlags::add(CLI::App* c) {
+void add_kv_dtype_option(CLI::App* c, std::string& kv_dtype) {
+  const auto& names = EnumNames<KVDType>::names;
   c->add_option("--kv-dtype", kv_dtype, "KV cache storage: f32, bf16 or int8 (one scale per token and KV head)")
-      ->check(CLI::IsMember({"f32", "bf16", "int8"}))
+      ->check(CLI::IsMember(std::vector<std::string>(names.begin(), names.end())))
       ->capture_default_str();
+}
+
+void DecodeFlags::add(CLI::App* c) {
+  add_kv_dtype_option(c, kv_dtype);
   c->add_option("--kv-budget", pruning.budget,
                 "SpAtten cascade pruning: tokens each layer's KV cache keeps (one value, or one per layer, "
                 "non-increasing); full-attention layers only")

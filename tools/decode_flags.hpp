@@ -9,6 +9,10 @@
 
 namespace longctx::cli {
 
+// --kv-dtype f32|bf16|int8 into `kv_dtype` (commands that take no pruning flags: serve, bench
+// batch-decode); DecodeFlags::add adds it with the pruning flags.
+void add_kv_dtype_option(CLI::App* c, std::string& kv_dtype);
+
 struct DecodeFlags {
   std::string kv_dtype = "f32";
   CascadePruningOptions pruning;

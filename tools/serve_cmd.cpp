@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "commands.hpp"
+#include "decode_flags.hpp"
 #include "serve_http.hpp"
 
 namespace longctx::cli {
@@ -112,7 +113,7 @@ void add_serve(CLI::App& app) {
       ->check(at_least(1));
   c->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per step, over all requests reading their prompts")
       ->check(at_least(1))->capture_default_str();
-  c->add_option("--kv-dtype", o->kv_dtype, "KV cache storage")->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
+  add_kv_dtype_option(c, o->kv_dtype);
   c->callback([o] { run(*o); });
 }
 

@@ -520,13 +520,12 @@ Tensor Transformer::extend_batch(const std::vector<DecodeState*>& states, const 
   LONGCTX_CHECK(!states.empty() && states.size() == tokens.size(), "extend: ", states.size(), " decode states for ",
                 tokens.size(), " token runs (one run per state, at least one)");
   DecodeState* const one = states.size() == 1 ? states[0] : nullptr;
-  if (one && one->pruning && int64_t(tokens[0].size()) > one->pruning->options().step_chunk()) {
-    // Cascade pruning: steps of at most its chunk, so a cache holds budget + chunk.
-    const int64_t n = int64_t(tokens[0].size()), step = one->pruning->options().step_chunk();
-    Tensor out({n, cfg_.vocab_size});
-    for (int64_t i = 0; i < n; i += step) {
+  const int64_t len = int64_t(tokens[0].size()), step = one && one->pruning ? one->pruning->options().step_chunk() : len;
+  if (len > step) {  // cascade pruning: steps of at most its chunk, so a cache holds budget + chunk
+    Tensor out({len, cfg_.vocab_size});
+    for (int64_t i = 0; i < len; i += step) {
       const Tensor part =
-          extend(*one, std::vector<int32_t>(tokens[0].begin() + i, tokens[0].begin() + std::min(n, i + step)));
+          extend(*one, std::vector<int32_t>(tokens[0].begin() + i, tokens[0].begin() + std::min(len, i + step)));
       std::copy_n(part.f32(), part.numel(), out.f32() + i * cfg_.vocab_size);
     }
     return out;

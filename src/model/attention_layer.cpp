@@ -22,6 +22,12 @@ void for_each_nsa_param(NsaWeights<float>& w, const NsaConfig& c, const ModelCon
                       [&](const std::string&, std::vector<float>& x, const std::vector<int64_t>&) { f(x, *kp.at(i++)); });
 }
 
+
+// Rows [T, heads, d] of x rotated by RoPE at positions pos (inverse: by -angle); none without it.
+void rotate(const nn::Rope* rope, Tensor& x, const std::vector<int64_t>& pos, bool inverse) {
+  if (rope) rope->apply(x.f32(), x.dim(0), x.dim(1), pos.data(), inverse);
+}
+
 }  // namespace
 
 std::vector<Param> kind_params(const ModelConfig& cfg, int64_t layer, uint64_t seed) {
@@ -103,7 +109,7 @@ bool has_key_conv(AttentionKind running, const std::vector<Param*>& kp) {
 
 Tensor key_conv_bias(const std::vector<Param*>& kp) { return kp.size() > 1 ? kp[1]->value.alias() : Tensor(); }
 
-void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
+void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope* rope,
              const std::vector<int64_t>& pos, const Varlen& varlen, Tensor q, Tensor k, Tensor v, const Tensor& h1,
              Acts& a) {
   const int64_t T = q.dim(0);
@@ -113,8 +119,8 @@ void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<P
     a.k_conv_in = std::move(k);
     k = key_conv_forward(a.k_conv_in, kp[0]->value, key_conv_bias(kp), varlen.cu_k);
   }
-  rope.apply(q.f32(), T, q.dim(1), pos.data(), false);
-  rope.apply(k.f32(), T, k.dim(1), pos.data(), false);
+  rotate(rope, q, pos, false);
+  rotate(rope, k, pos, false);
   a.q = std::move(q), a.k = std::move(k), a.v = std::move(v);
   if (cfg.matmul_precision == DType::bf16 && a.kind != AttentionKind::infini) {
     // mixed precision: bf16 q, k, v make the kernels run their tile products on bf16 inputs
@@ -151,7 +157,7 @@ void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<P
   }
 }
 
-Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
+Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope* rope,
                const std::vector<int64_t>& pos, const Varlen& varlen, const Acts& a, const Tensor& dout,
                const Tensor& h1) {
   Grads g;
@@ -182,9 +188,8 @@ Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::
       break;
     }
   }
-  const int64_t T = a.q.dim(0);
-  rope.apply(ag.dq.f32(), T, a.q.dim(1), pos.data(), true);  // back through RoPE: rotate by -angle
-  rope.apply(ag.dk.f32(), T, a.k.dim(1), pos.data(), true);
+  rotate(rope, ag.dq, pos, true);  // back through RoPE: rotate by -angle
+  rotate(rope, ag.dk, pos, true);
   if (a.kind == AttentionKind::infini)
     for (auto [d, m] : {std::pair{&ag.dq, &dq_mem}, std::pair{&ag.dk, &dk_mem}})
       for (int64_t i = 0; i < d->numel(); ++i) d->f32()[i] += m->f32()[i];
@@ -226,14 +231,14 @@ LayerDecodeState new_state(const AttentionSpec& s, const ModelConfig& cfg, const
   return st;
 }
 
-void decode(const AttentionSpec& s, const nn::Rope& rope, const std::vector<int64_t>& pos, LayerDecodeState& st,
+void decode(const AttentionSpec& s, const nn::Rope* rope, const std::vector<int64_t>& pos, LayerDecodeState& st,
             Tensor q, Tensor k, Tensor v, const Tensor& h1, Acts& a) {
   const int64_t n = q.dim(0);
   a.kind = s.kind();
   if (a.kind == AttentionKind::infini) a.q_mem = q.clone(), a.k_mem = k.clone();
   if (st.key_conv) k = st.key_conv->feed(k);
-  rope.apply(q.f32(), n, q.dim(1), pos.data(), false);
-  rope.apply(k.f32(), n, k.dim(1), pos.data(), false);
+  rotate(rope, q, pos, false);
+  rotate(rope, k, pos, false);
   if (a.kind == AttentionKind::infini) {
     a.out = st.infini->feed({a.q_mem, a.k_mem, v, &q, &k});
     return;

@@ -3,6 +3,7 @@
 // Inputs are the raw projections q = h1 Wq, k = h1 Wk, v = h1 Wv (before RoPE) and h1, the
 // layer's normalised hidden state; RoPE is applied here because Infini's memory reads and
 // writes q/k before RoPE (arXiv 2404.07143 sec. 3.1; only its local attention is rotated).
+// `rope` is null in a layer without positional encoding (ModelConfig::nope_layers).
 #pragma once
 #include <longctx/attention/kind/kind.hpp>
 #include <longctx/model/config.hpp>
@@ -74,7 +75,7 @@ struct Acts {
 
 // Packed varlen batch (training and logits()) with the layer's spec as it runs now (full when a
 // sparse approximation is forced full). Takes q/k/v by value and keeps them in `a`.
-void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
+void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope* rope,
              const std::vector<int64_t>& pos, const Varlen& varlen, Tensor q, Tensor k, Tensor v, const Tensor& h1,
              Acts& a);
 
@@ -83,7 +84,7 @@ void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<P
 struct Grads {
   Tensor dq, dk, dv, dh1;
 };
-Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope& rope,
+Grads backward(const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope* rope,
                const std::vector<int64_t>& pos, const Varlen& varlen, const Acts& a, const Tensor& dout,
                const Tensor& h1);
 
@@ -95,7 +96,7 @@ LayerDecodeState new_state(const AttentionSpec& s, const ModelConfig& cfg, const
 // Appends n tokens (positions pos) of one sequence to the layer's state and attends from them
 // with spec `s` (the layer's, or full when forced); a.out holds their outputs [n, Hq, d], equal to
 // the rows of forward() over the whole sequence.
-void decode(const AttentionSpec& s, const nn::Rope& rope, const std::vector<int64_t>& pos, LayerDecodeState& st,
+void decode(const AttentionSpec& s, const nn::Rope* rope, const std::vector<int64_t>& pos, LayerDecodeState& st,
             Tensor q, Tensor k, Tensor v, const Tensor& h1, Acts& a);
 
 }  // namespace longctx::attention_layer

@@ -1,6 +1,7 @@
 #include <longctx/core/error.hpp>
 #include <longctx/model/config.hpp>
 
+#include <algorithm>
 #include <limits>
 
 #include "core/json_fields.hpp"
@@ -91,7 +92,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
                     c.n_layers, " layers, got ", layers.size());
       for (size_t i = 0; i < layers.size(); ++i) {
         LONGCTX_CHECK(layers[i].is_object(), "model config: layers[", i, "] must be a JSON object, got ", layers[i].dump());
-        check_known_fields(layers[i], {"attention", "ffn"}, "model config: layers[]");
+        check_known_fields(layers[i], {"attention", "ffn", "rope"}, "model config: layers[]");
+        if (!read_value(layers[i], "rope", true, "model config: layers[]")) c.nope_layers.push_back(int64_t(i));
         c.attention[i] = attention_from_json(layers[i].value("attention", nlohmann::json::object()), c.attention[i]);
         c.ffn[i] = ffn_from_json(layers[i].value("ffn", nlohmann::json::object()), c.ffn[i]);
       }
@@ -133,6 +135,7 @@ nlohmann::json ModelConfig::to_json() const {
   nlohmann::json layers = nlohmann::json::array();
   for (int64_t i = 0; i < n_layers; ++i) {
     layers.push_back({{"attention", attention_to_json(attention[size_t(i)])}, {"ffn", ffn_to_json(ffn[size_t(i)])}});
+    if (!has_rope(i)) layers.back()["rope"] = false;
   }
   return {{"vocab_size", vocab_size},
           {"d_model", d_model},
@@ -146,6 +149,10 @@ nlohmann::json ModelConfig::to_json() const {
           {"tie_embeddings", tie_embeddings},
           {"matmul_precision", matmul_precision == DType::bf16 ? "bf16" : "f32"},
           {"layers", layers}};
+}
+
+bool ModelConfig::has_rope(int64_t layer) const {
+  return !std::binary_search(nope_layers.begin(), nope_layers.end(), layer);
 }
 
 void ModelConfig::validate() const {
@@ -166,6 +173,9 @@ void ModelConfig::validate() const {
   LONGCTX_CHECK(norm_eps > 0, "model config: norm_eps must be > 0, got ", norm_eps);
   LONGCTX_CHECK(int64_t(attention.size()) == n_layers && int64_t(ffn.size()) == n_layers,
                 "model config: need one attention and ffn spec per layer");
+  for (size_t i = 0; i < nope_layers.size(); ++i)
+    LONGCTX_CHECK(nope_layers[i] >= 0 && nope_layers[i] < n_layers && (i == 0 || nope_layers[i] > nope_layers[i - 1]),
+                  "model config: nope_layers must be ascending layer indices in [0, ", n_layers, ")");
   for (size_t i = 0; i < attention.size(); ++i) {
     attention[i].validate(concat("model config: layer ", i, ": ", attention[i].name(), " "));
     LONGCTX_CHECK(ffn[i].kind == "dense" || ffn[i].kind == "moe", "model config: layer ", i, ": unknown ffn kind '",

@@ -100,8 +100,10 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
     const Vec v = matmul(h, T, D, wv, Hkv * dh);
     const Vec q_mem = q, k_mem = k;  // infini's memory uses q/k before RoPE
     if (conv_w) k = key_conv_forward<double>(k, Hkv * dh, *conv_w, conv_b ? *conv_b : Vec{}, batch.cu_seqlens);
-    rope(q, T, Hq, dh, pos, cfg.rope_theta);
-    rope(k, T, Hkv, dh, pos, cfg.rope_theta);
+    if (cfg.has_rope(l)) {
+      rope(q, T, Hq, dh, pos, cfg.rope_theta);
+      rope(k, T, Hkv, dh, pos, cfg.rope_theta);
+    }
     const AttentionKind kind = force_full && approximates_full(spec.kind()) ? AttentionKind::full : spec.kind();
     const double scale = 1.0 / std::sqrt(double(dh));
     Vec att, lse;

@@ -346,7 +346,7 @@ void prune_after_attention(const AttentionSpec& spec, DecodeState& st, int64_t l
 // Layer l's attention at inference: the rows [cu[s], cu[s+1]) of sequence s are appended to, and
 // attend over, its own state states[s]. One sequence runs in place; several are cut apart and
 // their outputs put back in order.
-void decode_attention(const AttentionSpec& spec, const nn::Rope& rope, const std::vector<int64_t>& pos,
+void decode_attention(const AttentionSpec& spec, const nn::Rope* rope, const std::vector<int64_t>& pos,
                       const std::vector<int64_t>& cu, const std::vector<DecodeState*>& states, int64_t l, Tensor q,
                       Tensor k, Tensor v, const Tensor& h1, attention_layer::Acts& acts) {
   if (states.size() == 1) {
@@ -398,11 +398,12 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, const 
     nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32(), pr);
     nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32(), pr);
     const AttentionSpec spec = running_spec(l);
+    const nn::Rope* rope = cfg_.has_rope(l) ? &A.rope : nullptr;
     if (!states.empty())  // inference: attend over each sequence's decode state, which takes its tokens in
-      decode_attention(spec, A.rope, pos, batch.cu_seqlens, states, l, std::move(q), std::move(k), std::move(v), L.h1,
+      decode_attention(spec, rope, pos, batch.cu_seqlens, states, l, std::move(q), std::move(k), std::move(v), L.h1,
                        L.attn);
     else
-      attention_layer::forward(spec, cfg_, P.attention, A.rope, pos, varlen, std::move(q), std::move(k), std::move(v),
+      attention_layer::forward(spec, cfg_, P.attention, rope, pos, varlen, std::move(q), std::move(k), std::move(v),
                                L.h1, L.attn);
     L.x_in = std::move(x);
     L.x_mid = Tensor({T, D});
@@ -616,11 +617,12 @@ void Transformer::backward() {
     }
     nn::rmsnorm_backward(L.x_mid.f32(), P.ffn_norm->value.f32(), L.rstd2.data(), dh2.f32(), T, D, dx.f32(), true,
                          P.ffn_norm->grad.f32());
-    // Attention branch: x_mid = x_in + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo
+    // Attention branch: x_mid = x_in + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo (no rope in a NoPE layer)
     Tensor dout({T, Hq, dh});
     nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
                         P.wo->grad.f32(), pr);
-    attention_layer::Grads g = attention_layer::backward(cfg_, P.attention, A.rope, pos, A.varlen, L.attn, dout, L.h1);
+    const nn::Rope* rope = cfg_.has_rope(l) ? &A.rope : nullptr;
+    attention_layer::Grads g = attention_layer::backward(cfg_, P.attention, rope, pos, A.varlen, L.attn, dout, L.h1);
     const bool gate_grad = !g.dh1.empty();  // nsa: its gate's input is h1 too
     Tensor dh1 = gate_grad ? std::move(g.dh1) : Tensor({T, D});
     nn::linear_backward(L.h1.f32(), g.dq.f32(), T, D, P.wq->value.f32(), Hq * dh, dh1.f32(), gate_grad,

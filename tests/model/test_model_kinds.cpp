@@ -129,6 +129,46 @@ TEST(ModelKinds, GradcheckConfigsAreReallySparse) {
 
 TEST(ModelKinds, HybridDecodeEqualsFullForward) { check_extend_matches_forward(hybrid(), {6}); }
 
+// Layers without positional encoding (NoPE, "rope": false): the fast model against the double
+// reference (gradients, which also compare the loss) and decode against the forward, with a
+// sparse kind and Infini (whose local attention is then unrotated too) in the NoPE layer.
+ModelConfig nope_hybrid(const json& second) {
+  return tiny_model({{"kind", "full"}}, kDense, json::array({json::object(), {{"attention", second}, {"rope", false}}}));
+}
+
+TEST(ModelKinds, NopeLayerGradientsAndDecode) {
+  for (const json& a : {json{{"kind", "topk"}, {"block_size", 3}, {"top_k", 2}}, kInfini}) {
+    const ModelConfig cfg = nope_hybrid(a);
+    ASSERT_EQ(cfg.nope_layers, std::vector<int64_t>{1});
+    check_gradients(cfg);
+    check_extend_matches_forward(cfg, {5, 3});
+  }
+}
+
+// Without positions, one causal attention layer sees its keys as a set: the last token's logits do
+// not change when the tokens before it are shuffled. With RoPE they do.
+TEST(ModelKinds, NopeLayerIgnoresOrder) {
+  auto last_logits = [](bool rope, std::vector<int32_t> ids) {
+    json j = tiny_model({{"kind", "full"}}).to_json();
+    j["n_layers"] = 1;
+    j["layers"] = json::array({{{"rope", rope}}});
+    Transformer m = testing::scaled_model(ModelConfig::from_json(j), 5, 10.0f);
+    Batch b;
+    b.tokens = std::move(ids);
+    b.cu_seqlens = {0, int64_t(b.tokens.size())};
+    const Tensor l = m.logits(b);
+    const int64_t V = m.config().vocab_size;
+    return std::vector<float>(l.f32() + (l.numel() - V), l.f32() + l.numel());
+  };
+  const std::vector<int32_t> a{1, 4, 2, 9, 3, 7}, shuffled{9, 2, 3, 1, 4, 7};
+  const std::vector<float> x = last_logits(false, a), y = last_logits(false, shuffled);
+  for (size_t v = 0; v < x.size(); ++v) EXPECT_NEAR(x[v], y[v], 1e-5f * (1 + std::abs(x[v]))) << v;
+  const std::vector<float> rx = last_logits(true, a), ry = last_logits(true, shuffled);
+  double moved = 0;
+  for (size_t v = 0; v < rx.size(); ++v) moved = std::max(moved, double(std::abs(rx[v] - ry[v])));
+  EXPECT_GT(moved, 1e-3);
+}
+
 TEST(ModelKinds, InfiniLayerKeepsNoKvCache) {
   Transformer m(hybrid(), 1);
   const DecodeState st = m.new_decode_state(64);
@@ -183,6 +223,10 @@ TEST(ModelKinds, ConfigRoundTrips) {
   const json n = tiny_model(kNsa).to_json()["layers"][0]["attention"];
   EXPECT_EQ(n, kNsa);
   EXPECT_EQ(ModelConfig::from_json(hybrid().to_json()).to_json(), hybrid().to_json());
+  const json nope = nope_hybrid(kInfini).to_json();
+  EXPECT_FALSE(nope["layers"][0].contains("rope"));  // written only where it is off
+  EXPECT_EQ(nope["layers"][1]["rope"], false);
+  EXPECT_EQ(ModelConfig::from_json(nope).to_json(), nope);
 }
 
 TEST(ModelKinds, ConfigErrorsNameTheFieldAndValue) {
@@ -209,6 +253,13 @@ TEST(ModelKinds, ConfigErrorsNameTheFieldAndValue) {
         ModelConfig::from_json({{"n_layers", 2}, {"layers", json::array({json::object(), {{"attention", {{"kind", "nsa"}, {"top_n", 1}}}}})}});
       },
       "layer 1: nsa top_n must be >= 1 + local_blocks (3): block 0 and the local blocks are always selected, got 1");
+  testing::expect_error([] { ModelConfig::from_json({{"n_layers", 1}, {"layers", json::array({{{"rope", "no"}}})}}); },
+                        "rope");
+  ModelConfig c;
+  c.attention.assign(4, AttentionSpec{});
+  c.ffn.assign(4, FfnSpec{});
+  c.nope_layers = {2, 1};
+  testing::expect_error([&] { c.validate(); }, "nope_layers must be ascending layer indices in [0, 4)");
 }
 
 }  // namespace

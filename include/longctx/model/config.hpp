@@ -63,8 +63,13 @@ struct ModelConfig {
   // One per layer: the kind and its kernel's options (JSON: {"kind": ..., <that kind's fields>}).
   std::vector<AttentionSpec> attention;
   std::vector<FfnSpec> ffn;              // one per layer
+  // Layers without positional encoding (NoPE; JSON per layer "rope": false): their q and k are not
+  // rotated, so their scores depend on content alone, at any distance (Kazemnejad et al.,
+  // arXiv 2305.19466; Llama 4's interleaved NoPE layers). Ascending layer indices.
+  std::vector<int64_t> nope_layers;
 
   int64_t head_dim() const { return d_model / n_heads; }
+  bool has_rope(int64_t layer) const;
 
   // From JSON: top-level "attention" and "ffn" apply to every layer; "layers": [{...}, ...]
   // overrides per layer; "full_attention_last_n": N makes the last N layers full (hybrid).

@@ -16,7 +16,15 @@
 # Results: runs/retrieval/stage1/, runs/retrieval/<run>/{stage2/,eval.json,run.log};
 # scripts/experiments_table.sh prints the tables.
 #
-#   scripts/experiments.sh [--jobs N] [RUN ...]
+# --family nope (EXPERIMENTS.md section 6): the same runs on a model built to generalise in length,
+# as Llama 4's interleaved RoPE / NoPE layers: layer 1 (the retrieval layer, where the kind under
+# test goes) has no positional encoding, and in stage 2 layer 0 becomes chunked local attention
+# (MoBA with block 64 and top-1: each query sees its own 64-token chunk), so no layer ever sees a
+# rotated distance beyond training; stage 1 has layer 1 NoPE and layer 0 full (a chunked layer 0 in
+# stage 1 formed no retrieval in two seeds). Root runs/retrieval_nope; no moba_last_full (layer 1
+# is the last) and no FFN runs.
+#
+#   scripts/experiments.sh [--jobs N] [--family rope|nope] [RUN ...]
 # RUN is NAME.sN (e.g. moba.s2: data seed N and init seed 1234 + N for the weights stage 1 lacks);
 # default: every attention run with seeds 1, 2, 3, then the FFN runs. A finished stage or eval is
 # not redone and an interrupted one resumes (train --resume): stop and restart the script at will.
@@ -31,8 +39,23 @@ data=data/kjv
 root=runs/retrieval
 stage1=configs/experiments/tasks_kjv_s128.json
 stage2=configs/experiments/retrieval_stage2.json
-jobs=2
-if [ "${1:-}" = --jobs ]; then jobs=$2; shift 2; fi
+jobs=2 family=rope stage1_threads=2
+while (($#)); do
+  case $1 in
+    --jobs) jobs=$2; shift 2 ;;
+    --family) family=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+case $family in
+  rope) ;;
+  nope)
+    root=runs/retrieval_nope
+    stage1=configs/experiments/tasks_kjv_s128_nope.json
+    stage2=configs/experiments/retrieval_stage2_nope.json
+    stage1_threads=1 ;;  # as the stage 1 of section 6 was trained (bits depend on the thread count)
+  *) echo "experiments.sh: --family must be rope or nope, got '$family'" >&2; exit 2 ;;
+esac
 
 # Attention runs: a jq filter over the stage-2 config. Block sizes and budgets are scaled to the
 # 256-token training length: MoBA's paper setting (block 512, top-3 at 8K: ~19% of the keys) becomes
@@ -48,9 +71,11 @@ declare -A attention=(
   [threshold]='.model.attention = {"kind": "threshold", "block_size": 8, "tau": 0.95}'
   [infini]='.model.attention = {"kind": "infini", "segment_len": 64}'
   [topk_progressive]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6} | .train.sparsity_steps = 500'
+  [topk_4m]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6} | .train.steps = 2000'
 )
 # topk_progressive: top-k reached by progressive sparsity (train config sparsity_steps: from all
 # blocks down to top-6 over the first 500 steps), easing the switch from the full-attention stage 1.
+# topk_4m: top-k with twice the stage-2 tokens (4 M); not in the default list, run it by name.
 # FFN runs: a jq filter over the stage-1 config (experts of d_ff 172, top-2: 344 active, as dense);
 # ffn_moe_bias_free: DeepSeek-V3's auxiliary-loss-free router instead of the load-balancing loss.
 declare -A ffn=(
@@ -59,10 +84,15 @@ declare -A ffn=(
   [ffn_moe_bias_free]='.model.ffn = {"kind": "moe", "num_experts": 8, "top_k": 2, "d_ff": 172, "router": "bias_free", "load_balance_weight": 0}'
 )
 names=(full moba moba_small_kconv moba_last_full nsa topk topk_progressive threshold infini)
+if [ "$family" = nope ]; then
+  unset 'attention[moba_last_full]'
+  ffn=()
+  names=(full moba moba_small_kconv nsa topk topk_progressive threshold infini)
+fi
 order=()
 if (($#)); then order=("$@"); else
   for s in 1 2 3; do for n in "${names[@]}"; do order+=("$n.s$s"); done; done
-  for s in 1 2 3; do order+=("ffn_dense.s$s" "ffn_moe.s$s"); done
+  [ "$family" = nope ] || for s in 1 2 3; do order+=("ffn_dense.s$s" "ffn_moe.s$s"); done
 fi
 for run in "${order[@]}"; do
   [[ $run == *.s* ]] || { echo "experiments.sh: '$run' needs a seed: NAME.sN (e.g. $run.s1)" >&2; exit 2; }
@@ -107,7 +137,7 @@ one_run() {  # NAME.sN
 }
 
 echo "=== stage 1 (shared): $root/stage1" >&2
-train_stage "$root/stage1" "$stage1" 2 --init-seed 1234
+train_stage "$root/stage1" "$stage1" "$stage1_threads" --init-seed 1234
 
 # A job pool: at most $jobs runs at once, each logging to <run>/run.log.
 running=0 failed=0

@@ -23,7 +23,8 @@ while (($#)); do
     *) break ;;
   esac
 done
-names=(full moba moba_small_kconv moba_last_full nsa topk topk_progressive threshold infini ffn_dense ffn_moe ffn_moe_bias_free)
+names=(full moba moba_small_kconv moba_last_full nsa topk topk_progressive topk_4m threshold infini ffn_dense ffn_moe
+  ffn_moe_bias_free)
 (($#)) && names=("$@")
 
 # One JSON object per finished run (an eval.json exists); an accuracy the eval did not run is null.

@@ -121,6 +121,36 @@ TEST(BlockSparse, SameBitsOnEveryRun) {
   EXPECT_TRUE(testing::bitwise_equal(ga.dv, gb.dv));
 }
 
+// The selected blocks run per thread over its own range of queries, so the ranges (and the
+// gathered tiles they cut) change with the thread count, and a smaller team than asked (a call from
+// inside a parallel region) runs several ranges on one thread: the bits must not change. Varlen
+// with partial last blocks, GQA, and a sequence shorter than a block.
+TEST(BlockSparse, ForwardHasTheSameBitsWhateverTheThreads) {
+  const std::vector<int64_t> lens{700, 5, 1300};
+  const Varlen vl = Varlen::from_lengths(lens, lens);
+  const Tensor q = random_tensor({2005, kHq, kD}, 21), k = random_tensor({2005, kHkv, kD}, 22);
+  const Tensor v = random_tensor({2005, kHkv, kD}, 23);
+  const MobaOptions moba{kB, 6};
+  const TopkOptions topk{kB, 6, false, 0.0f, true};
+  const int threads = parallel::max_threads();
+  auto run = [&](int t, bool nested) {
+    parallel::set_threads(t);
+    std::pair<MobaResult, SparseResult> r;
+#pragma omp parallel num_threads(2) if (nested)
+#pragma omp single
+    r = {moba_attention_forward(q, k, v, vl, moba), topk_attention_forward(q, k, v, vl, topk)};
+    return r;
+  };
+  const auto one = run(1, false);
+  for (const auto& [t, nested] : {std::pair{2, false}, {3, false}, {2, true}}) {
+    const auto other = run(t, nested);
+    EXPECT_TRUE(testing::bitwise_equal(one.first.out, other.first.out)) << t << " threads, nested " << nested;
+    EXPECT_TRUE(testing::bitwise_equal(one.first.lse, other.first.lse)) << t << " threads, nested " << nested;
+    EXPECT_TRUE(testing::bitwise_equal(one.second.out, other.second.out)) << t << " threads, nested " << nested;
+  }
+  parallel::set_threads(threads);
+}
+
 // The counting sort behind the block-major grouping: each list holds its rows in unit order, and
 // `at` points every entry at its row, with one thread or several.
 TEST(BlockSparse, SelectorsKeepUnitOrderWhateverTheThreads) {

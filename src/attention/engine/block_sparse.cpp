@@ -150,14 +150,20 @@ Selectors invert_selection(const Problem& p, const BlockGrid& grid, const QueryS
   return s;
 }
 
-void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles) {
+void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles,
+                  int64_t row_lo, int64_t row_hi) {
   tiles.clear();
   for (size_t si = 0; si < p.seqs.size(); ++si)
     for (int64_t j = 0; j < grid.full(p.seqs[si]); ++j)
       for (int g = 0; g < p.hkv; ++g) {
-        const int64_t list = (grid.first[si] + j) * p.hkv + g, begin = sel.offset[size_t(list)], n = sel.size(list);
-        for (int64_t b = 0; b < n; b += kGatherTile)
-          tiles.push_back({int32_t(si), g, j, begin + b, std::min(kGatherTile, n - b)});
+        // a list's rows ascend: those in [row_lo, row_hi) are one run of it
+        const int64_t list = (grid.first[si] + j) * p.hkv + g;
+        const auto first = sel.rows.begin() + sel.offset[size_t(list)];
+        const auto last = sel.rows.begin() + sel.offset[size_t(list) + 1];
+        const int64_t begin = std::lower_bound(first, last, row_lo) - sel.rows.begin();
+        const int64_t end = std::lower_bound(first, last, row_hi) - sel.rows.begin();
+        for (int64_t b = begin; b < end; b += kGatherTile)
+          tiles.push_back({int32_t(si), g, j, b, std::min(kGatherTile, end - b)});
       }
 }
 
@@ -192,62 +198,63 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
                    (t.j + 1) * grid.B, part, ws, true);
 }
 
+namespace {
+
+// Flat query rows cut at token boundaries into `ranges` consecutive ranges holding about equal
+// numbers of selected entries: range r is [bound[r], bound[r + 1]).
+std::vector<int64_t> owner_ranges(const Problem& p, const Selectors& sel, int ranges) {
+  std::vector<int64_t> upto(size_t(p.tq) + 1, 0);  // entries of the tokens before t
+  for (const int64_t row : sel.rows) ++upto[size_t(row / p.hq) + 1];
+  std::partial_sum(upto.begin(), upto.end(), upto.begin());
+  std::vector<int64_t> bound(size_t(ranges) + 1, int64_t(p.tq) * p.hq);
+  for (int r = 0; r < ranges; ++r) {
+    const int64_t target = (upto.back() * r + ranges - 1) / ranges;
+    bound[size_t(r)] = (std::lower_bound(upto.begin(), upto.end(), target) - upto.begin()) * p.hq;
+  }
+  return bound;
+}
+
+// The selected blocks of the queries of flat rows [lo, hi), list after list: each gathered tile
+// into a fresh partial state, merged right away into the running states (so the partials stay in
+// this core's cache, and each query takes its blocks in ascending order).
+void attend_selected(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Selectors& sel, int64_t lo, int64_t hi, RunningStates& st, TileScratch& ws,
+                     std::vector<GatherTile>& tiles, std::vector<float>& part) {
+  gather_tiles(p, grid, sel, tiles, lo, hi);
+  const SoftmaxState partial{ws.m.data(), ws.l.data(), part.data(), p.d};
+  for (const GatherTile& t : tiles) {
+    attend_gathered(p, grid, q, k, v, sel, t, partial, ws);
+    const int64_t* rows = &sel.rows[size_t(t.pos)];
+    constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
+    for (int64_t i = 0; i < t.len; ++i) {
+      if (i + kAhead < t.len) prefetch_row(st.acc + rows[i + kAhead] * p.d, p.d);
+      merge_state(st.of_row(p, rows[i]), 0, partial, i, p.d);
+    }
+  }
+}
+
+}  // namespace
+
 void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                    const std::vector<Tile>& own, const Selectors* sel, RunningStates& st) {
-  std::vector<GatherTile> tiles;
-  if (sel) gather_tiles(p, grid, *sel, tiles);
-  // Waves: consecutive tiles (so a contiguous range of positions) of at most wave_rows rows.
-  std::vector<size_t> cut{0};
-  int64_t rows = 0, most = 0;
-  const int64_t limit = wave_rows(p.d);
-  for (size_t i = 0; i < tiles.size(); ++i) {
-    if (rows + tiles[i].len > limit && i > cut.back()) cut.push_back(i), rows = 0;
-    rows += tiles[i].len;
-    most = std::max(most, rows);
-  }
-  if (!tiles.empty()) cut.push_back(tiles.size());
-  const size_t waves = cut.size() - 1;
-  // Two buffers of partial states: wave w's tiles fill one while wave w - 1's partials merge from
-  // the other, so each wave costs one barrier. The own blocks run with wave 0.
-  std::vector<float> pm[2], pl[2], pacc[2];
-  for (int b = 0; b < std::min<int>(2, int(waves)); ++b)
-    pm[b].resize(size_t(most)), pl[b].resize(size_t(most)), pacc[b].resize(size_t(most * p.d));
-  auto first_pos = [&](size_t w) { return tiles[cut[w]].pos; };
+  // Each range of queries is one thread's (as many ranges as threads), so no two threads ever
+  // touch one query's state; how the ranges cut the lists does not change a row's bits.
+  const int threads = parallel::max_threads();
+  const std::vector<int64_t> bound = sel ? owner_ranges(p, *sel, threads) : std::vector<int64_t>{};
   std::vector<TileScratch> scratch;
-  for (int t = 0; t < parallel::max_threads(); ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
-#pragma omp parallel if (own.size() + tiles.size() > 1)
+  for (int t = 0; t < threads; ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
+#pragma omp parallel num_threads(threads) if (own.size() > 1 || sel)
   {
-    const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
     TileScratch& ws = scratch[size_t(thread)];
-    // This thread merges the queries of tokens t with (t / 16) mod threads == thread, each query's
-    // partials in position order, i.e. ascending block order.
-    auto mine = [&](int64_t row) { return (row / p.hq / 16) % threads == thread; };
-    for (size_t w = 0; w <= waves; ++w) {
-      if (w > 0) {
-        const size_t b = (w - 1) % 2;
-        const int64_t pos0 = first_pos(w - 1), end = tiles[cut[w] - 1].pos + tiles[cut[w] - 1].len;
-        const SoftmaxState partials{pm[b].data(), pl[b].data(), pacc[b].data(), p.d};
-        constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
-        for (int64_t pos = pos0; pos < end; ++pos) {
-          if (pos + kAhead < end && mine(sel->rows[size_t(pos + kAhead)]))
-            prefetch_row(st.acc + sel->rows[size_t(pos + kAhead)] * p.d, p.d);
-          const int64_t row = sel->rows[size_t(pos)];
-          if (mine(row)) merge_state(st.of_row(p, row), 0, partials, pos - pos0, p.d);
-        }
-      } else {
-#pragma omp for schedule(dynamic, 1) nowait
-        for (size_t i = 0; i < own.size(); ++i) attend_own_block(p, grid.B, q, k, v, own[i], st, ws);
-      }
-      if (w < waves) {
-        const size_t b = w % 2;
-#pragma omp for schedule(dynamic, 1) nowait
-        for (size_t i = cut[w]; i < cut[w + 1]; ++i) {
-          const int64_t r = tiles[i].pos - first_pos(w);
-          attend_gathered(p, grid, q, k, v, *sel, tiles[i],
-                          {&pm[b][size_t(r)], &pl[b][size_t(r)], &pacc[b][size_t(r * p.d)], p.d}, ws);
-        }
-      }
-#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (size_t i = 0; i < own.size(); ++i) attend_own_block(p, grid.B, q, k, v, own[i], st, ws);
+    // (the loop's barrier: every own block is in before a query merges its first partial)
+    if (sel) {
+      std::vector<GatherTile> tiles;
+      std::vector<float> part(size_t(kGatherTile * p.d));
+      for (int r = thread; r < threads; r += team)  // a smaller team than asked takes several ranges
+        attend_selected(p, grid, q, k, v, *sel, bound[size_t(r)], bound[size_t(r) + 1], st, ws, tiles, part);
     }
   }
 }

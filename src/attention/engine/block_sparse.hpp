@@ -4,11 +4,11 @@
 // blocks, with one softmax over the union:
 //   gate: per own-block query tile, one GEMM of the tile's (mapped) queries against per-block
 //     features (mean keys, or the Quest [max | min] bounds), then a one-pass top-n per row;
-//   forward: the own blocks as causal tiles into each query's running softmax state; the selected
-//     blocks block-major: the queries that chose block j (per KV head) are gathered into tiles that
-//     attend it into fresh partial states, in waves of bounded size (wave_rows); after each
-//     wave the partials merge into the running states, per query in ascending block order (a
-//     fixed order whatever the scheduling: deterministic);
+//   forward: the own blocks as causal tiles into each query's running softmax state; then the
+//     selected blocks block-major, each thread over the queries of its own range of tokens: the
+//     queries that chose block j (per KV head) are gathered into tiles that attend it into a fresh
+//     partial state, merged at once into the running states, so each query folds its blocks in
+//     ascending order on one thread (deterministic whatever the thread count);
 //   backward: one item per (sequence, KV head, key tile) owns its dK/dV rows and takes the
 //     own-block queries and the gathered selecting queries; dQ goes to per-thread accumulators.
 // Clients choose the blocks: MoBA (moba.cpp), block top-k (sparse/topk.cpp) and the mass threshold
@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "attention/engine/tile_kernels.hpp"
@@ -148,8 +149,9 @@ struct GatherTile {
 // Rows of a gathered tile: one block's K/V is packed per tile, so taller tiles pack less often.
 constexpr int64_t kGatherTile = 512;
 // The tiles of every list, in list order (so positions increase), at most kGatherTile rows each,
-// into `tiles` (overwritten).
-void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles);
+// into `tiles` (overwritten); only the list rows in [row_lo, row_hi) (flat rows) when given.
+void gather_tiles(const Problem& p, const BlockGrid& grid, const Selectors& sel, std::vector<GatherTile>& tiles,
+                  int64_t row_lo = 0, int64_t row_hi = std::numeric_limits<int64_t>::max());
 
 // ---- forward ----
 
@@ -173,19 +175,13 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws);
 
 // Folds the own block (causal) of every query of `own` (own_block_tiles) and, if sel is given, the
-// selected blocks into the states, in waves (see the top of this file). One parallel region.
+// selected blocks into the states (see the top of this file). One parallel region: the own blocks
+// (dynamic schedule), one barrier, then each thread the selected blocks of its own queries.
 void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                    const std::vector<Tile>& own, const Selectors* sel, RunningStates& st);
 
 // out = acc / l (in place) and lse = m + log l for every query.
 void finalize_states(const Problem& p, RunningStates& st, Tensor& lse);
-
-// Gathered rows per wave: partial states of kWaveBytes (two such buffers in flight), at least one
-// tile. Larger waves mean fewer barriers; smaller ones, partials that stay in cache.
-constexpr int64_t kWaveBytes = int64_t(4) << 20;
-inline int64_t wave_rows(int d) {
-  return std::max<int64_t>(kGatherTile, kWaveBytes / (int64_t(d + 2) * int64_t(sizeof(float))));
-}
 
 // ---- backward ----
 

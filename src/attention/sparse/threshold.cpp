@@ -142,14 +142,18 @@ struct Pending {
   bool done = true;
 };
 
+// Gathered rows per wave: a round's waves hold whole queries and merge before the next wave
+// starts, into one buffer of 8 MB of partial states (at least two tiles). Larger waves mean fewer
+// barriers; smaller ones, partials that stay in cache.
+int64_t wave_rows(int d) {
+  return std::max<int64_t>(2 * kGatherTile, (int64_t(8) << 20) / (int64_t(d + 2) * int64_t(sizeof(float))));
+}
+
 class Rounds {
  public:
-  Rounds(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
-         RunningStates& st, std::vector<std::vector<int32_t>>& visited)
-      : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited),
-        // a round's waves hold whole queries and merge before the next wave starts: one buffer of
-        // partial states, twice the engine's
-        wave_rows_(2 * wave_rows(p.d)) {
+  Rounds(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v, RunningStates& st,
+         std::vector<std::vector<int32_t>>& visited)
+      : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited), wave_rows_(wave_rows(p.d)) {
     for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kGatherTile, kKeyTile, p.d, false);
   }
 

@@ -22,7 +22,6 @@ void for_each_nsa_param(NsaWeights<float>& w, const NsaConfig& c, const ModelCon
                       [&](const std::string&, std::vector<float>& x, const std::vector<int64_t>&) { f(x, *kp.at(i++)); });
 }
 
-
 // Rows [T, heads, d] of x rotated by RoPE at positions pos (inverse: by -angle); none without it.
 void rotate(const nn::Rope* rope, Tensor& x, const std::vector<int64_t>& pos, bool inverse) {
   if (rope) rope->apply(x.f32(), x.dim(0), x.dim(1), pos.data(), inverse);
@@ -112,7 +111,6 @@ Tensor key_conv_bias(const std::vector<Param*>& kp) { return kp.size() > 1 ? kp[
 void forward(const AttentionSpec& s, const ModelConfig& cfg, const std::vector<Param*>& kp, const nn::Rope* rope,
              const std::vector<int64_t>& pos, const Varlen& varlen, Tensor q, Tensor k, Tensor v, const Tensor& h1,
              Acts& a) {
-  const int64_t T = q.dim(0);
   a.kind = s.kind();
   if (a.kind == AttentionKind::infini) a.q_mem = q.clone(), a.k_mem = k.clone();  // the memory uses q/k before RoPE
   if (has_key_conv(a.kind, kp)) {

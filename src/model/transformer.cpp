@@ -71,6 +71,8 @@ struct Transformer::Acts {
   std::vector<LayerParams> layer_params;
   Param *embed = nullptr, *norm = nullptr, *head = nullptr;
   nn::Rope rope;
+  // Layer l's rotation: null in a NoPE layer (ModelConfig::nope_layers).
+  const nn::Rope* rope_of(const ModelConfig& c, int64_t l) const { return c.has_rope(l) ? &rope : nullptr; }
   // last train forward
   Batch batch;
   std::vector<int64_t> positions;  // RoPE positions of batch
@@ -398,7 +400,7 @@ void Transformer::run(const Batch& batch, bool train, Tensor& logits_out, const 
     nn::linear_forward(L.h1.f32(), T, D, P.wk->value.f32(), Hkv * dh, k.f32(), pr);
     nn::linear_forward(L.h1.f32(), T, D, P.wv->value.f32(), Hkv * dh, v.f32(), pr);
     const AttentionSpec spec = running_spec(l);
-    const nn::Rope* rope = cfg_.has_rope(l) ? &A.rope : nullptr;
+    const nn::Rope* rope = A.rope_of(cfg_, l);
     if (!states.empty())  // inference: attend over each sequence's decode state, which takes its tokens in
       decode_attention(spec, rope, pos, batch.cu_seqlens, states, l, std::move(q), std::move(k), std::move(v), L.h1,
                        L.attn);
@@ -621,7 +623,7 @@ void Transformer::backward() {
     Tensor dout({T, Hq, dh});
     nn::linear_backward(L.attn.out.f32(), dx.f32(), T, Hq * dh, P.wo->value.f32(), D, dout.f32(), false,
                         P.wo->grad.f32(), pr);
-    const nn::Rope* rope = cfg_.has_rope(l) ? &A.rope : nullptr;
+    const nn::Rope* rope = A.rope_of(cfg_, l);
     attention_layer::Grads g = attention_layer::backward(cfg_, P.attention, rope, pos, A.varlen, L.attn, dout, L.h1);
     const bool gate_grad = !g.dh1.empty();  // nsa: its gate's input is h1 too
     Tensor dh1 = gate_grad ? std::move(g.dh1) : Tensor({T, D});

@@ -24,7 +24,11 @@
 # stage 1 formed no retrieval in two seeds). Root runs/retrieval_nope; no moba_last_full (layer 1
 # is the last) and no FFN runs.
 #
-#   scripts/experiments.sh [--jobs N] [--family rope|nope] [RUN ...]
+# --family swa (EXPERIMENTS.md section 7): the nope family with layer 0 a sliding window of 64 keys
+# (full attention, "window": 64) instead of 64-token chunks: every query sees its 63 predecessors,
+# where a chunk's first tokens saw almost none. Same stage 1 (trained again under its own root).
+#
+#   scripts/experiments.sh [--jobs N] [--family rope|nope|swa] [RUN ...]
 # RUN is NAME.sN (e.g. moba.s2: data seed N and init seed 1234 + N for the weights stage 1 lacks);
 # default: every attention run with seeds 1, 2, 3, then the FFN runs. A finished stage or eval is
 # not redone and an interrupted one resumes (train --resume): stop and restart the script at will.
@@ -54,7 +58,12 @@ case $family in
     stage1=configs/experiments/tasks_kjv_s128_nope.json
     stage2=configs/experiments/retrieval_stage2_nope.json
     stage1_threads=1 ;;  # as the stage 1 of section 6 was trained (bits depend on the thread count)
-  *) echo "experiments.sh: --family must be rope or nope, got '$family'" >&2; exit 2 ;;
+  swa)
+    root=runs/retrieval_swa
+    stage1=configs/experiments/tasks_kjv_s128_nope.json
+    stage2=configs/experiments/retrieval_stage2_swa.json
+    stage1_threads=1 ;;
+  *) echo "experiments.sh: --family must be rope, nope or swa, got '$family'" >&2; exit 2 ;;
 esac
 
 # Attention runs: a jq filter over the stage-2 config. Block sizes and budgets are scaled to the
@@ -84,7 +93,7 @@ declare -A ffn=(
   [ffn_moe_bias_free]='.model.ffn = {"kind": "moe", "num_experts": 8, "top_k": 2, "d_ff": 172, "router": "bias_free", "load_balance_weight": 0}'
 )
 names=(full moba moba_small_kconv moba_last_full nsa topk topk_progressive threshold infini)
-if [ "$family" = nope ]; then
+if [ "$family" != rope ]; then
   unset 'attention[moba_last_full]'
   ffn=()
   names=(full moba moba_small_kconv nsa topk topk_progressive threshold infini)
@@ -92,7 +101,7 @@ fi
 order=()
 if (($#)); then order=("$@"); else
   for s in 1 2 3; do for n in "${names[@]}"; do order+=("$n.s$s"); done; done
-  [ "$family" = nope ] || for s in 1 2 3; do order+=("ffn_dense.s$s" "ffn_moe.s$s"); done
+  [ "$family" != rope ] || for s in 1 2 3; do order+=("ffn_dense.s$s" "ffn_moe.s$s"); done
 fi
 for run in "${order[@]}"; do
   [[ $run == *.s* ]] || { echo "experiments.sh: '$run' needs a seed: NAME.sN (e.g. $run.s1)" >&2; exit 2; }

@@ -498,10 +498,14 @@ DecodeState Transformer::new_decode_state(int64_t capacity, const DecodeOptions&
   if (o.pruning.enabled()) {
     st.pruning.emplace(o.pruning, cfg_.n_layers);  // validates
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-      const AttentionKind kind = cfg_.attention[size_t(l)].kind();
-      LONGCTX_CHECK(kind == AttentionKind::full || kind == AttentionKind::infini, "decode: cascade pruning (a KV "
-                    "budget) runs over dense attention, but layer ", l, " is ", enum_name(kind),
+      const AttentionSpec& s = cfg_.attention[size_t(l)];
+      LONGCTX_CHECK(s.kind() == AttentionKind::full || s.kind() == AttentionKind::infini, "decode: cascade pruning (a "
+                    "KV budget) runs over dense attention, but layer ", l, " is ", s.name(),
                     " (its cache cannot drop tokens)");
+      // a window counts positions; a pruned cache's rows are no longer positions
+      LONGCTX_CHECK(s.kind() != AttentionKind::full || s.get<AttentionOptions>().window == 0,
+                    "decode: cascade pruning is not implemented for sliding-window layers (layer ", l, " has window ",
+                    s.get<AttentionOptions>().window, ")");
     }
   }
   memory::require_fits(decode_state_bytes(cfg_, capacity, o),

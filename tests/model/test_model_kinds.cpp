@@ -51,6 +51,7 @@ struct KindCase {
 std::ostream& operator<<(std::ostream& os, const KindCase& c) { return os << c.name; }
 const KindCase kKindCases[] = {
     {"full", {{"kind", "full"}}, kDense},
+    {"full_window", {{"kind", "full"}, {"window", 4}}, kDense},  // sliding window: decode crosses it
     {"moba", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kDense},
     {"moba_moe", {{"kind", "moba"}, {"block_size", 3}, {"top_k", 2}}, kMoe},
     {"moba_group_select", {{"kind", "moba"}, {"block_size", 2}, {"top_k", 3}, {"group_select", true}}, kDense},
@@ -169,6 +170,38 @@ TEST(ModelKinds, NopeLayerIgnoresOrder) {
   EXPECT_GT(moved, 1e-3);
 }
 
+// A sliding-window layer: in a one-layer model the last token's logits depend on its `window`
+// most recent tokens only (and with no window on all of them). A pruned KV cache has no positions
+// to count the window in, so that combination is refused.
+TEST(ModelKinds, SlidingWindowSeesOnlyRecentTokens) {
+  auto last_logits = [](int64_t window, std::vector<int32_t> ids) {
+    json j = tiny_model({{"kind", "full"}, {"window", window}}).to_json();
+    j["n_layers"] = 1;
+    j["layers"] = json::array({j["layers"][0]});
+    Transformer m = testing::scaled_model(ModelConfig::from_json(j), 5, 10.0f);
+    Batch b;
+    b.tokens = std::move(ids);
+    b.cu_seqlens = {0, int64_t(b.tokens.size())};
+    const Tensor l = m.logits(b);
+    const int64_t V = m.config().vocab_size;
+    return std::vector<float>(l.f32() + (l.numel() - V), l.f32() + l.numel());
+  };
+  const std::vector<int32_t> a{1, 4, 2, 9, 3, 7, 5}, early_changed{8, 0, 6, 9, 3, 7, 5};  // the last 4 kept
+  const std::vector<float> x = last_logits(4, a), y = last_logits(4, early_changed);
+  for (size_t v = 0; v < x.size(); ++v) EXPECT_EQ(x[v], y[v]) << v;
+  const std::vector<float> fx = last_logits(0, a), fy = last_logits(0, early_changed);
+  double moved = 0;
+  for (size_t v = 0; v < fx.size(); ++v) moved = std::max(moved, double(std::abs(fx[v] - fy[v])));
+  EXPECT_GT(moved, 1e-3);
+
+  Transformer m(tiny_model({{"kind", "full"}, {"window", 4}}), 1);
+  DecodeOptions o;
+  o.pruning.budget = {8};
+  o.pruning.window = 2;
+  testing::expect_error([&] { m.new_decode_state(16, o); },
+                        "cascade pruning is not implemented for sliding-window layers (layer 0 has window 4)");
+}
+
 TEST(ModelKinds, InfiniLayerKeepsNoKvCache) {
   Transformer m(hybrid(), 1);
   const DecodeState st = m.new_decode_state(64);
@@ -234,6 +267,7 @@ TEST(ModelKinds, ConfigErrorsNameTheFieldAndValue) {
     testing::expect_error([&] { ModelConfig::from_json({{"attention", attention}}); }, needle);
   };
   expect_error({{"kind", "ring"}}, "unknown attention kind 'ring' (available: full, moba, topk, threshold, nsa, infini)");
+  expect_error({{"kind", "full"}, {"window", -1}}, "full window must be >= 0 (0 = all keys), got -1");
   expect_error({{"kind", "threshold"}, {"tau", 0}}, "threshold tau must be in (0, 1], got 0");
   expect_error({{"kind", "threshold"}, {"tau", 1.5}}, "threshold tau must be in (0, 1], got 1.5");
   expect_error({{"kind", "threshold"}, {"stop_rule", "proof"}}, "stop_rule must be 'bound' or 'heuristic', got 'proof'");

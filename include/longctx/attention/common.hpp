@@ -4,6 +4,7 @@
 // sequences), fp32 or bf16 storage; outputs and gradients are fp32. Query head h reads KV head
 // h / (Hq / Hkv) (GQA/MQA, K/V never copied). LSE is natural-log, shaped [Hq, total_q].
 #pragma once
+#include <longctx/core/fields.hpp>
 #include <longctx/core/tensor.hpp>
 
 #include <cstdint>
@@ -20,11 +21,14 @@ struct AttentionOptions {
   // 0 means no window.
   int64_t window = 0;
 
-  // As a model layer's kind (full) it has no config fields (core/fields.hpp): causal, default
-  // scale, no window. Calls are checked where they run (attention/engine/varlen.hpp).
+  // As a model layer's kind (full) its one config field (core/fields.hpp) is the window: model
+  // layers are causal with the default scale. Calls are checked where they run
+  // (attention/engine/varlen.hpp).
   template <class V>
-  void fields(V&&) {}
-  void validate(const std::string&) const {}
+  void fields(V&& v) {
+    v("window", window, "sliding window: each query sees its `window` most recent keys, itself included (0 = all)");
+  }
+  void validate(const std::string& prefix) const { require(window >= 0, prefix, "window", window, ">= 0 (0 = all keys)"); }
 };
 
 // Sequence boundaries as prefix sums {0, len_0, len_0 + len_1, ...} (FlashAttention's

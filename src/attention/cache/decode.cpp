@@ -24,8 +24,8 @@ namespace {
 // from memory once), with the GQA group's heads as the rows of each tile. The partial softmax
 // states are merged in range order (deterministic for a fixed thread count).
 void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, SparseResult& r) {
-  const int64_t lk = p.seqs[0].lk;
-  const int64_t parts = std::clamp<int64_t>(lk / (16 * kKeyTile), 1, parallel::max_threads());
+  const int64_t lk = p.seqs[0].lk, lo = p.key_lo(lk - 1), span = lk - lo;  // the visible keys
+  const int64_t parts = std::clamp<int64_t>(span / (16 * kKeyTile), 1, parallel::max_threads());
   const StoredRows k = stored_keys(cache), v = stored_values(cache);
   const size_t states = size_t(parts) * size_t(p.hq);
   std::vector<float> m(states), l(states), acc(states * size_t(p.d));
@@ -35,9 +35,9 @@ void dense_decode(const Problem& p, const Tensor& q, const KVCache& cache, Spars
     if (one.p != &qf[size_t(h) * p.d]) std::copy_n(one.p, p.d, &qf[size_t(h) * p.d]);
   }
   run_items(
-      parts, int64_t(p.hq) * lk * p.d, [&](int) { return TileScratch(p.group, kKeyTile, p.d, false); },
+      parts, int64_t(p.hq) * span * p.d, [&](int) { return TileScratch(p.group, kKeyTile, p.d, false); },
       [&](int64_t part, TileScratch& ws) {
-        const int64_t begin = lk * part / parts, end = lk * (part + 1) / parts;
+        const int64_t begin = lo + span * part / parts, end = lo + span * (part + 1) / parts;
         const size_t base = size_t(part) * size_t(p.hq);
         SoftmaxState all{&m[base], &l[base], &acc[base * size_t(p.d)], p.d};
         all.reset(p.hq, p.d);
@@ -68,9 +68,12 @@ SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& 
   r.lse = Tensor({p.hq, p.tq});
   r.row_offset.assign(size_t(p.hq) * size_t(p.tq) + 1, 0);
   r.mean_keys = 0;
-  for (int64_t t = 0; t < p.tq; ++t) r.mean_keys += double(s.offset() + t + 1);
-  r.mean_keys /= double(p.tq);
-  r.max_keys = s.lk;
+  r.max_keys = 0;
+  for (int64_t t = 0; t < p.tq; ++t) {
+    const int64_t keys = s.offset() + t + 1 - p.key_lo(s.offset() + t);
+    r.mean_keys += double(keys) / double(p.tq);
+    r.max_keys = std::max(r.max_keys, keys);
+  }
   if (p.tq == 1) {
     dense_decode(p, q, cache, r);
     return r;
@@ -88,7 +91,7 @@ SparseResult dense_over_cache(const Problem& p, const Tensor& q, const KVCache& 
         float* out = r.out.f32() + (t0 * p.hq + h) * p.d;
         SoftmaxState st{ws.m.data(), ws.l.data(), out, ld};
         st.reset(rows, p.d);
-        attend_key_range(p, s, k, v, p.kv_head(h), qr, rows, t0 + s.offset(), 0,
+        attend_key_range(p, s, k, v, p.kv_head(h), qr, rows, t0 + s.offset(), p.key_lo(t0 + s.offset()),
                          s.offset() + t0 + rows, st, ws);
         tile_finalize(st, rows, p.d, out, ld, lse.data());
         std::copy_n(lse.data(), rows, r.lse.f32() + int64_t(h) * p.tq + t0);
@@ -246,6 +249,7 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const A
   p.group = p.hq / p.hkv;
   p.scale = softmax_scale > 0.0f ? softmax_scale : 1.0f / std::sqrt(float(p.d));
   p.seqs = {Seq{0, p.tq, 0, p.tk}};
+  if (kind == AttentionKind::full) p.window = spec.get<AttentionOptions>().window;
   const StoredRows k = stored_keys(cache), v = stored_values(cache);
   switch (kind) {
     case AttentionKind::moba:

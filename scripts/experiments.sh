@@ -81,10 +81,16 @@ declare -A attention=(
   [infini]='.model.attention = {"kind": "infini", "segment_len": 64}'
   [topk_progressive]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6} | .train.sparsity_steps = 500'
   [topk_4m]='.model.attention = {"kind": "topk", "block_size": 8, "top_k": 6} | .train.steps = 2000'
+  [moba_b4]='.model.attention = {"kind": "moba", "block_size": 4, "top_k": 12}'
+  [moba_b4_kconv]='.model.attention = {"kind": "moba", "block_size": 4, "top_k": 12, "key_conv": 3}'
+  [moba_b2]='.model.attention = {"kind": "moba", "block_size": 2, "top_k": 24}'
+  [moba_b2_kconv]='.model.attention = {"kind": "moba", "block_size": 2, "top_k": 24, "key_conv": 3}'
 )
 # topk_progressive: top-k reached by progressive sparsity (train config sparsity_steps: from all
 # blocks down to top-6 over the first 500 steps), easing the switch from the full-attention stage 1.
 # topk_4m: top-k with twice the stage-2 tokens (4 M); not in the default list, run it by name.
+# moba_b4*, moba_b2*: MoBA's blocks shrunk further at the same 48 keys, with and without the key
+# convolution (the swa family's list has the two with it; run the others by name).
 # FFN runs: a jq filter over the stage-1 config (experts of d_ff 172, top-2: 344 active, as dense);
 # ffn_moe_bias_free: DeepSeek-V3's auxiliary-loss-free router instead of the load-balancing loss.
 declare -A ffn=(
@@ -97,6 +103,7 @@ if [ "$family" != rope ]; then
   unset 'attention[moba_last_full]'
   ffn=()
   names=(full moba moba_small_kconv nsa topk topk_progressive threshold infini)
+  [ "$family" = swa ] && names+=(moba_b4_kconv moba_b2_kconv)
 fi
 order=()
 if (($#)); then order=("$@"); else

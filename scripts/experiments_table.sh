@@ -23,7 +23,7 @@ while (($#)); do
     *) break ;;
   esac
 done
-names=(full moba moba_small_kconv moba_last_full nsa topk topk_progressive topk_4m threshold infini ffn_dense ffn_moe
+names=(full moba moba_small_kconv moba_b4 moba_b4_kconv moba_b2 moba_b2_kconv moba_last_full nsa topk topk_progressive topk_4m threshold infini ffn_dense ffn_moe
   ffn_moe_bias_free)
 (($#)) && names=("$@")
 

@@ -146,53 +146,48 @@ TEST(ModelKinds, NopeLayerGradientsAndDecode) {
   }
 }
 
+// The last token's logits of a one-layer tiny model (scaled weights) whose layer is `layer` (an
+// entry of the config's "layers").
+std::vector<float> one_layer_last_logits(const json& layer, std::vector<int32_t> ids) {
+  json j = tiny_model({{"kind", "full"}}).to_json();
+  j["n_layers"] = 1;
+  j["layers"] = json::array({layer});
+  Transformer m = testing::scaled_model(ModelConfig::from_json(j), 5, 10.0f);
+  Batch b;
+  b.tokens = std::move(ids);
+  b.cu_seqlens = {0, int64_t(b.tokens.size())};
+  const Tensor l = m.logits(b);
+  const int64_t V = m.config().vocab_size;
+  return std::vector<float>(l.f32() + (l.numel() - V), l.f32() + l.numel());
+}
+
+double max_difference(const std::vector<float>& x, const std::vector<float>& y) {
+  double d = 0;
+  for (size_t v = 0; v < x.size(); ++v) d = std::max(d, double(std::abs(x[v] - y[v])));
+  return d;
+}
+
 // Without positions, one causal attention layer sees its keys as a set: the last token's logits do
 // not change when the tokens before it are shuffled. With RoPE they do.
 TEST(ModelKinds, NopeLayerIgnoresOrder) {
-  auto last_logits = [](bool rope, std::vector<int32_t> ids) {
-    json j = tiny_model({{"kind", "full"}}).to_json();
-    j["n_layers"] = 1;
-    j["layers"] = json::array({{{"rope", rope}}});
-    Transformer m = testing::scaled_model(ModelConfig::from_json(j), 5, 10.0f);
-    Batch b;
-    b.tokens = std::move(ids);
-    b.cu_seqlens = {0, int64_t(b.tokens.size())};
-    const Tensor l = m.logits(b);
-    const int64_t V = m.config().vocab_size;
-    return std::vector<float>(l.f32() + (l.numel() - V), l.f32() + l.numel());
-  };
   const std::vector<int32_t> a{1, 4, 2, 9, 3, 7}, shuffled{9, 2, 3, 1, 4, 7};
-  const std::vector<float> x = last_logits(false, a), y = last_logits(false, shuffled);
+  const json nope{{"rope", false}}, rope{{"rope", true}};
+  const std::vector<float> x = one_layer_last_logits(nope, a), y = one_layer_last_logits(nope, shuffled);
   for (size_t v = 0; v < x.size(); ++v) EXPECT_NEAR(x[v], y[v], 1e-5f * (1 + std::abs(x[v]))) << v;
-  const std::vector<float> rx = last_logits(true, a), ry = last_logits(true, shuffled);
-  double moved = 0;
-  for (size_t v = 0; v < rx.size(); ++v) moved = std::max(moved, double(std::abs(rx[v] - ry[v])));
-  EXPECT_GT(moved, 1e-3);
+  EXPECT_GT(max_difference(one_layer_last_logits(rope, a), one_layer_last_logits(rope, shuffled)), 1e-3);
 }
 
 // A sliding-window layer: in a one-layer model the last token's logits depend on its `window`
 // most recent tokens only (and with no window on all of them). A pruned KV cache has no positions
 // to count the window in, so that combination is refused.
 TEST(ModelKinds, SlidingWindowSeesOnlyRecentTokens) {
-  auto last_logits = [](int64_t window, std::vector<int32_t> ids) {
-    json j = tiny_model({{"kind", "full"}, {"window", window}}).to_json();
-    j["n_layers"] = 1;
-    j["layers"] = json::array({j["layers"][0]});
-    Transformer m = testing::scaled_model(ModelConfig::from_json(j), 5, 10.0f);
-    Batch b;
-    b.tokens = std::move(ids);
-    b.cu_seqlens = {0, int64_t(b.tokens.size())};
-    const Tensor l = m.logits(b);
-    const int64_t V = m.config().vocab_size;
-    return std::vector<float>(l.f32() + (l.numel() - V), l.f32() + l.numel());
-  };
+  auto windowed = [](int64_t w) { return json{{"attention", {{"kind", "full"}, {"window", w}}}}; };
   const std::vector<int32_t> a{1, 4, 2, 9, 3, 7, 5}, early_changed{8, 0, 6, 9, 3, 7, 5};  // the last 4 kept
-  const std::vector<float> x = last_logits(4, a), y = last_logits(4, early_changed);
+  const std::vector<float> x = one_layer_last_logits(windowed(4), a);
+  const std::vector<float> y = one_layer_last_logits(windowed(4), early_changed);
   for (size_t v = 0; v < x.size(); ++v) EXPECT_EQ(x[v], y[v]) << v;
-  const std::vector<float> fx = last_logits(0, a), fy = last_logits(0, early_changed);
-  double moved = 0;
-  for (size_t v = 0; v < fx.size(); ++v) moved = std::max(moved, double(std::abs(fx[v] - fy[v])));
-  EXPECT_GT(moved, 1e-3);
+  EXPECT_GT(max_difference(one_layer_last_logits(windowed(0), a), one_layer_last_logits(windowed(0), early_changed)),
+            1e-3);
 
   Transformer m(tiny_model({{"kind", "full"}, {"window", 4}}), 1);
   DecodeOptions o;

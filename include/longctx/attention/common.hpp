@@ -28,7 +28,9 @@ struct AttentionOptions {
   void fields(V&& v) {
     v("window", window, "sliding window: each query sees its `window` most recent keys, itself included (0 = all)");
   }
-  void validate(const std::string& prefix) const { require(window >= 0, prefix, "window", window, ">= 0 (0 = all keys)"); }
+  void validate(const std::string& prefix) const {
+    require(window >= 0, prefix, "window", window, ">= 0 (0 = all keys)");
+  }
 };
 
 // Sequence boundaries as prefix sums {0, len_0, len_0 + len_1, ...} (FlashAttention's

@@ -121,8 +121,9 @@ double model_loss(const ModelConfig& cfg, const std::vector<std::vector<double>>
       if (replay) {
         mask = tape->masks[size_t(l)];
       } else {
-        mask = dense_mask(shape, varlen,
-                          spec.kind() == AttentionKind::full ? spec.get<AttentionOptions>() : AttentionOptions{});
+        AttentionOptions dense;
+        dense.window = spec.window();
+        mask = dense_mask(shape, varlen, dense);
         if (kind == AttentionKind::moba) {
           const MobaOptions& o = spec.get<MobaOptions>();
           mask = moba_mask<double>(shape, q, k, varlen, o.block_size, o.top_k, nullptr, o.group_select);

@@ -503,9 +503,8 @@ DecodeState Transformer::new_decode_state(int64_t capacity, const DecodeOptions&
                     "KV budget) runs over dense attention, but layer ", l, " is ", s.name(),
                     " (its cache cannot drop tokens)");
       // a window counts positions; a pruned cache's rows are no longer positions
-      LONGCTX_CHECK(s.kind() != AttentionKind::full || s.get<AttentionOptions>().window == 0,
-                    "decode: cascade pruning is not implemented for sliding-window layers (layer ", l, " has window ",
-                    s.get<AttentionOptions>().window, ")");
+      LONGCTX_CHECK(s.window() == 0, "decode: cascade pruning is not implemented for sliding-window layers (layer ",
+                    l, " has window ", s.window(), ")");
     }
   }
   memory::require_fits(decode_state_bytes(cfg_, capacity, o),

@@ -249,7 +249,7 @@ SparseResult attention_over_cache(const Tensor& q, const KVCache& cache, const A
   p.group = p.hq / p.hkv;
   p.scale = softmax_scale > 0.0f ? softmax_scale : 1.0f / std::sqrt(float(p.d));
   p.seqs = {Seq{0, p.tq, 0, p.tk}};
-  if (kind == AttentionKind::full) p.window = spec.get<AttentionOptions>().window;
+  p.window = spec.window();
   const StoredRows k = stored_keys(cache), v = stored_values(cache);
   switch (kind) {
     case AttentionKind::moba:

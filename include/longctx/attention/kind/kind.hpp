@@ -60,6 +60,8 @@ struct AttentionSpec {
   // Block of the KV cache statistics (MoBA's key sums, Quest's min/max) this kind reads in
   // decode; 0 when it reads none (full, token-level topk, nsa, infini).
   int64_t stats_block_size() const;
+  // A full layer's sliding window (AttentionOptions::window); 0 (none) for every other kind.
+  int64_t window() const { return kind() == AttentionKind::full ? get<AttentionOptions>().window : 0; }
 };
 
 }  // namespace longctx

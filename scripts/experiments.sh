@@ -117,17 +117,7 @@ for run in "${order[@]}"; do
 done
 [ -d "$data/train" ] || scripts/prepare_data.sh kjv
 
-# Trains one stage unless its log already reaches the config's last step; resumes a started one.
-train_stage() {  # dir config threads [train args...]
-  local dir=$1 config=$2 threads=$3; shift 3
-  local steps; steps=$(jq .train.steps "$config")
-  if [ -f "$dir/log.jsonl" ] && [ "$(tail -n 1 "$dir/log.jsonl" | jq .step)" = "$steps" ]; then return; fi
-  if [ -f "$dir/checkpoint.safetensors" ]; then
-    ./longctx train --config "$config" --data "$data" --out "$dir" --threads "$threads" --resume
-  else
-    ./longctx train --config "$config" --data "$data" --out "$dir" --threads "$threads" "$@"
-  fi
-}
+source scripts/train_stage.sh
 
 one_run() {  # NAME.sN
   local run=$1 name=${1%.s*} seed=${1##*.s} dir=$root/$1

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The multi-key chain of docs/EXPERIMENTS.md section 7 ("Multi-key with a 16-key local window",
 # issue 15): section 7's model with layer 0 a sliding window of 16 keys instead of 64, trained on
-# passkey : multi-key 1 : 3
-# documents (three quarters of the sequences, the rest real text) in a chain of stages, each
-# `train --init-from` its parent with a new cosine schedule, from the swa family's stage 1
-# (runs/retrieval_swa/stage1, trained here if missing). Two branches share the first two stages:
+# passkey : multi-key 1 : 3 documents (three quarters of the sequences, the rest real text) in a
+# chain of stages, each `train --init-from` its parent with a new cosine schedule, from the swa
+# family's stage 1 (runs/retrieval_swa/stage1, trained here if missing). Two branches share the
+# first two stages:
 #   w16 (3000 steps, lr 2e-3) -> w16b (6000, 1.5e-3) -> w16c (9000, 1e-3) -> w16e (18000, 1e-3)   -> w16g (12000, 7e-4)
 #                                                   \-> w16d (9000, 2e-3) -> w16f (18000, 1.5e-3) -> w16h (12000, 7e-4)
 # Each stage is scored by the RULER grid (passkey and multi-key, 1x / 2x / 4x = 256 / 512 / 1024
@@ -61,10 +61,11 @@ one_stage() {  # trains and scores a stage, its parents first
     --json "$root/$name.eval.json"
 }
 
-# A stage that several requested ones descend from runs first, alone (two jobs must not train it).
+# A stage that several requested ones are or descend from runs first, alone (two jobs must not
+# train it).
 declare -A seen=()
 for s in "${stages[@]}"; do
-  a=${spec[$s]%% *}
+  a=$s
   while [ "$a" != stage1 ]; do
     if [ "${seen[$a]:-}" = 1 ]; then one_stage "$a" > "$root/$a.run.log" 2>&1 || { echo "FAILED $a" >&2; exit 1; }; fi
     seen[$a]=1 a=${spec[$a]%% *}

@@ -117,7 +117,7 @@ for run in "${order[@]}"; do
 done
 [ -d "$data/train" ] || scripts/prepare_data.sh kjv
 
-source scripts/train_stage.sh
+source scripts/experiment_lib.sh
 
 one_run() {  # NAME.sN
   local run=$1 name=${1%.s*} seed=${1##*.s} dir=$root/$1
@@ -145,14 +145,6 @@ one_run() {  # NAME.sN
 echo "=== stage 1 (shared): $root/stage1" >&2
 train_stage "$root/stage1" "$stage1" "$stage1_threads" --init-seed 1234
 
-# A job pool: at most $jobs runs at once, each logging to <run>/run.log.
-running=0 failed=0
-for run in "${order[@]}"; do
-  if ((running >= jobs)); then wait -n || failed=1; running=$((running - 1)); fi
-  mkdir -p "$root/$run"
-  echo "start $run (log: $root/$run/run.log)" >&2
-  (one_run "$run" > "$root/$run/run.log" 2>&1 && echo "done $run" >&2 || { echo "FAILED $run (see $root/$run/run.log)" >&2; exit 1; }) &
-  running=$((running + 1))
-done
-while ((running > 0)); do wait -n || failed=1; running=$((running - 1)); done
-exit $failed
+# At most $jobs runs at once, each logging to <run>/run.log.
+run_log() { echo "$root/$1/run.log"; }
+run_jobs "$jobs" run_log one_run "${order[@]}"

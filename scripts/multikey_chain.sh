@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/apt_need.sh
 need jq
-source scripts/train_stage.sh
+source scripts/experiment_lib.sh
 
 data=data/kjv
 root=runs/multikey
@@ -61,22 +61,17 @@ one_stage() {  # trains and scores a stage, its parents first
     --json "$root/$name.eval.json"
 }
 
+stage_log() { echo "$root/$1.run.log"; }
+
 # A stage that several requested ones are or descend from runs first, alone (two jobs must not
 # train it).
 declare -A seen=()
 for s in "${stages[@]}"; do
   a=$s
   while [ "$a" != stage1 ]; do
-    if [ "${seen[$a]:-}" = 1 ]; then one_stage "$a" > "$root/$a.run.log" 2>&1 || { echo "FAILED $a" >&2; exit 1; }; fi
+    if [ "${seen[$a]:-}" = 1 ]; then one_stage "$a" > "$(stage_log "$a")" 2>&1 || { echo "FAILED $a" >&2; exit 1; }; fi
     seen[$a]=1 a=${spec[$a]%% *}
   done
 done
 
-running=0 failed=0
-for s in "${stages[@]}"; do
-  if ((running >= jobs)); then wait -n || failed=1; running=$((running - 1)); fi
-  (one_stage "$s" > "$root/$s.run.log" 2>&1 && echo "done $s" >&2 || { echo "FAILED $s (see $root/$s.run.log)" >&2; exit 1; }) &
-  running=$((running + 1))
-done
-while ((running > 0)); do wait -n || failed=1; running=$((running - 1)); done
-exit $failed
+run_jobs "$jobs" stage_log one_stage "${stages[@]}"

@@ -48,13 +48,14 @@ checkpoint() { [ "$1" = stage1 ] && echo runs/retrieval_swa/stage1/checkpoint.sa
 one_stage() {  # trains and scores a stage, its parents first
   local name=$1 parent steps lr min_lr seed init every
   read -r parent steps lr min_lr seed init every <<< "${spec[$name]}"
-  [ "$parent" = stage1 ] || one_stage "$parent"
+  # (set -e does not reach inside a job's `&& ||` list: every step that can fail returns)
+  [ "$parent" = stage1 ] || one_stage "$parent" || return
   jq --argjson steps "$steps" --argjson lr "$lr" --argjson min_lr "$min_lr" --argjson seed "$seed" --argjson every "$every" '
       .model.layers[0].attention.window = 16 | .train.steps = $steps | .train.lr = $lr
       | .train.min_lr = $min_lr | .train.eval_every = $every | .train.seed = $seed
-      | .train.tasks.fraction = 0.75 | .train.tasks.kinds = {"passkey": 1, "multikey": 3}' "$base" > "$root/$name.json"
+      | .train.tasks.fraction = 0.75 | .train.tasks.kinds = {"passkey": 1, "multikey": 3}' "$base" > "$root/$name.json" || return
   echo "=== $name from $parent" >&2
-  train_stage "$root/$name" "$root/$name.json" 1 --init-from "$(checkpoint "$parent")" --init-seed "$init"
+  train_stage "$root/$name" "$root/$name.json" 1 --init-from "$(checkpoint "$parent")" --init-seed "$init" || return
   [ -f "$root/$name.eval.json" ] && return
   ./longctx eval --checkpoint "$root/$name/checkpoint.safetensors" --data "$data" --seq-len 256 --bucket 64 \
     --max-tokens 65536 --ruler-tasks passkey,multikey --ruler-lengths 1x,2x,4x --ruler-trials 4 --threads 1 \

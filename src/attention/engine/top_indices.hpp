@@ -18,11 +18,15 @@ inline uint32_t ordered_bits(float x) {
 
 // The n highest of score[0..count), ranked by higher score first and, between equal scores, the
 // higher index first; written to out[0..min(n, count)) ascending by index. Returns how many were
-// written. A bitwise search for the n-th highest value (each step one vectorised count over the
-// scores, stopping once exactly n are at or above it), then one branch-free pass collecting
-// them: no sort, no data-dependent branches per score. `scratch` (optional) is reused.
+// written; NaNs rank by their bits (ordered_bits), the same on every path. `scratch` (optional)
+// is reused. For n <= 11 on a CPU with AVX-512: a vector filter down to at most 16 candidates,
+// ranked in one vector (top_indices.cpp); else, or when more are left, top_indices_portable.
 int64_t top_indices(const float* score, int64_t count, int64_t n, int32_t* out,
                     std::vector<uint32_t>* scratch = nullptr);
+// The same by a bitwise search for the n-th highest value (each step one count over the scores,
+// stopping once exactly n are at or above it), then one branch-free pass collecting them.
+int64_t top_indices_portable(const float* score, int64_t count, int64_t n, int32_t* out,
+                             std::vector<uint32_t>* scratch = nullptr);
 
 // Rank key of (score, index): ascending keys are descending scores, equal scores the higher index
 // first (top_indices' order), so sorting keys sorts candidates best first.

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "core/gemm_isa.hpp"
 
@@ -83,7 +84,10 @@ void run_threaded(const detail::Call& c, int threads) {
       detail::Call part = c;
       if (by_rows) {
         part.m = hi - lo;
-        part.a = c.a.shifted(c.a.trans ? lo : lo * c.a.ld);
+        if (c.a.rows)
+          part.a.rows += lo;
+        else
+          part.a = c.a.shifted(c.a.trans ? lo : lo * c.a.ld);
         part.c += lo * c.ldc;
       } else {
         part.n = hi - lo;
@@ -149,7 +153,14 @@ void gemm(Precision precision, int64_t m, int64_t n, int64_t k, float alpha, con
   }
   if (bool(a.f32) == bool(a.bf16) || bool(b.f32) == bool(b.bf16))
     throw std::invalid_argument("gemm: each operand needs exactly one of its fp32 / bf16 pointers");
+  if (b.rows || (a.rows && (!a.f32 || a.trans)))
+    throw std::invalid_argument("gemm: row indices are for an fp32 A that is not transposed");
   const bool bf16 = precision == Precision::bf16;
+  if (a.rows && (bf16 || current_backend() == Backend::openblas)) {  // only the fp32 kernels index rows
+    std::vector<float> gathered(size_t(m * k));
+    for (int64_t i = 0; i < m; ++i) std::copy_n(a.f32 + a.rows[i] * a.ld, k, &gathered[size_t(i * k)]);
+    return gemm(precision, m, n, k, alpha, Operand{gathered.data(), nullptr, k}, b, beta, c, ldc);
+  }
   if (!bf16 && a.f32 && b.f32 && current_backend() == Backend::openblas) {
     cblas_sgemm(CblasRowMajor, a.trans ? CblasTrans : CblasNoTrans, b.trans ? CblasTrans : CblasNoTrans, blasint(m),
                 blasint(n), blasint(k), alpha, a.f32, blasint(a.ld), b.f32, blasint(b.ld), beta, c, blasint(ldc));

@@ -15,14 +15,17 @@ namespace longctx::gemm {
 enum class Precision { f32, bf16 };
 
 // One input matrix as stored: fp32 or bf16 (exactly one of the pointers set), row stride ld, and
-// whether the product uses its transpose.
+// whether the product uses its transpose. `rows` (A only, fp32, not transposed): row i of A is
+// stored row rows[i], read in place by the fp32 kernels (rows gathered by index without a copy;
+// bf16 products and OpenBLAS copy them first).
 struct Operand {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
   int64_t ld = 0;
   bool trans = false;
+  const int64_t* rows = nullptr;
   // The same matrix seen from stored element `e` on (a row or column offset).
-  Operand shifted(int64_t e) const { return {f32 ? f32 + e : nullptr, bf16 ? bf16 + e : nullptr, ld, trans}; }
+  Operand shifted(int64_t e) const { return {f32 ? f32 + e : nullptr, bf16 ? bf16 + e : nullptr, ld, trans, rows}; }
 };
 
 // C[m x n] = alpha * op(A) * op(B) + beta * C, op(X) = X^T when X.trans. C is not read when

@@ -226,6 +226,24 @@ struct KernelF32 {
   template <bool KContiguous>
   static void tile(int64_t kc, const float* __restrict ap, int64_t a_rs, int64_t a_cs, const float* __restrict bp,
                    float* c, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
+    if constexpr (KContiguous)
+      tile_at(kc, [&](int i, int64_t k) { return ap[i * a_rs + k]; }, bp, c, ldc, mr, nr, alpha, beta);
+    else
+      tile_at(kc, [&](int i, int64_t k) { return ap[k * a_cs + i]; }, bp, c, ldc, mr, nr, alpha, beta);
+  }
+  // A's MR rows in place, each at its own address (Operand::rows).
+  static void tile_rows(int64_t kc, const float* const* rows, const float* __restrict bp, float* c, int64_t ldc,
+                        int64_t mr, int64_t nr, float alpha, float beta) {
+    const float* __restrict r[MR];
+    for (int i = 0; i < MR; ++i) r[i] = rows[i];
+    tile_at(kc, [&](int i, int64_t k) { return r[i][k]; }, bp, c, ldc, mr, nr, alpha, beta);
+  }
+
+ private:
+  // The kernel, A(i, k) read through a_at.
+  template <class AAt>
+  [[gnu::always_inline]] static inline void tile_at(int64_t kc, AAt a_at, const float* __restrict bp, float* c,
+                                                    int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
     using V = typename VecOf<W>::type;
     V acc[MR][NV] = {};
     for (int64_t k = 0; k < kc; ++k) {
@@ -234,7 +252,7 @@ struct KernelF32 {
       for (int j = 0; j < NV; ++j) std::memcpy(&b[j], bp + k * NR + j * W, sizeof(V));
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        const float a = KContiguous ? ap[i * a_rs + k] : ap[k * a_cs + i];
+        const float a = a_at(i, k);
 #pragma GCC unroll 8
         for (int j = 0; j < NV; ++j) acc[i][j] += a * b[j];
       }
@@ -300,6 +318,20 @@ void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* 
           }
         }
       } else {
+        if constexpr (std::is_same_v<SA, float>)
+          if (g.a.rows) {  // fp32 A by row index (gemm() copies the rows for every other case)
+            for (int64_t ir = 0; ir < g.m; ir += MR) {
+              const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
+              const float* rows[MR];  // a short panel repeats its last row (computed, not stored)
+              for (int i = 0; i < MR; ++i) rows[i] = A + g.a.rows[ir + (i < mr ? i : mr - 1)] * a_rs + pc;
+              for (int64_t i = ir + MR; i < ir + 2 * MR && i < g.m; ++i)  // the next panel's rows: scattered
+                for (int64_t kk = 0; kk < kc; kk += 16) __builtin_prefetch(A + g.a.rows[i] * a_rs + pc + kk);
+              for (int64_t jr = 0; jr < nc; jr += NR)
+                Kernel::tile_rows(ku, rows, bp + jr * ku, g.c + ir * g.ldc + jc + jr, g.ldc, mr,
+                                  nc - jr < NR ? nc - jr : NR, g.alpha, beta);
+            }
+            continue;
+          }
         for (int64_t ir = 0; ir < g.m; ir += MR) {
           const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
           const SA* a = A + ir * a_rs + pc * a_cs;

@@ -193,9 +193,14 @@ void attend_own_block(const Problem& p, int64_t B, const Tensor& q, const Tensor
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws) {
   part.reset_fresh(t.len);
-  gather_rows(q, &sel.rows[size_t(t.pos)], t.len, ws.q.data());
-  attend_key_range(p, p.seqs[size_t(t.seq)], k, v, t.g, Rows{ws.q.data(), p.d}, t.len, 0, t.j * grid.B,
-                   (t.j + 1) * grid.B, part, ws, true);
+  const int64_t* rows = &sel.rows[size_t(t.pos)];
+  Rows qr{ws.q.data(), p.d};
+  if (q.dtype() == DType::f32)  // the products read the chosen rows in place
+    qr = {q.f32(), p.d, nullptr, rows};
+  else
+    gather_rows(q, rows, t.len, ws.q.data());
+  attend_key_range(p, p.seqs[size_t(t.seq)], k, v, t.g, qr, t.len, 0, t.j * grid.B, (t.j + 1) * grid.B, part, ws,
+                   true);
 }
 
 namespace {
@@ -203,9 +208,11 @@ namespace {
 // Flat query rows cut at token boundaries into `ranges` consecutive ranges holding about equal
 // numbers of selected entries: range r is [bound[r], bound[r + 1]).
 std::vector<int64_t> owner_ranges(const Problem& p, const Selectors& sel, int ranges) {
+  std::vector<int32_t> per_row(size_t(p.tq) * size_t(p.hq), 0);  // entries of each flat row (no division per entry)
+  for (const int64_t row : sel.rows) ++per_row[size_t(row)];
   std::vector<int64_t> upto(size_t(p.tq) + 1, 0);  // entries of the tokens before t
-  for (const int64_t row : sel.rows) ++upto[size_t(row / p.hq) + 1];
-  std::partial_sum(upto.begin(), upto.end(), upto.begin());
+  for (int64_t t = 0; t < p.tq; ++t)
+    upto[size_t(t) + 1] = upto[size_t(t)] + std::accumulate(&per_row[size_t(t * p.hq)], &per_row[size_t((t + 1) * p.hq)], int64_t(0));
   std::vector<int64_t> bound(size_t(ranges) + 1, int64_t(p.tq) * p.hq);
   for (int r = 0; r < ranges; ++r) {
     const int64_t target = (upto.back() * r + ranges - 1) / ranges;

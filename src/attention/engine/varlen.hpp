@@ -61,11 +61,15 @@ struct Rows {
   const float* p;
   int64_t ld;
   const uint16_t* bf16 = nullptr;
-  const float* row(int64_t i) const { return p + i * ld; }
+  const int64_t* index = nullptr;  // fp32 only: row i is stored row index[i] (gathered in place)
+  const float* row(int64_t i) const { return p + (index ? index[i] : i) * ld; }
   // The rows from row i on.
-  Rows from(int64_t i) const { return {p ? p + i * ld : nullptr, ld, bf16 ? bf16 + i * ld : nullptr}; }
-  // The rows as a GEMM input (their transpose when `trans`).
-  gemm::Operand operand(bool trans) const { return {p, bf16, ld, trans}; }
+  Rows from(int64_t i) const {
+    if (index) return {p, ld, nullptr, index + i};
+    return {p ? p + i * ld : nullptr, ld, bf16 ? bf16 + i * ld : nullptr};
+  }
+  // The rows as a GEMM input (their transpose when `trans`; indexed rows only untransposed).
+  gemm::Operand operand(bool trans) const { return {p, bf16, ld, trans, index}; }
 };
 // A [T, H, d] tensor as stored: fp32 or bf16 (any Tensor converts), or int8 with one fp32 scale
 // per (token, head) row, value = int8 * scale (a KV cache's int8 storage, attention/cache/

@@ -240,24 +240,27 @@ struct KernelF32 {
   }
 
  private:
-  // The kernel, A(i, k) read through a_at.
-  template <class AAt>
+  // The kernel, A(i, k) read through a_at. A short last panel (nr < NR) runs only the U vectors
+  // of W columns it needs (its packed rows keep the stride NR).
+  template <class AAt, int U = NV>
   [[gnu::always_inline]] static inline void tile_at(int64_t kc, AAt a_at, const float* __restrict bp, float* c,
                                                     int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta) {
+    if constexpr (U > 1)
+      if (nr <= (U - 1) * W) return tile_at<AAt, U - 1>(kc, a_at, bp, c, ldc, mr, nr, alpha, beta);
     using V = typename VecOf<W>::type;
-    V acc[MR][NV] = {};
+    V acc[MR][U] = {};
     for (int64_t k = 0; k < kc; ++k) {
-      V b[NV];
+      V b[U];
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) std::memcpy(&b[j], bp + k * NR + j * W, sizeof(V));
+      for (int j = 0; j < U; ++j) std::memcpy(&b[j], bp + k * NR + j * W, sizeof(V));
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const float a = a_at(i, k);
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; ++j) acc[i][j] += a * b[j];
+        for (int j = 0; j < U; ++j) acc[i][j] += a * b[j];
       }
     }
-    store_tile<W, MR, NV>(acc, c, ldc, mr, nr, alpha, beta);
+    store_tile<W, MR, U>(acc, c, ldc, mr, nr, alpha, beta);
   }
 };
 
@@ -281,6 +284,13 @@ void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* 
         Kernel::template pack<NR>(bp + jr * ku, B + (jc + jr) * b_rs + pc * b_cs, b_rs, b_cs,
                                   nc - jr < NR ? nc - jr : NR, kc, g.bf16);
       const float beta = pc == 0 ? g.beta : 1.0f;
+      // fp32 A read in place, k-contiguous: the rows of the panel after ir toward L1 while this one
+      // runs (A may be cold, or scattered by row index, where the hardware prefetchers lag).
+      const auto prefetch_next_panel = [&](int64_t ir) {
+        if constexpr (std::is_same_v<SA, float>)
+          for (int64_t i = ir + MR; i < ir + 2 * MR && i < g.m && a_cs == 1; ++i)
+            for (int64_t kk = 0; kk < kc; kk += 16) __builtin_prefetch(A + (g.a.rows ? g.a.rows[i] : i) * a_rs + pc + kk);
+      };
       const auto along_block = [&](const E* a, int64_t rs, int64_t cs, int64_t row0, int64_t mr, bool k_contiguous) {
         float* c = g.c + row0 * g.ldc + jc;
         for (int64_t jr = 0; jr < nc; jr += NR) {
@@ -324,8 +334,7 @@ void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* 
               const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
               const float* rows[MR];  // a short panel repeats its last row (computed, not stored)
               for (int i = 0; i < MR; ++i) rows[i] = A + g.a.rows[ir + (i < mr ? i : mr - 1)] * a_rs + pc;
-              for (int64_t i = ir + MR; i < ir + 2 * MR && i < g.m; ++i)  // the next panel's rows: scattered
-                for (int64_t kk = 0; kk < kc; kk += 16) __builtin_prefetch(A + g.a.rows[i] * a_rs + pc + kk);
+              prefetch_next_panel(ir);
               for (int64_t jr = 0; jr < nc; jr += NR)
                 Kernel::tile_rows(ku, rows, bp + jr * ku, g.c + ir * g.ldc + jc + jr, g.ldc, mr,
                                   nc - jr < NR ? nc - jr : NR, g.alpha, beta);
@@ -337,6 +346,7 @@ void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* 
           const SA* a = A + ir * a_rs + pc * a_cs;
           if constexpr (std::is_same_v<SA, float>)
             if (mr == MR && !g.bf16) {
+              prefetch_next_panel(ir);
               along_block(a, a_rs, a_cs, ir, mr, a_cs == 1);
               continue;
             }

@@ -6,7 +6,10 @@
 #include <longctx/core/error.hpp>
 #include <longctx/attention/moba/reference.hpp>
 
+#include <algorithm>
+#include <limits>
 #include <set>
+#include <vector>
 
 #include "helpers.hpp"
 
@@ -81,6 +84,7 @@ const MobaCase kCases[] = {
     {{300}, {300}, 2, 1, 64, 300, 2, DType::f32},                       // block longer than... exactly the sequence
     {{300}, {300}, 2, 1, 64, 32, 1, DType::f32},                        // top_k = 1: own block only
     {{40, 1, 77}, {300, 64, 200}, 4, 2, 64, 32, 3, DType::f32},         // q_len < kv_len: bottom-right
+    {{60, 100}, {40, 100}, 2, 1, 32, 16, 3, DType::f32},                // q_len > kv_len: 20 queries see no key
     {{300}, {300}, 4, 2, 128, 32, 3, DType::bf16},                      // bf16 storage
     {{260}, {260}, 2, 1, 64, 16, 50, DType::f32},                       // top_k past the block count
     {{300}, {300}, 2, 1, 64, 512, 3, DType::f32},                       // block longer than the sequence
@@ -150,6 +154,27 @@ TEST(Moba, BlocksAreAnchoredAtEachSequenceStart) {
   std::copy_n(v.f32() + 30 * 16, 40 * 16, v2.f32());
   const MobaResult alone = moba_attention_forward(q2, k2, v2, {}, {8, 3, 0.0f});
   for (int64_t i = 0; i < 40 * 32; ++i) ASSERT_EQ(packed.out.at(30 * 32 + i), alone.out.at(i)) << i;
+}
+
+// The forward does not zero its output first (Tensor::uninitialized): every row is written,
+// whatever the allocator hands back, including queries that see no key (they get 0).
+TEST(Moba, OutputIgnoresWhatTheAllocatorLeft) {
+  const Varlen vl = Varlen::from_lengths({60, 100}, {40, 100});
+  const Tensor q = random_tensor({160, 2, 32}, 1), k = random_tensor({140, 1, 32}, 2), v = random_tensor({140, 1, 32}, 3);
+  const MobaOptions opts{16, 3, 0.0f};
+  const MobaResult clean = moba_attention_forward(q, k, v, vl, opts);
+  for (int64_t i = 0; i < 20 * 2 * 32; ++i) ASSERT_EQ(clean.out.at(i), 0.0f) << i;
+  for (int trial = 0; trial < 3; ++trial) {
+    {  // freed full of NaNs: the next buffers of this size are likely among these blocks
+      std::vector<Tensor> junk;
+      for (int i = 0; i < 64; ++i) {
+        junk.push_back(Tensor::uninitialized({160, 2, 32}));
+        std::fill_n(junk.back().f32(), junk.back().numel(), std::numeric_limits<float>::quiet_NaN());
+      }
+    }
+    const MobaResult again = moba_attention_forward(q, k, v, vl, opts);
+    EXPECT_TRUE(testing::bitwise_equal(again.out, clean.out));
+  }
 }
 
 TEST(Moba, DeterministicAcrossRuns) {

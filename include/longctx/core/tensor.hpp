@@ -49,6 +49,9 @@ class Tensor {
   Tensor(const Tensor&) = delete;  // copies are explicit: clone()
   Tensor& operator=(const Tensor&) = delete;
 
+  // A tensor whose values are whatever the allocator left (not zeroed): for outputs the caller
+  // writes in full before reading them.
+  static Tensor uninitialized(std::vector<int64_t> shape, DType dtype = DType::f32);
   Tensor clone() const;
   // A tensor over the same buffer that does not own it (it must not outlive this one): for
   // handing weights held elsewhere to an API that takes Tensors, without a copy.

@@ -183,8 +183,9 @@ void attend_own_block(const Problem& p, int64_t B, const Tensor& q, const Tensor
   const Seq& s = p.seqs[size_t(t.seq)];
   const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
   const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
+  // fresh: the own block is each query's first (the running rows need not start zeroed)
   const SoftmaxState state{&st.m[size_t(stat)], &st.l[size_t(stat)], st.acc + ((s.q0 + t.start) * p.hq + t.head) * p.d,
-                           st.ld};
+                           st.ld, true};
   attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / B * B, pos0 + t.len, state, ws);
 }
 

@@ -130,6 +130,10 @@ int64_t top_indices_avx512(const float* score, int64_t count, int64_t n, int32_t
     _mm512_storeu_si512(cand_index + c, _mm512_maskz_compress_epi32(in, _mm512_add_epi32(iota, _mm512_set1_epi32(int(v * 16)))));
     c += _mm_popcnt_u32(in);
   }
+  if (c == n) {  // exactly the n best (often: the n-th lane maximum's column holds nothing else above it)
+    std::copy_n(cand_index, n, reinterpret_cast<uint32_t*>(out));
+    return n;
+  }
   const __mmask16 valid = __mmask16((1u << c) - 1u);
   const __m512i k = _mm512_maskz_loadu_epi32(valid, cand_key), i = _mm512_maskz_loadu_epi32(valid, cand_index);
   const __mmask16 best = _mm512_mask_cmplt_epi32_mask(valid, ranks(k, int(c)), _mm512_set1_epi32(int(n)));

@@ -50,7 +50,8 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const MobaOptions& opts) {
   const Moba m = make_moba("moba_attention_forward", q, k, v, varlen, opts);
   const Problem& p = m.p;
-  MobaResult r{{Tensor({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}}, opts, {}, m.slots};
+  // out: every row is written (own block first, fresh; a query without keys gets 0 at the end)
+  MobaResult r{{Tensor::uninitialized({p.tq, p.hq, p.d}), Tensor({p.hq, p.tq}), {}}, opts, {}, m.slots};
   const std::vector<Tile> tiles = own_block_tiles(p, m.grid.B);
   r.selected = select_top_blocks(p, m.grid, q, block_features(p, m.grid, k, BlockGate::mean), tiles, m.slots,
                                  opts.group_select);

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <vector>
 
@@ -17,6 +19,24 @@ TEST(Tensor, ZeroFilledAlignedAndShaped) {
   for (int64_t i = 0; i < t.numel(); ++i) EXPECT_EQ(t.f32()[i], 0.0f);
   EXPECT_THROW(t.bf16(), std::invalid_argument);
   EXPECT_THROW(Tensor({2, -1}), std::invalid_argument);
+}
+
+// Large buffers (8 MB and up) freed by one tensor serve the next tensor of the same size, and the
+// zero-filling constructor still zero-fills them.
+TEST(Tensor, LargeBufferIsReusedAndStillZeroFilled) {
+  const std::vector<int64_t> shape{1024, 2048, 2};  // 16 MB of fp32
+  const void* first = nullptr;
+  {
+    Tensor t = Tensor::uninitialized(shape);
+    std::fill_n(t.f32(), t.numel(), 7.0f);
+    first = t.raw();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
+  }
+  Tensor again(shape);
+  EXPECT_EQ(again.raw(), first);
+  EXPECT_TRUE(std::all_of(again.f32(), again.f32() + again.numel(), [](float x) { return x == 0.0f; }));
+  Tensor other = Tensor::uninitialized(shape);  // the cached one is taken: a new buffer
+  EXPECT_NE(other.raw(), first);
 }
 
 TEST(Tensor, Bf16RoundsToNearestEven) {

@@ -30,9 +30,11 @@ inline float bf16_to_f32(uint16_t b) {
 }
 
 namespace detail {
-// Frees a tensor's buffer unless the tensor is a non-owning alias.
+// Frees a tensor's buffer unless the tensor is a non-owning alias; `bytes`: its allocated size
+// (large buffers go back to a small cache of recently freed ones, tensor.cpp).
 struct BufferFree {
   bool owning = true;
+  size_t bytes = 0;
   void operator()(void* p) const;
 };
 }  // namespace detail

@@ -196,7 +196,7 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
   part.reset_fresh(t.len);
   const int64_t* rows = &sel.rows[size_t(t.pos)];
   Rows qr{ws.q.data(), p.d};
-  if (q.dtype() == DType::f32)  // the products read the chosen rows in place
+  if (q.dtype() == DType::f32 && p.products == gemm::Precision::f32)  // the products read the rows in place
     qr = {q.f32(), p.d, nullptr, rows};
   else
     gather_rows(q, rows, t.len, ws.q.data());

@@ -5,10 +5,10 @@
 
 #include <cstdlib>
 #include <mutex>
-#include <utility>
-#include <vector>
 #include <random>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 namespace longctx {
 
@@ -110,7 +110,7 @@ Tensor Tensor::uninitialized(std::vector<int64_t> shape, DType dtype) {
 }
 
 Tensor Tensor::clone() const {
-  Tensor t(shape_, dtype_);
+  Tensor t = uninitialized(shape_, dtype_);  // every element written below
   std::memcpy(t.data_.get(), data_.get(), nbytes());
   return t;
 }
@@ -145,7 +145,7 @@ Tensor Tensor::borrow(void* data, std::vector<int64_t> shape, DType dtype) {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
-  Tensor t(shape_, dtype);
+  Tensor t = uninitialized(shape_, dtype);  // every element written below
   if (dtype == DType::bf16) {
     const float* s = f32();
     uint16_t* d = t.bf16();

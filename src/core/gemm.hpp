@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace longctx::gemm {
 
@@ -64,5 +65,37 @@ inline std::string describe() { return describe(current_backend()); }
 
 // Threads OpenBLAS may use for a call made outside any parallel region.
 void set_blas_threads(int n);
+
+// op(B) (k x n) packed once for several products that share it (one block of keys against many
+// tiles of queries): gemm() with a PackedB skips the packing every call would redo, and may use
+// only the first columns and rows of op(B) (the strips of a causal tile). The pack holds its own
+// copy, in the layout of our kernels for the ISA current at pack() (b may change or go away after
+// it); packed products always run our kernels, whatever the backend.
+class PackedB {
+ public:
+  // Packs op(b), n columns, k deep (n, k >= 1), for products of `precision`; the buffer is reused.
+  void pack(Precision precision, int64_t n, int64_t k, const Operand& b);
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  // Whether a product may use the first `k` rows of op(B): all of them, or a multiple of the
+  // layout's k per element (2 in the bf16 pairs of vdpbf16ps, else 1).
+  bool takes_rows(int64_t k) const { return k == k_ || (k >= 1 && k < k_ && k % k_per_elem_ == 0); }
+
+ private:
+  friend void gemm(int64_t m, int64_t n, int64_t k, float alpha, const Operand& a, const PackedB& b, float beta,
+                   float* c, int64_t ldc);
+  Precision precision_ = Precision::f32;
+  Isa isa_ = Isa::portable;
+  int64_t n_ = 0, k_ = 0, k_per_elem_ = 1;
+  std::vector<float> buffer_;  // the packed floats, from the first 64-byte boundary in it (offset_)
+  int64_t offset_ = 0;
+};
+
+// C[m x n] = alpha * op(A) * op(B)[:k, :n] + beta * C: the first n columns and k rows of the packed
+// op(B) (n <= b.n(), b.takes_rows(k); the precision is the pack's), the same bits as gemm() with
+// our kernels on that part of B as stored. Throws std::logic_error if the ISA has changed since
+// pack() or nothing was packed, std::invalid_argument for a part the pack does not hold.
+void gemm(int64_t m, int64_t n, int64_t k, float alpha, const Operand& a, const PackedB& b, float beta, float* c,
+          int64_t ldc);
 
 }  // namespace longctx::gemm

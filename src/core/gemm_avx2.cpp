@@ -4,6 +4,6 @@
 
 namespace longctx::gemm::detail {
 
-void run_avx2(const Call& c, float* pack_a, float* pack_b) { run_stored<KernelF32<8, 6, 2>>(c, pack_a, pack_b); }
+const Kernels kAvx2 = kernels_of<KernelF32<8, 6, 2>>();
 
 }  // namespace longctx::gemm::detail

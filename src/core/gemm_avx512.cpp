@@ -4,6 +4,6 @@
 
 namespace longctx::gemm::detail {
 
-void run_avx512(const Call& c, float* pack_a, float* pack_b) { run_stored<KernelF32<16, 6, 4>>(c, pack_a, pack_b); }
+const Kernels kAvx512 = kernels_of<KernelF32<16, 6, 4>>();
 
 }  // namespace longctx::gemm::detail

@@ -38,6 +38,6 @@ struct KernelBf16 {
 
 }  // namespace
 
-void run_avx512_bf16(const Call& c, float* pack_a, float* pack_b) { run_stored<KernelBf16>(c, pack_a, pack_b); }
+const Kernels kAvx512Bf16 = kernels_of<KernelBf16>();
 
 }  // namespace longctx::gemm::detail

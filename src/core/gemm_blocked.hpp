@@ -264,107 +264,163 @@ struct KernelF32 {
   }
 };
 
-// The blocked driver for one thread, A and B stored as SA / SB: loops NC / KC around a packed
-// KC x NC block of B, then for each MR-row panel of A (read in place, packed or converted to bf16
-// pairs) runs the kernel along the block.
-template <class Kernel, class SA, class SB>
-void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* pack_b) {
-  constexpr int MR = Kernel::MR, NR = Kernel::NR, KS = Kernel::k_per_elem;
-  using E = std::conditional_t<KS == 2, pair_t, float>;
-  // Panels of A are rows of op(A); panels of B are columns of op(B), i.e. X(j, p) = op(B)(p, j).
-  const int64_t a_rs = g.a.trans ? 1 : g.a.ld, a_cs = g.a.trans ? g.a.ld : 1;
-  const int64_t b_rs = g.b.trans ? g.b.ld : 1, b_cs = g.b.trans ? 1 : g.b.ld;
-  E* const ap = reinterpret_cast<E*>(pack_a);
-  E* const bp = reinterpret_cast<E*>(pack_b);
+// Packed elements: fp32 values, or bf16 pairs for vdpbf16ps.
+template <class Kernel>
+using PackedElem = std::conditional_t<Kernel::k_per_elem == 2, pair_t, float>;
+
+// The driver's NC x KC blocks of op(B) in its loop order: body(jc, nc, pc, kc, at), `at` the
+// block's offset (in packed elements) in B packed whole, each block being whole panels of NR
+// columns (Call::packed_b). Returns the size of B packed whole.
+template <class Kernel, class Body>
+int64_t for_each_b_block(const Call& g, Body&& body) {
+  constexpr int64_t NR = Kernel::NR, KS = Kernel::k_per_elem;
+  int64_t at = 0;
   for (int64_t jc = 0; jc < g.n; jc += kNC) {
     const int64_t nc = g.n - jc < kNC ? g.n - jc : kNC;
     for (int64_t pc = 0; pc < g.k; pc += kKC) {
-      const int64_t kc = g.k - pc < kKC ? g.k - pc : kKC, ku = (kc + KS - 1) / KS;
-      for (int64_t jr = 0; jr < nc; jr += NR)
-        Kernel::template pack<NR>(bp + jr * ku, B + (jc + jr) * b_rs + pc * b_cs, b_rs, b_cs,
-                                  nc - jr < NR ? nc - jr : NR, kc, g.bf16);
-      const float beta = pc == 0 ? g.beta : 1.0f;
-      // fp32 A read in place, k-contiguous: the rows of the panel after ir toward L1 while this one
-      // runs (A may be cold, or scattered by row index, where the hardware prefetchers lag).
-      const auto prefetch_next_panel = [&](int64_t ir) {
-        if constexpr (std::is_same_v<SA, float>)
-          for (int64_t i = ir + MR; i < ir + 2 * MR && i < g.m && a_cs == 1; ++i)
-            for (int64_t kk = 0; kk < kc; kk += 16) __builtin_prefetch(A + (g.a.rows ? g.a.rows[i] : i) * a_rs + pc + kk);
-      };
-      const auto along_block = [&](const E* a, int64_t rs, int64_t cs, int64_t row0, int64_t mr, bool k_contiguous) {
-        float* c = g.c + row0 * g.ldc + jc;
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int64_t nr = nc - jr < NR ? nc - jr : NR;
-          if (k_contiguous)
-            Kernel::template tile<true>(ku, a, rs, 1, bp + jr * ku, c + jr, g.ldc, mr, nr, g.alpha, beta);
-          else
-            Kernel::template tile<false>(ku, a, 1, cs, bp + jr * ku, c + jr, g.ldc, mr, nr, g.alpha, beta);
-        }
-      };
-      if constexpr (KS == 2) {
-        // bf16 A in row-major order with whole pairs is broadcast in place; other A is converted
-        // kMC rows at a time.
-        if constexpr (std::is_same_v<SA, uint16_t>)
-          if (a_cs == 1 && a_rs % 2 == 0 && pc % 2 == 0 && kc % 2 == 0 && uintptr_t(A) % 4 == 0) {
-            for (int64_t ir = 0; ir < g.m; ir += MR) {
-              const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
-              const uint16_t* a = A + ir * a_rs + pc;
-              if (mr == MR)
-                along_block(reinterpret_cast<const pair_t*>(a), a_rs / 2, 1, ir, mr, true);
-              else
-                along_block(ap, convert_a_bf16(ap, a, a_rs, 1, mr, MR, kc), 1, ir, mr, true);
-            }
-            continue;
-          }
-        for (int64_t ic = 0; ic < g.m; ic += kMC) {
-          const int64_t mc = g.m - ic < kMC ? g.m - ic : kMC, padded = (mc + MR - 1) / MR * MR;
-          const int64_t ld = convert_a_bf16(ap, A + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, padded, kc);
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int64_t mr = mc - ir < MR ? mc - ir : MR;
-            if (a_cs == 1)
-              along_block(ap + ir * ld, ld, 1, ic + ir, mr, true);
-            else
-              along_block(ap + ir, 1, ld, ic + ir, mr, false);
-          }
-        }
-      } else {
-        if constexpr (std::is_same_v<SA, float>)
-          if (g.a.rows) {  // fp32 A by row index (gemm() copies the rows for every other case)
-            for (int64_t ir = 0; ir < g.m; ir += MR) {
-              const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
-              const float* rows[MR];  // a short panel repeats its last row (computed, not stored)
-              for (int i = 0; i < MR; ++i) rows[i] = A + g.a.rows[ir + (i < mr ? i : mr - 1)] * a_rs + pc;
-              prefetch_next_panel(ir);
-              for (int64_t jr = 0; jr < nc; jr += NR)
-                Kernel::tile_rows(ku, rows, bp + jr * ku, g.c + ir * g.ldc + jc + jr, g.ldc, mr,
-                                  nc - jr < NR ? nc - jr : NR, g.alpha, beta);
-            }
-            continue;
-          }
-        for (int64_t ir = 0; ir < g.m; ir += MR) {
-          const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
-          const SA* a = A + ir * a_rs + pc * a_cs;
-          if constexpr (std::is_same_v<SA, float>)
-            if (mr == MR && !g.bf16) {
-              prefetch_next_panel(ir);
-              along_block(a, a_rs, a_cs, ir, mr, a_cs == 1);
-              continue;
-            }
-          Kernel::template pack<MR>(ap, a, a_rs, a_cs, mr, kc, g.bf16);
-          along_block(ap, 1, MR, ir, mr, false);
-        }
-      }
+      const int64_t kc = g.k - pc < kKC ? g.k - pc : kKC;
+      body(jc, nc, pc, kc, at);
+      at += (nc + NR - 1) / NR * NR * ((kc + KS - 1) / KS);
     }
   }
+  return at;
 }
 
-// Runs the driver for the storage types of the call's operands.
+// Packs block (jc, pc) of op(B) panel by panel into bp: panel jr at bp + jr * ku.
+template <class Kernel, class SB>
+void pack_b_block(const Call& g, const SB* B, int64_t jc, int64_t nc, int64_t pc, int64_t kc, PackedElem<Kernel>* bp) {
+  constexpr int NR = Kernel::NR, KS = Kernel::k_per_elem;
+  // Panels of B are columns of op(B), i.e. X(j, p) = op(B)(p, j).
+  const int64_t b_rs = g.b.trans ? g.b.ld : 1, b_cs = g.b.trans ? 1 : g.b.ld, ku = (kc + KS - 1) / KS;
+  for (int64_t jr = 0; jr < nc; jr += NR)
+    Kernel::template pack<NR>(bp + jr * ku, B + (jc + jr) * b_rs + pc * b_cs, b_rs, b_cs, nc - jr < NR ? nc - jr : NR,
+                              kc, g.bf16);
+}
+
+// All of op(B) packed into `out` (Kernels::pack_b); returns its size in floats.
+template <class Kernel, class SB>
+int64_t pack_b_whole(const Call& g, const SB* B, float* out) {
+  return for_each_b_block<Kernel>(g, [&](int64_t jc, int64_t nc, int64_t pc, int64_t kc, int64_t at) {
+    if (out) pack_b_block<Kernel>(g, B, jc, nc, pc, kc, reinterpret_cast<PackedElem<Kernel>*>(out) + at);
+  });
+}
+
+// The blocked driver for one thread, A and B stored as SA / SB: loops NC / KC around a packed
+// KC x NC block of B (packed here, or read from Call::packed_b), then for each MR-row panel of A
+// (read in place, packed or converted to bf16 pairs) runs the kernel along the block.
+template <class Kernel, class SA, class SB>
+void run_blocked(const Call& g, const SA* A, const SB* B, float* pack_a, float* pack_b) {
+  constexpr int MR = Kernel::MR, NR = Kernel::NR, KS = Kernel::k_per_elem;
+  using E = PackedElem<Kernel>;
+  // Panels of A are rows of op(A).
+  const int64_t a_rs = g.a.trans ? 1 : g.a.ld, a_cs = g.a.trans ? g.a.ld : 1;
+  E* const ap = reinterpret_cast<E*>(pack_a);
+  // A packed B may be larger than the call's: its blocks are laid out for packed_n x packed_k, and
+  // the call takes the first n columns and k rows of each.
+  Call layout = g;
+  if (g.packed_b) layout.n = g.packed_n, layout.k = g.packed_k;
+  for_each_b_block<Kernel>(layout, [&](int64_t jc, int64_t block_nc, int64_t pc, int64_t block_kc, int64_t at) {
+    if (jc >= g.n || pc >= g.k) return;
+    const int64_t nc = g.n - jc < block_nc ? g.n - jc : block_nc, kc = g.k - pc < block_kc ? g.k - pc : block_kc;
+    // ku: packed elements the kernel runs over; panel: the stride between the block's panels
+    const int64_t ku = (kc + KS - 1) / KS, panel = (block_kc + KS - 1) / KS;
+    const E* bp = reinterpret_cast<const E*>(g.packed_b) + at;
+    if (!g.packed_b) {
+      pack_b_block<Kernel>(g, B, jc, nc, pc, kc, reinterpret_cast<E*>(pack_b));
+      bp = reinterpret_cast<const E*>(pack_b);
+    }
+    const float beta = pc == 0 ? g.beta : 1.0f;
+    // fp32 A read in place, k-contiguous: the rows of the panel after ir toward L1 while this one
+    // runs (A may be cold, or scattered by row index, where the hardware prefetchers lag).
+    const auto prefetch_next_panel = [&](int64_t ir) {
+      if constexpr (std::is_same_v<SA, float>)
+        for (int64_t i = ir + MR; i < ir + 2 * MR && i < g.m && a_cs == 1; ++i)
+          for (int64_t kk = 0; kk < kc; kk += 16) __builtin_prefetch(A + (g.a.rows ? g.a.rows[i] : i) * a_rs + pc + kk);
+    };
+    const auto along_block = [&](const E* a, int64_t rs, int64_t cs, int64_t row0, int64_t mr, bool k_contiguous) {
+      float* c = g.c + row0 * g.ldc + jc;
+      for (int64_t jr = 0; jr < nc; jr += NR) {
+        const int64_t nr = nc - jr < NR ? nc - jr : NR;
+        if (k_contiguous)
+          Kernel::template tile<true>(ku, a, rs, 1, bp + jr * panel, c + jr, g.ldc, mr, nr, g.alpha, beta);
+        else
+          Kernel::template tile<false>(ku, a, 1, cs, bp + jr * panel, c + jr, g.ldc, mr, nr, g.alpha, beta);
+      }
+    };
+    if constexpr (KS == 2) {
+      // bf16 A in row-major order with whole pairs is broadcast in place; other A is converted
+      // kMC rows at a time.
+      if constexpr (std::is_same_v<SA, uint16_t>)
+        if (a_cs == 1 && a_rs % 2 == 0 && pc % 2 == 0 && kc % 2 == 0 && uintptr_t(A) % 4 == 0) {
+          for (int64_t ir = 0; ir < g.m; ir += MR) {
+            const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
+            const uint16_t* a = A + ir * a_rs + pc;
+            if (mr == MR)
+              along_block(reinterpret_cast<const pair_t*>(a), a_rs / 2, 1, ir, mr, true);
+            else
+              along_block(ap, convert_a_bf16(ap, a, a_rs, 1, mr, MR, kc), 1, ir, mr, true);
+          }
+          return;
+        }
+      for (int64_t ic = 0; ic < g.m; ic += kMC) {
+        const int64_t mc = g.m - ic < kMC ? g.m - ic : kMC, padded = (mc + MR - 1) / MR * MR;
+        const int64_t ld = convert_a_bf16(ap, A + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, padded, kc);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int64_t mr = mc - ir < MR ? mc - ir : MR;
+          if (a_cs == 1)
+            along_block(ap + ir * ld, ld, 1, ic + ir, mr, true);
+          else
+            along_block(ap + ir, 1, ld, ic + ir, mr, false);
+        }
+      }
+    } else {
+      if constexpr (std::is_same_v<SA, float>)
+        if (g.a.rows) {  // fp32 A by row index (gemm() copies the rows for every other case)
+          for (int64_t ir = 0; ir < g.m; ir += MR) {
+            const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
+            const float* rows[MR];  // a short panel repeats its last row (computed, not stored)
+            for (int i = 0; i < MR; ++i) rows[i] = A + g.a.rows[ir + (i < mr ? i : mr - 1)] * a_rs + pc;
+            prefetch_next_panel(ir);
+            for (int64_t jr = 0; jr < nc; jr += NR)
+              Kernel::tile_rows(ku, rows, bp + jr * panel, g.c + ir * g.ldc + jc + jr, g.ldc, mr,
+                                nc - jr < NR ? nc - jr : NR, g.alpha, beta);
+          }
+          return;
+        }
+      for (int64_t ir = 0; ir < g.m; ir += MR) {
+        const int64_t mr = g.m - ir < MR ? g.m - ir : MR;
+        const SA* a = A + ir * a_rs + pc * a_cs;
+        if constexpr (std::is_same_v<SA, float>)
+          if (mr == MR && !g.bf16) {
+            prefetch_next_panel(ir);
+            along_block(a, a_rs, a_cs, ir, mr, a_cs == 1);
+            continue;
+          }
+        Kernel::template pack<MR>(ap, a, a_rs, a_cs, mr, kc, g.bf16);
+        along_block(ap, 1, MR, ir, mr, false);
+      }
+    }
+  });
+}
+
+// Runs the driver for the storage types of the call's operands (a packed B counts as fp32: the
+// driver reads Call::packed_b).
 template <class Kernel>
 void run_stored(const Call& g, float* pack_a, float* pack_b) {
-  if (g.a.f32 && g.b.f32) return run_blocked<Kernel>(g, g.a.f32, g.b.f32, pack_a, pack_b);
+  if (g.a.f32 && !g.b.bf16) return run_blocked<Kernel>(g, g.a.f32, g.b.f32, pack_a, pack_b);
   if (g.a.f32) return run_blocked<Kernel>(g, g.a.f32, g.b.bf16, pack_a, pack_b);
-  if (g.b.f32) return run_blocked<Kernel>(g, g.a.bf16, g.b.f32, pack_a, pack_b);
+  if (!g.b.bf16) return run_blocked<Kernel>(g, g.a.bf16, g.b.f32, pack_a, pack_b);
   run_blocked<Kernel>(g, g.a.bf16, g.b.bf16, pack_a, pack_b);
+}
+template <class Kernel>
+int64_t pack_b_stored(const Call& g, float* out) {
+  return g.b.f32 ? pack_b_whole<Kernel>(g, g.b.f32, out) : pack_b_whole<Kernel>(g, g.b.bf16, out);
+}
+
+// The kernels of one ISA as gemm.cpp calls them.
+template <class Kernel>
+constexpr Kernels kernels_of() {
+  return {run_stored<Kernel>, pack_b_stored<Kernel>, Kernel::k_per_elem};
 }
 
 }  // namespace

@@ -9,7 +9,8 @@ namespace longctx::gemm::detail {
 
 // One single-threaded GEMM: C[m x n] = alpha * op(A) op(B) + beta * C (gemm.hpp's semantics).
 // bf16: the inputs are rounded to bf16 as they are packed (bf16 operands are already); products
-// accumulate in fp32.
+// accumulate in fp32. packed_b: B already packed whole (Kernels::pack_b) for packed_n x packed_k, read
+// from there instead of b; the call takes its first n columns and k rows.
 struct Call {
   bool bf16;
   int64_t m, n, k;
@@ -18,6 +19,8 @@ struct Call {
   float beta;
   float* c;
   int64_t ldc;
+  const float* packed_b = nullptr;
+  int64_t packed_n = 0, packed_k = 0;
 };
 
 // Cache blocking shared by every ISA (Goto/BLIS loop order: NC columns of B, KC deep, then MR rows
@@ -29,9 +32,14 @@ constexpr int64_t kKC = 256, kNC = 512, kMC = 192;
 // pairs) and the packed block of B (KC x NC).
 constexpr int64_t kPackA = kMC * kKC / 2, kPackB = kKC * kNC;
 
-void run_avx512_bf16(const Call& c, float* pack_a, float* pack_b);
-void run_avx512(const Call& c, float* pack_a, float* pack_b);
-void run_avx2(const Call& c, float* pack_a, float* pack_b);
-void run_portable(const Call& c, float* pack_a, float* pack_b);
+// Per ISA: run one call; pack all of the call's op(B) (n x k) into `out` in the layout run reads
+// as packed_b, returning the floats it takes (size only when out is null); k per packed element
+// (2: the bf16 pairs of vdpbf16ps).
+struct Kernels {
+  void (*run)(const Call& c, float* pack_a, float* pack_b);
+  int64_t (*pack_b)(const Call& c, float* out);
+  int k_per_elem;
+};
+extern const Kernels kAvx512Bf16, kAvx512, kAvx2, kPortable;
 
 }  // namespace longctx::gemm::detail

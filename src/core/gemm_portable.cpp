@@ -4,6 +4,6 @@
 
 namespace longctx::gemm::detail {
 
-void run_portable(const Call& c, float* pack_a, float* pack_b) { run_stored<KernelF32<4, 4, 2>>(c, pack_a, pack_b); }
+const Kernels kPortable = kernels_of<KernelF32<4, 4, 2>>();
 
 }  // namespace longctx::gemm::detail

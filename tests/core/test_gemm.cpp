@@ -150,6 +150,77 @@ TEST_P(GemmIsa, IndexedRowsOfAEqualTheGatheredCopy) {
   }
 }
 
+// B packed once (gemm::PackedB) gives the same bits as the product of B as stored: every ISA, both
+// precisions, fp32 and bf16 B, transposed or not, past KC and NC, indexed rows of A, the threaded
+// split; and so does a part at the origin of the pack (the first n columns and k rows).
+TEST_P(GemmIsa, PackedBEqualsTheProductOfBAsStored) {
+  GemmSettings restore;
+  const auto [isa, pr] = GetParam();
+  gemm::set_isa(isa);
+  const Shape shapes[] = {{1, 1, 1}, {5, 3, 7}, {13, 70, 257}, {97, 513, 33}, {301, 257, 40}, {600, 130, 300}};
+  uint64_t seed = 70;
+  for (const Shape& s : shapes)
+    for (bool tb : {false, true})
+      for (bool b_bf16 : {false, true}) {
+        SCOPED_TRACE(gemm::isa_name(isa) + " m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) +
+                     " k=" + std::to_string(s.k) + (tb ? " B^T" : "") + (b_bf16 ? " bf16 B" : ""));
+        const int64_t lda = s.k + 3, ldb = (tb ? s.k : s.n) + 5;
+        const auto a = random_floats(size_t(s.m * lda), seed++), bf = random_floats(size_t((tb ? s.n : s.k) * ldb), seed++);
+        std::vector<uint16_t> b16;
+        for (float x : bf) b16.push_back(f32_to_bf16(x));
+        const gemm::Operand b = b_bf16 ? gemm::Operand{nullptr, b16.data(), ldb, tb} : gemm::Operand{bf.data(), nullptr, ldb, tb};
+        std::vector<int64_t> rows(size_t(s.m));
+        for (int64_t i = 0; i < s.m; ++i) rows[size_t(i)] = (i * 7) % s.m;
+        gemm::PackedB packed;
+        packed.pack(pr, s.n, s.k, b);
+        // the part: about half the columns, and a depth every layout takes
+        const int64_t n2 = s.n / 2 + 1, k2 = s.k > 2 ? s.k / 4 * 2 : s.k;
+        ASSERT_TRUE(packed.takes_rows(k2));
+        for (const auto& [n, k] : {std::pair{s.n, s.k}, std::pair{n2, k2}})
+          for (const int64_t* idx : {static_cast<const int64_t*>(nullptr), static_cast<const int64_t*>(rows.data())}) {
+            const gemm::Operand op_a{a.data(), nullptr, lda, false, idx};
+            auto want = random_floats(size_t(s.m * n), seed++), got = want;
+            gemm::gemm(pr, s.m, n, k, 1.5f, op_a, b, 0.5f, want.data(), n);
+            gemm::gemm(s.m, n, k, 1.5f, op_a, packed, 0.5f, got.data(), n);
+            ASSERT_EQ(got, want) << "n=" << n << " k=" << k << (idx ? " indexed A" : "");
+          }
+      }
+}
+
+TEST(Gemm, PackedBHoldsItsOwnCopyRunsOurKernelsAndRefusesWhatItDoesNotHold) {
+  GemmSettings restore;
+  auto a = random_floats(4 * 9, 1), b = random_floats(9 * 11, 2);
+  std::vector<float> want(4 * 11), got(4 * 11);
+  gemm::PackedB packed;
+  EXPECT_THROW(gemm::gemm(4, 11, 9, 1.0f, {a.data(), nullptr, 9}, packed, 0.0f, got.data(), 11), std::logic_error);
+  gemm::sgemm(false, false, 4, 11, 9, 1.0f, a.data(), 9, b.data(), 11, 0.0f, want.data(), 11);
+  packed.pack(gemm::Precision::f32, 11, 9, {b.data(), nullptr, 11});
+  std::fill(b.begin(), b.end(), std::numeric_limits<float>::quiet_NaN());  // the pack does not read b again
+  gemm::set_backend(gemm::Backend::openblas);  // nor does OpenBLAS run a packed product
+  gemm::gemm(4, 11, 9, 1.0f, {a.data(), nullptr, 9}, packed, 0.0f, got.data(), 11);
+  EXPECT_EQ(got, want);
+  gemm::set_backend(gemm::Backend::native);
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{12, 9}, {11, 10}, {0, 9}, {11, 0}})
+    EXPECT_THROW(gemm::gemm(4, n, k, 1.0f, {a.data(), nullptr, 9}, packed, 0.0f, got.data(), 11),
+                 std::invalid_argument);
+  EXPECT_THROW(packed.pack(gemm::Precision::f32, 0, 9, {b.data(), nullptr, 11}), std::invalid_argument);
+  const std::vector<gemm::Isa> isas = runnable_isas();
+  if (isas.size() > 1) {  // a pack is laid out for the kernels of its ISA
+    gemm::set_isa(isas.front() == gemm::current_isa() ? isas.back() : isas.front());
+    EXPECT_THROW(gemm::gemm(4, 11, 9, 1.0f, {a.data(), nullptr, 9}, packed, 0.0f, got.data(), 11), std::logic_error);
+  }
+  if (std::find(isas.begin(), isas.end(), gemm::Isa::avx512_bf16) != isas.end()) {
+    // bf16 pairs: a part must end on a whole pair (or be all of op(B))
+    gemm::set_isa(gemm::Isa::avx512_bf16);
+    packed.pack(gemm::Precision::bf16, 11, 9, {b.data(), nullptr, 11});
+    EXPECT_TRUE(packed.takes_rows(9));
+    EXPECT_TRUE(packed.takes_rows(8));
+    EXPECT_FALSE(packed.takes_rows(7));
+    EXPECT_THROW(gemm::gemm(4, 11, 7, 1.0f, {a.data(), nullptr, 9}, packed, 0.0f, got.data(), 11),
+                 std::invalid_argument);
+  }
+}
+
 TEST(Gemm, IndexedRowsOnOpenBlasAndBadIndexedOperandsAreRefusedOrCopied) {
   GemmSettings restore;
   const auto a = random_floats(40 * 9, 1), b = random_floats(9 * 11, 2);

@@ -192,7 +192,18 @@ void attend_own_block(const Problem& p, int64_t B, const Tensor& q, const Tensor
 }  // namespace
 
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws) {
+                     const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws, PackedBlock& keys) {
+  const int64_t B = grid.B;
+  if (keys.seq != t.seq || keys.g != t.g || keys.j != t.j) {
+    const Seq& s = p.seqs[size_t(t.seq)];
+    keys.tiles.resize(size_t((B + kKeyTile - 1) / kKeyTile));
+    for (size_t i = 0; i < keys.tiles.size(); ++i) {
+      const int64_t k0 = s.k0 + t.j * B + int64_t(i) * kKeyTile, n = std::min(kKeyTile, B - int64_t(i) * kKeyTile);
+      keys.tiles[i].pack(tile_rows(p, k, k0, n, t.g, ws.k.data()), tile_rows(p, v, k0, n, t.g, ws.v.data()), n, p.d,
+                         p.products);
+    }
+    keys.seq = t.seq, keys.g = t.g, keys.j = t.j;
+  }
   part.reset_fresh(t.len);
   const int64_t* rows = &sel.rows[size_t(t.pos)];
   Rows qr{ws.q.data(), p.d};
@@ -200,8 +211,11 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
     qr = {q.f32(), p.d, nullptr, rows};
   else
     gather_rows(q, rows, t.len, ws.q.data());
-  attend_key_range(p, p.seqs[size_t(t.seq)], k, v, t.g, qr, t.len, 0, t.j * grid.B, (t.j + 1) * grid.B, part, ws,
-                   true);
+  for (size_t i = 0; i < keys.tiles.size(); ++i) {  // every key of the strictly-past block is visible
+    tile_forward(qr, t.len, {}, {}, std::min(kKeyTile, B - int64_t(i) * kKeyTile), p.d, p.scale, p.products,
+                 TileMask{}, part, ws.s.data(), &keys.tiles[i]);
+    part.fresh = false;
+  }
 }
 
 namespace {
@@ -230,8 +244,9 @@ void attend_selected(const Problem& p, const BlockGrid& grid, const Tensor& q, c
                      std::vector<GatherTile>& tiles, std::vector<float>& part) {
   gather_tiles(p, grid, sel, tiles, lo, hi);
   const SoftmaxState partial{ws.m.data(), ws.l.data(), part.data(), p.d};
+  PackedBlock keys;
   for (const GatherTile& t : tiles) {
-    attend_gathered(p, grid, q, k, v, sel, t, partial, ws);
+    attend_gathered(p, grid, q, k, v, sel, t, partial, ws, keys);
     const int64_t* rows = &sel.rows[size_t(t.pos)];
     constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
     for (int64_t i = 0; i < t.len; ++i) {

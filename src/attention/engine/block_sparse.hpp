@@ -169,10 +169,19 @@ struct RunningStates {
   }
 };
 
+// One block's keys packed for the products, kKeyTile keys per PackedKeys: a thread packs a block
+// once for consecutive gathered tiles of it (a list longer than kGatherTile rows).
+struct PackedBlock {
+  int32_t seq = -1, g = -1;
+  int64_t j = -1;
+  std::vector<PackedKeys> tiles;
+};
+
 // Tile t's gathered queries attend block t.j from a fresh state into partial rows `part` (row i of
-// part is gathered row i). Runs on the calling thread.
+// part is gathered row i), with the block's keys packed in `keys` (packed here unless they already
+// are). Runs on the calling thread.
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws);
+                     const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws, PackedBlock& keys);
 
 // Folds the own block (causal) of every query of `own` (own_block_tiles) and, if sel is given, the
 // selected blocks into the states (see the top of this file). One parallel region: the own blocks

@@ -111,20 +111,33 @@ void mask_row(const TileMask& mask, float* s, int64_t i, int64_t n, int64_t& l, 
 
 }  // namespace
 
+void PackedKeys::pack(Rows k, Rows v_rows, int64_t n, int d, gemm::Precision products) {
+  kt.pack(products, n, d, k.operand(true));
+  v.pack(products, d, n, v_rows.operand(false));
+}
+
 void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, gemm::Precision products,
-                  const TileMask& mask, SoftmaxState st, float* s) {
+                  const TileMask& mask, SoftmaxState st, float* s, const PackedKeys* packed) {
   if (st.fresh && !mask.all) st.reset(rows, d);  // rows the mask hides would keep an unset acc
   const float beta = st.fresh ? 0.0f : 1.0f;
   for_each_strip(mask, kForwardStripRows, rows, n, s, [&](int64_t r0, int64_t sr, int64_t lo, int64_t w) {
     float* ss = s + r0 * n + lo;  // the strip's scores keep the tile's row stride n
-    gemm::gemm(products, sr, w, d, 1.0f, q.from(r0).operand(false), k.from(lo).operand(true), 0.0f, ss, n);
+    const gemm::Operand qs = q.from(r0).operand(false), ps{ss, nullptr, n};
+    float* acc = st.acc + r0 * st.ld_acc;
+    const bool from_pack = packed && lo == 0 && packed->v.takes_rows(w);  // the first w keys
+    if (from_pack)
+      gemm::gemm(sr, w, d, 1.0f, qs, packed->kt, 0.0f, ss, n);
+    else
+      gemm::gemm(products, sr, w, d, 1.0f, qs, k.from(lo).operand(true), 0.0f, ss, n);
     for (int64_t i = r0; i < r0 + sr; ++i) {
       int64_t l, h;
       mask_row(mask, s, i, n, l, h);
       if (h > l) fold_scores(st, i, s + i * n + l, h - l, scale, d);
     }
-    gemm::gemm(products, sr, d, w, 1.0f, {ss, nullptr, n}, v.from(lo).operand(false), beta, st.acc + r0 * st.ld_acc,
-               st.ld_acc);
+    if (from_pack)
+      gemm::gemm(sr, d, w, 1.0f, ps, packed->v, beta, acc, st.ld_acc);
+    else
+      gemm::gemm(products, sr, d, w, 1.0f, ps, v.from(lo).operand(false), beta, acc, st.ld_acc);
   });
 }
 
@@ -238,7 +251,10 @@ void attend_key_range(const Problem& p, const Seq& s, const StoredRows& k, const
     const Rows kr = tile_rows(p, k, s.k0 + kp, n, g, ws.k.data());
     const Rows vr = tile_rows(p, v, s.k0 + kp, n, g, ws.v.data());
     const TileMask mask = all_visible ? TileMask{} : make_tile_mask(p, pos0, rows, kp, n, s.lk);
-    tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data());
+    // a causal tile runs in strips over the first keys (no window): they share one pack
+    const bool pack = !mask.all && p.window == 0;
+    if (pack) ws.keys.pack(kr, vr, n, p.d, p.products);
+    tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data(), pack ? &ws.keys : nullptr);
     st.fresh = false;
   }
 }

@@ -49,9 +49,19 @@ void fold_scores(SoftmaxState st, int64_t i, float* s, int64_t n, float scale, i
 // `into` becomes the state of the union with row j of `from`.
 void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int d);
 
+// K^T and V of one tile of keys packed for the products once: for several tiles of queries that
+// see all of its keys (the gathered tiles of one block: block_sparse.hpp), or for the strips of a
+// causal tile.
+struct PackedKeys {
+  gemm::PackedB kt, v;
+  void pack(Rows k, Rows v, int64_t n, int d, gemm::Precision products);
+};
+
 // Folds keys k[0..n) / values v[0..n) into the state of q[0..rows). `s` is scratch of rows * n.
+// With `packed` (the same n keys packed), strips over the first keys of the tile read them from the
+// pack, the others from k and v (which an unmasked tile never reads then).
 void tile_forward(Rows q, int64_t rows, Rows k, Rows v, int64_t n, int d, float scale, gemm::Precision products,
-                  const TileMask& mask, SoftmaxState st, float* s);
+                  const TileMask& mask, SoftmaxState st, float* s, const PackedKeys* packed = nullptr);
 
 // out = acc / l and lse = m + log(l) per row (out written in place of acc when out == acc);
 // a row with no visible key gets out = 0 and lse = -inf.
@@ -72,9 +82,11 @@ namespace longctx::attn {
 constexpr int64_t kQueryTile = 256;
 constexpr int64_t kKeyTile = 256;
 
-// Per-thread scratch for the tile kernels: score/probability tiles and fp32 copies of bf16 rows.
+// Per-thread scratch for the tile kernels: score/probability tiles, fp32 copies of bf16 rows, and
+// the packed keys of a causal tile.
 struct TileScratch {
   std::vector<float> m, l, s, dp, q, dout, k, v, lse, delta;
+  PackedKeys keys;
   TileScratch(int64_t q_rows, int64_t k_rows, int d, bool backward);
 };
 

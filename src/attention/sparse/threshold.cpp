@@ -155,6 +155,7 @@ class Rounds {
          std::vector<std::vector<int32_t>>& visited)
       : p_(p), grid_(grid), q_(q), k_(k), v_(v), st_(st), visited_(visited), wave_rows_(wave_rows(p.d)) {
     for (int t = 0; t < parallel::max_threads(); ++t) scratch_.emplace_back(kGatherTile, kKeyTile, p.d, false);
+    packed_.resize(scratch_.size());
   }
 
   // Rounds of 1, 2, 4, ... candidates per query until every query of `pending` is done; each round
@@ -212,11 +213,12 @@ class Rounds {
 #pragma omp parallel if (tiles.size() > 1)
     {
       TileScratch& ws = scratch_[size_t(omp_get_thread_num())];
+      PackedBlock& keys = packed_[size_t(omp_get_thread_num())];
 #pragma omp for schedule(dynamic, 1)
       for (size_t i = 0; i < tiles.size(); ++i) {
         const int64_t r = tiles[i].pos;
         attend_gathered(p_, grid_, q_, k_, v_, sel, tiles[i], {&pm_[size_t(r)], &pl_[size_t(r)], &pacc_[size_t(r) * p_.d], p_.d},
-                        ws);
+                        ws, keys);
       }
       // Each query merges its partials in descending score, checking the stop rule before each
       // (queries are independent: any schedule gives the same bits).
@@ -269,6 +271,7 @@ class Rounds {
   Selectors sel_;             // the wave's entries block-major, and their tiles
   std::vector<GatherTile> tiles_;
   std::vector<TileScratch> scratch_;
+  std::vector<PackedBlock> packed_;  // per thread: the last block it packed (same keys in every wave)
 };
 
 }  // namespace

@@ -222,9 +222,7 @@ namespace {
 
 // Flat query rows cut at token boundaries into `ranges` consecutive ranges holding about equal
 // numbers of selected entries: range r is [bound[r], bound[r + 1]).
-std::vector<int64_t> owner_ranges(const Problem& p, const Selectors& sel, int ranges) {
-  std::vector<int32_t> per_row(size_t(p.tq) * size_t(p.hq), 0);  // entries of each flat row (no division per entry)
-  for (const int64_t row : sel.rows) ++per_row[size_t(row)];
+std::vector<int64_t> owner_ranges(const Problem& p, const std::vector<int32_t>& per_row, int ranges) {
   std::vector<int64_t> upto(size_t(p.tq) + 1, 0);  // entries of the tokens before t
   for (int64_t t = 0; t < p.tq; ++t)
     upto[size_t(t) + 1] = upto[size_t(t)] + std::accumulate(&per_row[size_t(t * p.hq)], &per_row[size_t((t + 1) * p.hq)], int64_t(0));
@@ -236,12 +234,21 @@ std::vector<int64_t> owner_ranges(const Problem& p, const Selectors& sel, int ra
   return bound;
 }
 
+// out = acc / l and lse = m + log l for flat query row `flat`, once its last block is in (the row
+// is still in this core's cache).
+void finalize_row(const Problem& p, RunningStates& st, int64_t flat, Tensor& lse) {
+  const SoftmaxState s = st.of_row(p, flat);
+  tile_finalize(s, 1, p.d, s.acc, p.d, lse.f32() + (flat % p.hq) * p.tq + flat / p.hq);
+}
+
 // The selected blocks of the queries of flat rows [lo, hi), list after list: each gathered tile
 // into a fresh partial state, merged right away into the running states (so the partials stay in
-// this core's cache, and each query takes its blocks in ascending order).
+// this core's cache, and each query takes its blocks in ascending order). With lse, a row is
+// finalized when `remaining` (its entries still to merge) reaches 0.
 void attend_selected(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Selectors& sel, int64_t lo, int64_t hi, RunningStates& st, TileScratch& ws,
-                     std::vector<GatherTile>& tiles, std::vector<float>& part) {
+                     std::vector<GatherTile>& tiles, std::vector<float>& part, std::vector<int32_t>& remaining,
+                     Tensor* lse) {
   gather_tiles(p, grid, sel, tiles, lo, hi);
   const SoftmaxState partial{ws.m.data(), ws.l.data(), part.data(), p.d};
   PackedBlock keys;
@@ -252,6 +259,7 @@ void attend_selected(const Problem& p, const BlockGrid& grid, const Tensor& q, c
     for (int64_t i = 0; i < t.len; ++i) {
       if (i + kAhead < t.len) prefetch_row(st.acc + rows[i + kAhead] * p.d, p.d);
       merge_state(st.of_row(p, rows[i]), 0, partial, i, p.d);
+      if (lse && --remaining[size_t(rows[i])] == 0) finalize_row(p, st, rows[i], *lse);
     }
   }
 }
@@ -259,11 +267,14 @@ void attend_selected(const Problem& p, const BlockGrid& grid, const Tensor& q, c
 }  // namespace
 
 void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st) {
+                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st, Tensor* lse) {
   // Each range of queries is one thread's (as many ranges as threads), so no two threads ever
   // touch one query's state; how the ranges cut the lists does not change a row's bits.
   const int threads = parallel::max_threads();
-  const std::vector<int64_t> bound = sel ? owner_ranges(p, *sel, threads) : std::vector<int64_t>{};
+  std::vector<int32_t> remaining(sel || lse ? size_t(p.tq) * size_t(p.hq) : 0, 0);  // selected entries per flat row
+  if (sel)
+    for (const int64_t row : sel->rows) ++remaining[size_t(row)];
+  const std::vector<int64_t> bound = sel ? owner_ranges(p, remaining, threads) : std::vector<int64_t>{};
   std::vector<TileScratch> scratch;
   for (int t = 0; t < threads; ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
 #pragma omp parallel num_threads(threads) if (own.size() > 1 || sel)
@@ -271,15 +282,27 @@ void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, con
     const int thread = omp_get_thread_num(), team = omp_get_num_threads();
     TileScratch& ws = scratch[size_t(thread)];
 #pragma omp for schedule(dynamic, 1)
-    for (size_t i = 0; i < own.size(); ++i) attend_own_block(p, grid.B, q, k, v, own[i], st, ws);
+    for (size_t i = 0; i < own.size(); ++i) {
+      const Tile& t = own[i];
+      attend_own_block(p, grid.B, q, k, v, t, st, ws);
+      for (int64_t r = 0; lse && r < t.len; ++r) {  // rows that select no block are done
+        const int64_t flat = (p.seqs[size_t(t.seq)].q0 + t.start + r) * p.hq + t.head;
+        if (remaining[size_t(flat)] == 0) finalize_row(p, st, flat, *lse);
+      }
+    }
     // (the loop's barrier: every own block is in before a query merges its first partial)
     if (sel) {
       std::vector<GatherTile> tiles;
       std::vector<float> part(size_t(kGatherTile * p.d));
       for (int r = thread; r < threads; r += team)  // a smaller team than asked takes several ranges
-        attend_selected(p, grid, q, k, v, *sel, bound[size_t(r)], bound[size_t(r) + 1], st, ws, tiles, part);
+        attend_selected(p, grid, q, k, v, *sel, bound[size_t(r)], bound[size_t(r) + 1], st, ws, tiles, part, remaining,
+                        lse);
     }
   }
+  if (lse)  // queries before their sequence's first key have no own block (and nothing selected)
+    for (const Seq& s : p.seqs)
+      for (int64_t t = 0; t < std::min(s.lq, -s.offset()); ++t)
+        for (int h = 0; h < p.hq; ++h) finalize_row(p, st, (s.q0 + t) * p.hq + h, *lse);
 }
 
 void finalize_states(const Problem& p, RunningStates& st, Tensor& lse) {

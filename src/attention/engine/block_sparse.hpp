@@ -185,9 +185,11 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
 
 // Folds the own block (causal) of every query of `own` (own_block_tiles) and, if sel is given, the
 // selected blocks into the states (see the top of this file). One parallel region: the own blocks
-// (dynamic schedule), one barrier, then each thread the selected blocks of its own queries.
+// (dynamic schedule), one barrier, then each thread the selected blocks of its own queries. With
+// `lse`, each query is finalized as finalize_states does, right after its last block (while its
+// row is in cache): sel must then hold all of its blocks.
 void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st);
+                   const std::vector<Tile>& own, const Selectors* sel, RunningStates& st, Tensor* lse = nullptr);
 
 // out = acc / l (in place) and lse = m + log l for every query.
 void finalize_states(const Problem& p, RunningStates& st, Tensor& lse);

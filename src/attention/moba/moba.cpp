@@ -57,8 +57,7 @@ MobaResult moba_attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                  opts.group_select);
   RunningStates st(p, r.out);
   const Selectors sel = invert_selection(p, m.grid, {r.selected.data(), nullptr, m.slots});
-  attend_blocks(p, m.grid, q, k, v, tiles, &sel, st);
-  finalize_states(p, st, r.lse);
+  attend_blocks(p, m.grid, q, k, v, tiles, &sel, st, &r.lse);
   return r;
 }
 

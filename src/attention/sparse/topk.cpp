@@ -80,8 +80,7 @@ SparseResult topk_attention_forward(const Tensor& q, const Tensor& k, const Tens
   count_block_keys(p, r);
   RunningStates st(p, r.out);
   const Selectors sel = invert_selection(p, grid, {r.visited.data(), r.row_offset.data(), 0});
-  attend_blocks(p, grid, q, k, v, tiles, &sel, st);
-  finalize_states(p, st, r.lse);
+  attend_blocks(p, grid, q, k, v, tiles, &sel, st, &r.lse);
   return r;
 }
 

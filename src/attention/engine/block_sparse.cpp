@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <limits>
 #include <numeric>
+#include <tuple>
 
 #include "attention/engine/top_indices.hpp"
 #include "core/gemm.hpp"
@@ -175,35 +176,22 @@ RunningStates::RunningStates(const Problem& p, Tensor& out)
       acc(out.f32()),
       ld(int64_t(p.hq) * p.d) {}
 
-namespace {
-
-// Own block of tile t (causal), into the running states.
-void attend_own_block(const Problem& p, int64_t B, const Tensor& q, const Tensor& k, const Tensor& v, const Tile& t,
-                      RunningStates& st, TileScratch& ws) {
-  const Seq& s = p.seqs[size_t(t.seq)];
-  const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
-  const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
-  // fresh: the own block is each query's first (the running rows need not start zeroed)
-  const SoftmaxState state{&st.m[size_t(stat)], &st.l[size_t(stat)], st.acc + ((s.q0 + t.start) * p.hq + t.head) * p.d,
-                           st.ld, true};
-  attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / B * B, pos0 + t.len, state, ws);
+void PackedBlock::hold(const Problem& p, const BlockGrid& grid, const StoredRows& k, const StoredRows& v, int32_t seq_,
+                       int g_, int64_t j_, TileScratch& ws) {
+  if (seq == seq_ && g == g_ && j == j_) return;
+  const int64_t B = grid.B, k0 = p.seqs[size_t(seq_)].k0 + j_ * B;
+  tiles.resize(size_t((B + kKeyTile - 1) / kKeyTile));
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    const int64_t first = int64_t(i) * kKeyTile, n = std::min(kKeyTile, B - first);
+    tiles[i].pack(tile_rows(p, k, k0 + first, n, g_, ws.k.data()), tile_rows(p, v, k0 + first, n, g_, ws.v.data()), n,
+                  p.d, p.products);
+  }
+  seq = seq_, g = g_, j = j_;
 }
-
-}  // namespace
 
 void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws, PackedBlock& keys) {
-  const int64_t B = grid.B;
-  if (keys.seq != t.seq || keys.g != t.g || keys.j != t.j) {
-    const Seq& s = p.seqs[size_t(t.seq)];
-    keys.tiles.resize(size_t((B + kKeyTile - 1) / kKeyTile));
-    for (size_t i = 0; i < keys.tiles.size(); ++i) {
-      const int64_t k0 = s.k0 + t.j * B + int64_t(i) * kKeyTile, n = std::min(kKeyTile, B - int64_t(i) * kKeyTile);
-      keys.tiles[i].pack(tile_rows(p, k, k0, n, t.g, ws.k.data()), tile_rows(p, v, k0, n, t.g, ws.v.data()), n, p.d,
-                         p.products);
-    }
-    keys.seq = t.seq, keys.g = t.g, keys.j = t.j;
-  }
+  keys.hold(p, grid, k, v, t.seq, t.g, t.j, ws);
   part.reset_fresh(t.len);
   const int64_t* rows = &sel.rows[size_t(t.pos)];
   Rows qr{ws.q.data(), p.d};
@@ -212,20 +200,37 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
   else
     gather_rows(q, rows, t.len, ws.q.data());
   for (size_t i = 0; i < keys.tiles.size(); ++i) {  // every key of the strictly-past block is visible
-    tile_forward(qr, t.len, {}, {}, std::min(kKeyTile, B - int64_t(i) * kKeyTile), p.d, p.scale, p.products,
-                 TileMask{}, part, ws.s.data(), &keys.tiles[i]);
+    tile_forward(qr, t.len, {}, {}, keys.tiles[i].kt.n(), p.d, p.scale, p.products, TileMask{}, part, ws.s.data(),
+                 &keys.tiles[i]);
     part.fresh = false;
   }
 }
 
 namespace {
 
-// Flat query rows cut at token boundaries into `ranges` consecutive ranges holding about equal
-// numbers of selected entries: range r is [bound[r], bound[r + 1]).
-std::vector<int64_t> owner_ranges(const Problem& p, const std::vector<int32_t>& per_row, int ranges) {
-  std::vector<int64_t> upto(size_t(p.tq) + 1, 0);  // entries of the tokens before t
+// The own block (causal) of tile t into the running states: as their first block (`fresh`: the
+// rows start unset), or after the selected blocks, with the block's keys packed in `keys` when it
+// is a full block (null: packed here).
+void attend_own_block(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Tile& t, bool fresh, const PackedBlock* keys, RunningStates& st, TileScratch& ws) {
+  const Seq& s = p.seqs[size_t(t.seq)];
+  const int64_t pos0 = t.start + s.offset(), stat = int64_t(t.head) * p.tq + s.q0 + t.start;
+  const Rows qr = load_rows(q, s.q0 + t.start, t.len, t.head, ws.q.data());
+  const SoftmaxState state{&st.m[size_t(stat)], &st.l[size_t(stat)], st.acc + ((s.q0 + t.start) * p.hq + t.head) * p.d,
+                           st.ld, fresh};
+  if (!fresh)  // rows that no selected block reached hold no key yet, and acc is unset there
+    for (int64_t r = 0; r < t.len; ++r)
+      if (state.l[r] == 0.0f) std::fill_n(state.acc + r * state.ld_acc, p.d, 0.0f);
+  attend_key_range(p, s, k, v, p.kv_head(t.head), qr, t.len, pos0, pos0 / grid.B * grid.B, pos0 + t.len, state, ws,
+                   false, keys ? keys->tiles.data() : nullptr);
+}
+
+// Flat query rows cut at token boundaries into `ranges` consecutive ranges of about equal work
+// (`work` per flat row): range r is [bound[r], bound[r + 1]).
+std::vector<int64_t> owner_ranges(const Problem& p, const std::vector<int32_t>& work, int ranges) {
+  std::vector<int64_t> upto(size_t(p.tq) + 1, 0);  // work of the tokens before t
   for (int64_t t = 0; t < p.tq; ++t)
-    upto[size_t(t) + 1] = upto[size_t(t)] + std::accumulate(&per_row[size_t(t * p.hq)], &per_row[size_t((t + 1) * p.hq)], int64_t(0));
+    upto[size_t(t) + 1] = upto[size_t(t)] + std::accumulate(&work[size_t(t * p.hq)], &work[size_t((t + 1) * p.hq)], int64_t(0));
   std::vector<int64_t> bound(size_t(ranges) + 1, int64_t(p.tq) * p.hq);
   for (int r = 0; r < ranges; ++r) {
     const int64_t target = (upto.back() * r + ranges - 1) / ranges;
@@ -234,75 +239,96 @@ std::vector<int64_t> owner_ranges(const Problem& p, const std::vector<int32_t>& 
   return bound;
 }
 
-// out = acc / l and lse = m + log l for flat query row `flat`, once its last block is in (the row
-// is still in this core's cache).
-void finalize_row(const Problem& p, RunningStates& st, int64_t flat, Tensor& lse) {
-  const SoftmaxState s = st.of_row(p, flat);
-  tile_finalize(s, 1, p.d, s.acc, p.d, lse.f32() + (flat % p.hq) * p.tq + flat / p.hq);
+// out = acc / l and lse = m + log l for `rows` query rows of one head from flat row `flat` on
+// (consecutive tokens), after their last block (while the rows are in this core's cache).
+void finalize_rows(const Problem& p, RunningStates& st, int64_t flat, int64_t rows, Tensor& lse) {
+  SoftmaxState s = st.of_row(p, flat);
+  s.ld_acc = st.ld;  // the next rows: the same head's next tokens
+  tile_finalize(s, rows, p.d, s.acc, st.ld, lse.f32() + (flat % p.hq) * p.tq + flat / p.hq);
 }
 
-// The selected blocks of the queries of flat rows [lo, hi), list after list: each gathered tile
-// into a fresh partial state, merged right away into the running states (so the partials stay in
-// this core's cache, and each query takes its blocks in ascending order). With lse, a row is
-// finalized when `remaining` (its entries still to merge) reaches 0.
-void attend_selected(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Selectors& sel, int64_t lo, int64_t hi, RunningStates& st, TileScratch& ws,
-                     std::vector<GatherTile>& tiles, std::vector<float>& part, std::vector<int32_t>& remaining,
-                     Tensor* lse) {
+// Every block of the queries of flat rows [lo, hi), block after block in ascending order: the
+// gathered tiles of block j (into fresh partial states merged at once into the running states of
+// the later queries that chose it), then the own tiles of block j (its queries, whose selected
+// blocks all come before j, are then complete: finalized when lse is given). A full block's keys
+// are packed once for both.
+void attend_range(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const std::vector<Tile>& own, const Selectors& sel, int64_t lo, int64_t hi, RunningStates& st,
+                  TileScratch& ws, std::vector<float>& part, Tensor* lse) {
+  std::vector<GatherTile> tiles;
   gather_tiles(p, grid, sel, tiles, lo, hi);
+  // the own tiles cut to the range's tokens, in the order of the lists: (sequence, block, KV head)
+  std::vector<Tile> mine;
+  for (const Tile& t : own) {
+    const int64_t q0 = p.seqs[size_t(t.seq)].q0;
+    const int64_t a = std::max(t.start, lo / p.hq - q0), b = std::min(t.start + t.len, hi / p.hq - q0);
+    if (a < b) mine.push_back({t.seq, t.head, a, b - a});
+  }
+  const auto block_of = [&](const Tile& t) { return (t.start + p.seqs[size_t(t.seq)].offset()) / grid.B; };
+  const auto key = [&](const Tile& t) { return std::tuple(t.seq, block_of(t), p.kv_head(t.head), t.head, t.start); };
+  std::sort(mine.begin(), mine.end(), [&](const Tile& x, const Tile& y) { return key(x) < key(y); });
+
   const SoftmaxState partial{ws.m.data(), ws.l.data(), part.data(), p.d};
   PackedBlock keys;
+  size_t next_own = 0;
+  const auto own_up_to = [&](int32_t seq, int64_t j, int g) {  // the own tiles ordered before (seq, j, g)
+    for (; next_own < mine.size(); ++next_own) {
+      const Tile& t = mine[next_own];
+      const int64_t b = block_of(t);
+      if (std::tuple(t.seq, b, p.kv_head(t.head)) > std::tuple(seq, j, g)) return;
+      const bool full = b < grid.full(p.seqs[size_t(t.seq)]);
+      if (full) keys.hold(p, grid, k, v, t.seq, p.kv_head(t.head), b, ws);
+      attend_own_block(p, grid, q, k, v, t, false, full ? &keys : nullptr, st, ws);
+      if (lse) finalize_rows(p, st, (p.seqs[size_t(t.seq)].q0 + t.start) * p.hq + t.head, t.len, *lse);
+    }
+  };
   for (const GatherTile& t : tiles) {
+    own_up_to(t.seq, t.j, t.g - 1);  // a block's own tiles right after its lists of their KV head (one pack)
     attend_gathered(p, grid, q, k, v, sel, t, partial, ws, keys);
     const int64_t* rows = &sel.rows[size_t(t.pos)];
     constexpr int64_t kAhead = 8;  // running rows are scattered: prefetch them
     for (int64_t i = 0; i < t.len; ++i) {
       if (i + kAhead < t.len) prefetch_row(st.acc + rows[i + kAhead] * p.d, p.d);
       merge_state(st.of_row(p, rows[i]), 0, partial, i, p.d);
-      if (lse && --remaining[size_t(rows[i])] == 0) finalize_row(p, st, rows[i], *lse);
     }
   }
+  own_up_to(std::numeric_limits<int32_t>::max(), 0, 0);
 }
 
 }  // namespace
 
 void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                    const std::vector<Tile>& own, const Selectors* sel, RunningStates& st, Tensor* lse) {
-  // Each range of queries is one thread's (as many ranges as threads), so no two threads ever
-  // touch one query's state; how the ranges cut the lists does not change a row's bits.
   const int threads = parallel::max_threads();
-  std::vector<int32_t> remaining(sel || lse ? size_t(p.tq) * size_t(p.hq) : 0, 0);  // selected entries per flat row
-  if (sel)
-    for (const int64_t row : sel->rows) ++remaining[size_t(row)];
-  const std::vector<int64_t> bound = sel ? owner_ranges(p, remaining, threads) : std::vector<int64_t>{};
   std::vector<TileScratch> scratch;
   for (int t = 0; t < threads; ++t) scratch.emplace_back(kGatherTile, kKeyTile, p.d, false);
-#pragma omp parallel num_threads(threads) if (own.size() > 1 || sel)
-  {
-    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
-    TileScratch& ws = scratch[size_t(thread)];
-#pragma omp for schedule(dynamic, 1)
+  if (!sel) {  // own blocks only, each the first (and last) of its queries
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (own.size() > 1)
     for (size_t i = 0; i < own.size(); ++i) {
       const Tile& t = own[i];
-      attend_own_block(p, grid.B, q, k, v, t, st, ws);
-      for (int64_t r = 0; lse && r < t.len; ++r) {  // rows that select no block are done
-        const int64_t flat = (p.seqs[size_t(t.seq)].q0 + t.start + r) * p.hq + t.head;
-        if (remaining[size_t(flat)] == 0) finalize_row(p, st, flat, *lse);
-      }
+      attend_own_block(p, grid, q, k, v, t, true, nullptr, st, scratch[size_t(omp_get_thread_num())]);
+      if (lse) finalize_rows(p, st, (p.seqs[size_t(t.seq)].q0 + t.start) * p.hq + t.head, t.len, *lse);
     }
-    // (the loop's barrier: every own block is in before a query merges its first partial)
-    if (sel) {
-      std::vector<GatherTile> tiles;
+  } else {
+    // Each range of queries is one thread's (as many ranges as threads), so no two threads ever
+    // touch one query's state; how the ranges cut the lists does not change a row's bits. Work per
+    // row: its selected blocks, plus one for the own block.
+    std::vector<int32_t> work(size_t(p.tq) * size_t(p.hq), 1);
+    for (const int64_t row : sel->rows) ++work[size_t(row)];
+    const std::vector<int64_t> bound = owner_ranges(p, work, threads);
+#pragma omp parallel num_threads(threads)
+    {
+      const int thread = omp_get_thread_num(), team = omp_get_num_threads();
       std::vector<float> part(size_t(kGatherTile * p.d));
       for (int r = thread; r < threads; r += team)  // a smaller team than asked takes several ranges
-        attend_selected(p, grid, q, k, v, *sel, bound[size_t(r)], bound[size_t(r) + 1], st, ws, tiles, part, remaining,
-                        lse);
+        attend_range(p, grid, q, k, v, own, *sel, bound[size_t(r)], bound[size_t(r) + 1], st, scratch[size_t(thread)],
+                     part, lse);
     }
   }
   if (lse)  // queries before their sequence's first key have no own block (and nothing selected)
     for (const Seq& s : p.seqs)
       for (int64_t t = 0; t < std::min(s.lq, -s.offset()); ++t)
-        for (int h = 0; h < p.hq; ++h) finalize_row(p, st, (s.q0 + t) * p.hq + h, *lse);
+        for (int h = 0; h < p.hq; ++h) finalize_rows(p, st, (s.q0 + t) * p.hq + h, 1, *lse);
 }
 
 void finalize_states(const Problem& p, RunningStates& st, Tensor& lse) {

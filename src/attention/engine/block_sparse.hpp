@@ -169,12 +169,15 @@ struct RunningStates {
   }
 };
 
-// One block's keys packed for the products, kKeyTile keys per PackedKeys: a thread packs a block
-// once for consecutive gathered tiles of it (a list longer than kGatherTile rows).
+// One full block's keys packed for the products, kKeyTile keys per PackedKeys: a thread packs a
+// block once for its gathered tiles of it and the own tiles of its queries.
 struct PackedBlock {
   int32_t seq = -1, g = -1;
   int64_t j = -1;
   std::vector<PackedKeys> tiles;
+  // Packs block j of sequence seq, KV head g, unless this already holds it.
+  void hold(const Problem& p, const BlockGrid& grid, const StoredRows& k, const StoredRows& v, int32_t seq, int g,
+            int64_t j, TileScratch& ws);
 };
 
 // Tile t's gathered queries attend block t.j from a fresh state into partial rows `part` (row i of
@@ -184,10 +187,12 @@ void attend_gathered(const Problem& p, const BlockGrid& grid, const Tensor& q, c
                      const Selectors& sel, const GatherTile& t, SoftmaxState part, TileScratch& ws, PackedBlock& keys);
 
 // Folds the own block (causal) of every query of `own` (own_block_tiles) and, if sel is given, the
-// selected blocks into the states (see the top of this file). One parallel region: the own blocks
-// (dynamic schedule), one barrier, then each thread the selected blocks of its own queries. With
-// `lse`, each query is finalized as finalize_states does, right after its last block (while its
-// row is in cache): sel must then hold all of its blocks.
+// selected blocks into the states (see the top of this file). Without sel, the own blocks on all
+// threads (dynamic schedule). With sel, each thread takes the queries of its own range of tokens,
+// block after block: block j's gathered tiles, then the own tiles of block j (so a query folds
+// its selected blocks in ascending order, then its own block, on one thread: deterministic), a
+// full block's keys packed once for both. With `lse`, each query is finalized as finalize_states
+// does right after its own block (while its rows are in cache): sel must then hold all of its blocks.
 void attend_blocks(const Problem& p, const BlockGrid& grid, const Tensor& q, const Tensor& k, const Tensor& v,
                    const std::vector<Tile>& own, const Selectors* sel, RunningStates& st, Tensor* lse = nullptr);
 

@@ -55,10 +55,17 @@ void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int
   float* a = into.acc + i * into.ld_acc;
   const float* b = from.acc + j * from.ld_acc;
   const float m = std::max(into.m[i], from.m[j]);
-  const float wa = into.l[i] > 0.0f ? simd::exp_approx(into.m[i] - m) : 0.0f, wb = simd::exp_approx(from.m[j] - m);
+  const float wb = simd::exp_approx(from.m[j] - m);
+  if (into.l[i] > 0.0f) {
+    const float wa = simd::exp_approx(into.m[i] - m);
 #pragma omp simd
-  for (int c = 0; c < d; ++c) a[c] = a[c] * wa + b[c] * wb;
-  into.l[i] = into.l[i] * wa + from.l[j] * wb;
+    for (int c = 0; c < d; ++c) a[c] = a[c] * wa + b[c] * wb;
+    into.l[i] = into.l[i] * wa + from.l[j] * wb;
+  } else {
+#pragma omp simd
+    for (int c = 0; c < d; ++c) a[c] = b[c] * wb;
+    into.l[i] = from.l[j] * wb;
+  }
   into.m[i] = m;
 }
 
@@ -245,16 +252,18 @@ namespace longctx::attn {
 
 void attend_key_range(const Problem& p, const Seq& s, const StoredRows& k, const StoredRows& v, int g, Rows q,
                       int64_t rows, int64_t pos0, int64_t k_begin, int64_t k_end, SoftmaxState st,
-                      TileScratch& ws, bool all_visible) {
+                      TileScratch& ws, bool all_visible, const PackedKeys* packed) {
   for (int64_t kp = k_begin; kp < k_end; kp += kKeyTile) {
     const int64_t n = std::min(kKeyTile, k_end - kp);
     const Rows kr = tile_rows(p, k, s.k0 + kp, n, g, ws.k.data());
     const Rows vr = tile_rows(p, v, s.k0 + kp, n, g, ws.v.data());
     const TileMask mask = all_visible ? TileMask{} : make_tile_mask(p, pos0, rows, kp, n, s.lk);
-    // a causal tile runs in strips over the first keys (no window): they share one pack
-    const bool pack = !mask.all && p.window == 0;
-    if (pack) ws.keys.pack(kr, vr, n, p.d, p.products);
-    tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data(), pack ? &ws.keys : nullptr);
+    const PackedKeys* keys = packed ? &packed[(kp - k_begin) / kKeyTile] : nullptr;
+    if (!keys && !mask.all && p.window == 0) {  // a causal tile runs in strips over its first keys: one pack
+      ws.keys.pack(kr, vr, n, p.d, p.products);
+      keys = &ws.keys;
+    }
+    tile_forward(q, rows, kr, vr, n, p.d, p.scale, p.products, mask, st, ws.s.data(), keys);
     st.fresh = false;
   }
 }

@@ -46,7 +46,8 @@ struct SoftmaxState {
 void fold_scores(SoftmaxState st, int64_t i, float* s, int64_t n, float scale, int d);
 
 // LSE merge of two partial states over disjoint key sets (flash-decoding's reduction): row i of
-// `into` becomes the state of the union with row j of `from`.
+// `into` becomes the state of the union with row j of `from`. A row with l = 0 holds no key: its
+// acc is not read (it may be unset).
 void merge_state(SoftmaxState into, int64_t i, SoftmaxState from, int64_t j, int d);
 
 // K^T and V of one tile of keys packed for the products once: for several tiles of queries that
@@ -120,10 +121,11 @@ namespace longctx::attn {
 // Forward over a contiguous key range: folds keys [k_begin, k_end) (sequence-local positions) of
 // KV head `g` into the state of query rows at positions pos0 .. pos0 + rows - 1, kKeyTile keys at a
 // time, with the problem's causal/window mask, or unmasked when `all_visible` (rows that are not
-// at consecutive positions, such as MoBA's gathered queries of a strictly-past block).
+// at consecutive positions, such as MoBA's gathered queries of a strictly-past block). `packed`:
+// the keys already packed, packed[i] holding (at least) the i-th kKeyTile keys from k_begin.
 void attend_key_range(const Problem& p, const Seq& s, const StoredRows& k, const StoredRows& v, int g, Rows q,
                       int64_t rows, int64_t pos0, int64_t k_begin, int64_t k_end, SoftmaxState st,
-                      TileScratch& ws, bool all_visible = false);
+                      TileScratch& ws, bool all_visible = false, const PackedKeys* packed = nullptr);
 
 // Backward of one key tile [k_pos0, k_pos0 + n) of KV head `g` from the query rows [q_lo, q_hi)
 // (sequence-local) of every query head of the group, masked by the problem's rule: adds into dk/dv

@@ -4,11 +4,12 @@
 // blocks, with one softmax over the union:
 //   gate: per own-block query tile, one GEMM of the tile's (mapped) queries against per-block
 //     features (mean keys, or the Quest [max | min] bounds), then a one-pass top-n per row;
-//   forward: the own blocks as causal tiles into each query's running softmax state; then the
-//     selected blocks block-major, each thread over the queries of its own range of tokens: the
+//   forward: block after block, each thread over the queries of its own range of tokens: the
 //     queries that chose block j (per KV head) are gathered into tiles that attend it into a fresh
-//     partial state, merged at once into the running states, so each query folds its blocks in
-//     ascending order on one thread (deterministic whatever the thread count);
+//     partial state, merged at once into the running states; then block j's own queries attend it
+//     causally (their last block: they are finalized). Each query folds its blocks in ascending
+//     order, own block last, on one thread (deterministic whatever the thread count), and block
+//     j's keys are packed once for both;
 //   backward: one item per (sequence, KV head, key tile) owns its dK/dV rows and takes the
 //     own-block queries and the gathered selecting queries; dQ goes to per-thread accumulators.
 // Clients choose the blocks: MoBA (moba.cpp), block top-k (sparse/topk.cpp) and the mass threshold

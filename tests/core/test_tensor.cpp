@@ -22,7 +22,13 @@ TEST(Tensor, ZeroFilledAlignedAndShaped) {
 }
 
 // Large buffers (8 MB and up) freed by one tensor serve the next tensor of the same size, and the
-// zero-filling constructor still zero-fills them.
+// zero-filling constructor still zero-fills them. Under AddressSanitizer nothing is kept (every
+// free reaches it), so only the zero fill is checked there.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kLargeBuffersKept = false;
+#else
+constexpr bool kLargeBuffersKept = true;
+#endif
 TEST(Tensor, LargeBufferIsReusedAndStillZeroFilled) {
   const std::vector<int64_t> shape{1024, 2048, 2};  // 16 MB of fp32
   const void* first = nullptr;
@@ -33,10 +39,10 @@ TEST(Tensor, LargeBufferIsReusedAndStillZeroFilled) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
   }
   Tensor again(shape);
-  EXPECT_EQ(again.raw(), first);
+  if (kLargeBuffersKept) EXPECT_EQ(again.raw(), first);
   EXPECT_TRUE(std::all_of(again.f32(), again.f32() + again.numel(), [](float x) { return x == 0.0f; }));
   Tensor other = Tensor::uninitialized(shape);  // the cached one is taken: a new buffer
-  EXPECT_NE(other.raw(), first);
+  if (kLargeBuffersKept) EXPECT_NE(other.raw(), first);
 }
 
 TEST(Tensor, Bf16RoundsToNearestEven) {

@@ -39,10 +39,14 @@ TEST(Tensor, LargeBufferIsReusedAndStillZeroFilled) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
   }
   Tensor again(shape);
-  if (kLargeBuffersKept) EXPECT_EQ(again.raw(), first);
+  if (kLargeBuffersKept) {
+    EXPECT_EQ(again.raw(), first);
+  }
   EXPECT_TRUE(std::all_of(again.f32(), again.f32() + again.numel(), [](float x) { return x == 0.0f; }));
   Tensor other = Tensor::uninitialized(shape);  // the cached one is taken: a new buffer
-  if (kLargeBuffersKept) EXPECT_NE(other.raw(), first);
+  if (kLargeBuffersKept) {
+    EXPECT_NE(other.raw(), first);
+  }
 }
 
 TEST(Tensor, Bf16RoundsToNearestEven) {
